@@ -1,0 +1,10 @@
+"""Parallel layout helpers shared by the data pipeline and the attention."""
+
+from megatron_anchor.parallel.cp_layout import (
+    cp_chunk_ids,
+    cp_token_index,
+    gather_from_cp_layout,
+    slice_for_cp_rank,
+)
+
+__all__ = ["cp_chunk_ids", "cp_token_index", "slice_for_cp_rank", "gather_from_cp_layout"]

@@ -1,0 +1,61 @@
+"""megatron-core's load-balanced context-parallel layout as pure index arithmetic.
+
+The S tokens of a sample are cut into ``2*cp`` equal chunks; CP rank ``r`` holds chunks ``r`` and
+``2*cp-1-r``, concatenated in that order. Pairing an early chunk with a late one balances causal work.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cp_chunk_ids(cp_size: int, cp_rank: int) -> tuple[int, int]:
+    """The two global chunk indices held by ``cp_rank`` (in local order)."""
+    if cp_size < 1 or not 0 <= cp_rank < cp_size:
+        raise ValueError(f"invalid CP rank {cp_rank} for CP size {cp_size}")
+    return cp_rank, 2 * cp_size - 1 - cp_rank
+
+
+def check_divisible(seq_len: int, cp_size: int) -> int:
+    """Return the chunk length, raising if ``seq_len`` does not split into ``2*cp_size`` chunks."""
+    if cp_size == 1:
+        return seq_len
+    if seq_len % (2 * cp_size) != 0:
+        raise ValueError(
+            f"sequence length {seq_len} must be divisible by 2*context_parallel_size = {2 * cp_size}"
+        )
+    return seq_len // (2 * cp_size)
+
+
+def cp_token_index(seq_len: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
+    """Global token indices ``[seq_len // cp_size]`` of the tokens ``cp_rank`` holds, in local order."""
+    if cp_size == 1:
+        return torch.arange(seq_len, device=device)
+    chunk = check_divisible(seq_len, cp_size)
+    first, second = cp_chunk_ids(cp_size, cp_rank)
+    return torch.cat(
+        [
+            torch.arange(first * chunk, (first + 1) * chunk, device=device),
+            torch.arange(second * chunk, (second + 1) * chunk, device=device),
+        ]
+    )
+
+
+def slice_for_cp_rank(tensor: torch.Tensor, dim: int, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """This rank's share of ``tensor`` along ``dim`` (a full-sample axis) in the load-balanced layout."""
+    if cp_size == 1:
+        return tensor
+    index = cp_token_index(tensor.shape[dim], cp_size, cp_rank, device=tensor.device)
+    return tensor.index_select(dim, index)
+
+
+def gather_from_cp_layout(shards: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Reassemble the full-sample tensor from every rank's shard (rank order) along ``dim``."""
+    cp_size = len(shards)
+    if cp_size == 1:
+        return shards[0]
+    chunks: list[torch.Tensor | None] = [None] * (2 * cp_size)
+    for rank, shard in enumerate(shards):
+        first, second = cp_chunk_ids(cp_size, rank)
+        chunks[first], chunks[second] = shard.chunk(2, dim=dim)
+    return torch.cat(chunks, dim=dim)  # type: ignore[arg-type]
