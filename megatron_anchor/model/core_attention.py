@@ -1,0 +1,103 @@
+"""The core-attention module of every layer: fp32 RoPE at per-token positions, then the anchor attention.
+
+It plugs into megatron-core at ``SelfAttentionSubmodules.core_attention`` (see ``spec.py``), whose documented
+interface is a constructor ``(config, layer_number, attn_mask_type, attention_type, **kwargs)`` and a forward
+``(query, key, value, attention_mask, **kwargs)`` on ``[s, b, h, d]`` tensors returning ``[s, b, h*d]``.
+The model is built with ``position_embedding_type="none"`` so RoPE happens here, once, in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.transformer.module import MegatronModule
+from torch.utils.checkpoint import checkpoint
+
+from megatron_anchor.attention import ATTENTION_MODES, anchor_cp_attention
+from megatron_anchor.model.layout import AnchorLayout
+from megatron_anchor.rope import apply_rotary_angles
+
+
+@dataclass(frozen=True)
+class AnchorAttentionSetup:
+    """What the core attention needs besides megatron-core's config (fixed for a run)."""
+
+    mode: str
+    """Visibility rule: ``anchor``, ``intra_doc`` or ``causal`` (SPEC section 1)."""
+    inv_freq: torch.Tensor
+    """fp64 ``[rotary_dim / 2]`` RoPE frequencies (after any context-extension scaling)."""
+    mscale: float = 1.0
+    """Attention-logit scale applied through cos/sin (YaRN); 1.0 otherwise."""
+    interleaved: bool = False
+    """Rotate adjacent pairs (GPT-J style) instead of halves."""
+    recompute: bool = False
+    """Recompute this module in backward instead of keeping its activations (selective recompute)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {self.mode!r}; expected one of {ATTENTION_MODES}")
+
+
+class AnchorCoreAttention(MegatronModule):
+    """fp32 RoPE on q and k at the layout's positions, then ``anchor_cp_attention`` over the CP group."""
+
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        *,
+        setup: AnchorAttentionSetup,
+        softmax_scale: float | None = None,
+        pg_collection=None,
+        **kwargs,
+    ) -> None:
+        super().__init__(config=config)
+        if attention_type != "self":
+            raise ValueError(f"AnchorCoreAttention supports self-attention only, got {attention_type!r}")
+        if config.attention_dropout != 0.0:
+            raise ValueError("AnchorCoreAttention has no attention dropout: set attention_dropout=0")
+        self.layer_number = layer_number
+        self.setup = setup
+        self.softmax_scale = softmax_scale
+        # megatron-core passes its process groups; a model built without them uses parallel_state's.
+        cp_group = getattr(pg_collection, "cp", None)
+        if cp_group is None and ps.model_parallel_is_initialized():
+            cp_group = ps.get_context_parallel_group()
+        self.cp_group: dist.ProcessGroup | None = cp_group
+
+    def _attend(self, query, key, value, doc_ids, angles):
+        # fp32 rotation of the first d_rot channels (the rest pass through), cast back to the input dtype.
+        rope = dict(mscale=self.setup.mscale, interleaved=self.setup.interleaved)
+        query = apply_rotary_angles(query, angles, **rope)  # [s, b, h, d]
+        key = apply_rotary_angles(key, angles, **rope)  # [s, b, h_kv, d]
+        out = anchor_cp_attention(
+            query,
+            key,
+            value,
+            doc_ids,
+            mode=self.setup.mode,
+            cp_group=self.cp_group,
+            softmax_scale=self.softmax_scale,
+        )  # [s, b, h, d]
+        return out.reshape(out.shape[0], out.shape[1], -1)  # [s, b, h*d]
+
+    def forward(self, query, key, value, attention_mask, *, packed_seq_params=None, **kwargs):
+        """query ``[s, b, h, d]``, key/value ``[s, b, h_kv, d]`` -> ``[s, b, h*d]``; mask from the layout."""
+        if not isinstance(packed_seq_params, AnchorLayout):
+            raise TypeError(
+                "AnchorCoreAttention needs the sample layout: call the model with "
+                "packed_seq_params=AnchorLayout(doc_ids=..., positions=...)"
+            )
+        positions = packed_seq_params.positions  # [b, s_local]
+        if positions.shape[1] != query.shape[0]:
+            raise ValueError(f"positions cover {positions.shape[1]} tokens, the queries {query.shape[0]}")
+        angles = packed_seq_params.rope_angles(self.setup.inv_freq)  # [b, s_local, d_rot/2] fp32
+        args = (query, key, value, packed_seq_params.doc_ids, angles)
+        if self.setup.recompute and self.training:
+            return checkpoint(self._attend, *args, use_reentrant=False)
+        return self._attend(*args)

@@ -1,0 +1,141 @@
+"""The anchor GPT model: megatron-core's GPTModel with a Llama-family shape and the anchor core attention.
+
+Llama shape: RMSNorm, SwiGLU, grouped-query attention, no linear biases (Qwen2's qkv bias as an option),
+untied input and output embeddings by default. Positions are applied by the core attention (fp32 RoPE), so
+GPTModel is built with ``position_embedding_type="none"``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_anchor.model.core_attention import AnchorAttentionSetup
+from megatron_anchor.model.layout import AnchorLayout
+from megatron_anchor.model.spec import anchor_layer_spec
+from megatron_anchor.rope import RopeScaling, compute_inv_freq, rotary_dim_for
+
+
+@dataclass(frozen=True)
+class AnchorGPTConfig:
+    """Shape and attention settings of the model (parallel sizes come from parallel_state)."""
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    """Padded vocabulary size (divisible by the tensor-parallel size)."""
+    seq_length: int
+    num_query_groups: int | None = None
+    """Key/value heads (GQA); None means as many as query heads."""
+    attention_mode: str = "anchor"
+    rotary_base: float = 10000.0
+    rotary_percent: float = 1.0
+    rotary_interleaved: bool = False
+    rope_scaling: RopeScaling | None = None
+    """Context-extension strategy (PI, NTK, YaRN, Llama 3.1, LongRoPE, DPRoPE, ...) or None."""
+    add_qkv_bias: bool = False
+    untie_embeddings: bool = True
+    init_method_std: float = 0.02
+    norm_epsilon: float = 1e-5
+    recompute_attention: bool = False
+    """Selective recompute: the core attention is recomputed in backward."""
+    use_te: bool | None = None
+    """Transformer Engine layers: None picks them when TE imports."""
+    extra: dict = field(default_factory=dict)
+    """Further TransformerConfig fields (advanced; e.g. sequence_parallel)."""
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+
+def rope_frequencies(cfg: AnchorGPTConfig) -> tuple[torch.Tensor, float]:
+    """fp64 ``inv_freq [rotary_dim/2]`` and the logit scale for the config's RoPE (with any scaling)."""
+    rotary_dim = rotary_dim_for(cfg.head_dim, cfg.rotary_percent)
+    inv_freq, mscale = compute_inv_freq(cfg.rotary_base, rotary_dim, cfg.rope_scaling, seq_len=cfg.seq_length)
+    return inv_freq.to(torch.float64), float(mscale)
+
+
+def transformer_config(cfg: AnchorGPTConfig, tp_size: int, cp_size: int) -> TransformerConfig:
+    """megatron-core's TransformerConfig for a Llama-family model; fp32 parameters, fusions off."""
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups or cfg.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=True,  # with silu: SwiGLU
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=cfg.add_qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=tp_size,
+        context_parallel_size=cp_size,
+        # CPU initialisation draws the full weight then splits it: the same model at every TP size.
+        use_cpu_initialization=not torch.cuda.is_available(),
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        **cfg.extra,
+    )
+
+
+class AnchorGPTModel(GPTModel):
+    """GPTModel whose forward takes the packed-sample layout and returns the per-token loss."""
+
+    def forward(  # type: ignore[override]
+        self, tokens: torch.Tensor, labels: torch.Tensor | None, layout: AnchorLayout
+    ) -> torch.Tensor:
+        """tokens/labels ``[b, s_local]`` -> loss ``[b, s_local]`` fp32 (or logits ``[s, b, v/tp]``)."""
+        return super().forward(
+            input_ids=tokens,
+            position_ids=None,  # positions live in the layout, applied by the core attention
+            attention_mask=None,  # visibility comes from layout.doc_ids
+            labels=labels,
+            packed_seq_params=layout,
+        )
+
+
+def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -> AnchorGPTModel:
+    """Build the model on this rank (parallel_state must be initialised for tp_size/cp_size)."""
+    if cfg.vocab_size % tp_size:
+        raise ValueError(f"padded vocab size {cfg.vocab_size} must divide by TP size {tp_size}")
+    inv_freq, mscale = rope_frequencies(cfg)
+    setup = AnchorAttentionSetup(
+        mode=cfg.attention_mode,
+        inv_freq=inv_freq,
+        mscale=mscale,
+        interleaved=cfg.rotary_interleaved,
+        recompute=cfg.recompute_attention,
+    )
+    return AnchorGPTModel(
+        config=transformer_config(cfg, tp_size, cp_size),
+        transformer_layer_spec=anchor_layer_spec(setup, cfg.use_te),
+        vocab_size=cfg.vocab_size,
+        max_sequence_length=cfg.seq_length,
+        share_embeddings_and_output_weights=not cfg.untie_embeddings,
+        position_embedding_type="none",
+        parallel_output=True,
+    )
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
+    """Megatron's vocabulary padding: round up to a multiple of ``divisible_by * tp_size``."""
+    multiple = divisible_by * tp_size
+    return int(math.ceil(vocab_size / multiple) * multiple)

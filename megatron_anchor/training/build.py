@@ -1,0 +1,120 @@
+"""Set-up helpers of a run: model config, model, optimizer, datasets (each ``build_*`` does one thing)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from megatron_anchor.model import AnchorGPTConfig, AnchorGPTModel, build_anchor_gpt, pad_vocab_size
+from megatron_anchor.rope import rope_scaling_from_args
+from megatron_anchor.training.batches import MockPackedDataset, check_sample_length
+from megatron_anchor.training.metrics import dense_params_per_token
+from megatron_anchor.training.parallel import ParallelDims
+
+
+def resolve_vocab_size(args: argparse.Namespace) -> int:
+    """The tokenizer's vocabulary size (or ``--vocab-size``), padded as Megatron does."""
+    if args.tokenizer_model is not None:
+        from megatron_anchor.data import build_tokenizer
+
+        vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
+    else:
+        vocab = args.vocab_size
+    return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+
+
+def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> AnchorGPTConfig:
+    """Model settings from the flags."""
+    return AnchorGPTConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        vocab_size=padded_vocab_size,
+        seq_length=args.seq_length,
+        attention_mode=args.attention_mode,
+        rotary_base=args.rotary_base,
+        rotary_percent=args.rotary_percent,
+        rotary_interleaved=args.rotary_interleaved,
+        rope_scaling=rope_scaling_from_args(args),
+        add_qkv_bias=args.add_qkv_bias,
+        untie_embeddings=args.untie_embeddings_and_output_weights,
+        init_method_std=args.init_method_std,
+        norm_epsilon=args.norm_epsilon,
+        recompute_attention=args.recompute_granularity == "selective",
+    )
+
+
+def build_model(cfg: AnchorGPTConfig, dims: ParallelDims, device: torch.device, seed: int) -> AnchorGPTModel:
+    """The model on this rank, initialised identically on every DP/CP replica."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)  # GPU initialisation draws from megatron's RNG tracker
+    return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp).to(device)
+
+
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (norm weights, biases), as Megatron does."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+
+
+@dataclass
+class Datasets:
+    """Train and validation splits (items: tokens/labels/loss_mask/doc_ids/position_ids, each ``[S]``)."""
+
+    train: Dataset
+    valid: Dataset | None
+
+
+def build_datasets(args: argparse.Namespace, padded_vocab_size: int) -> Datasets:
+    """The packed datasets named by ``--data-path`` (or synthetic ones with ``--mock-data``)."""
+    n_train = args.train_iters * args.global_batch_size
+    n_valid = args.eval_iters * args.global_batch_size
+    if args.mock_data:
+        vocab = args.vocab_size or padded_vocab_size
+        train = MockPackedDataset(args.seq_length, vocab, n_train, args.seed, args.position_ids)
+        valid = MockPackedDataset(args.seq_length, vocab, n_valid, args.seed + 1, args.position_ids)
+    else:
+        from megatron_anchor.data import build_train_valid_test_datasets
+
+        train, valid, _ = build_train_valid_test_datasets(
+            data_path=args.data_path,
+            split=args.split,
+            seq_length=args.seq_length,
+            seed=args.seed,
+            num_samples=[n_train, n_valid, 0],
+            position_ids=args.position_ids,
+            mask_cross_doc_labels=args.mask_cross_doc_labels,
+        )
+    check_sample_length(train, args.seq_length, "train")
+    if valid is not None and len(valid) > 0:
+        check_sample_length(valid, args.seq_length, "valid")
+    else:
+        valid = None
+    return Datasets(train=train, valid=valid)
+
+
+def model_dense_params(cfg: AnchorGPTConfig) -> int:
+    """Matmul parameters per token of the whole (unsharded) model, for FLOP counts."""
+    return dense_params_per_token(
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.ffn_hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_query_groups or cfg.num_attention_heads,
+        cfg.vocab_size,
+    )

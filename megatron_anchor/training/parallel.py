@@ -1,0 +1,161 @@
+"""Parallel set-up in one place: process groups (megatron-core parallel_state), model wrapping, grad norm.
+
+Data parallelism runs over the DP x CP group (CP ranks hold the same weights and different tokens) with one
+code path for CPU (gloo) and GPU (NCCL): torch DDP, or FSDP2 ``fully_shard`` without resharding after
+forward (gradients and optimizer state sharded, parameters kept gathered: ZeRO-2-like) for
+``--use-distributed-optimizer``. megatron-core's own DDP allocates its buffers on CUDA, so it is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.transformer.transformer_layer import TransformerLayer
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """Degrees and this process's coordinates; TP x CP x DP = world size (PP is 1)."""
+
+    tp: int
+    cp: int
+    dp: int
+    rank: int
+    tp_rank: int
+    cp_rank: int
+    dp_rank: int
+
+    @property
+    def world(self) -> int:
+        """Total number of processes."""
+        return self.tp * self.cp * self.dp
+
+    @property
+    def dp_cp_group(self) -> dist.ProcessGroup:
+        """The group that averages gradients: every replica of this TP shard."""
+        return ps.get_data_parallel_group(with_context_parallel=True)
+
+
+def device_for_rank() -> torch.device:
+    """This process's device: its local GPU under torchrun, else the CPU."""
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(tp: int, cp: int) -> ParallelDims:
+    """Join the torchrun process group (NCCL on GPU, gloo on CPU) and build TP/CP/DP groups."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world = dist.get_world_size()
+    if world % (tp * cp):
+        raise ValueError(f"world size {world} is not divisible by TP {tp} x CP {cp}")
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, context_parallel_size=cp
+        )
+    return ParallelDims(
+        tp=tp,
+        cp=cp,
+        dp=world // (tp * cp),
+        rank=dist.get_rank(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        cp_rank=ps.get_context_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+    )
+
+
+def teardown_distributed() -> None:
+    """Destroy megatron-core's groups and the default group."""
+    ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def tensor_parallel_param_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters split across TP ranks (the rest are TP replicas); read before FSDP wrapping."""
+    return {n for n, p in model.named_parameters() if getattr(p, "tensor_model_parallel", False)}
+
+
+def parallelize(
+    model: torch.nn.Module, dims: ParallelDims, *, recompute_full: bool, distributed_optimizer: bool
+) -> torch.nn.Module:
+    """Apply full activation recompute, then DDP or FSDP2 over the DP x CP group (torchtitan's order)."""
+    if recompute_full:
+        # torch's checkpoint wrapper per layer: megatron-core's recompute uses the CUDA RNG tracker.
+        apply_activation_checkpointing(
+            model,
+            checkpoint_wrapper_fn=checkpoint_wrapper,
+            check_fn=lambda m: isinstance(m, TransformerLayer),
+        )
+    group = dims.dp_cp_group
+    device = next(model.parameters()).device
+    if distributed_optimizer:
+        from torch.distributed.device_mesh import DeviceMesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = DeviceMesh.from_group(group, device_type=device.type)
+        for layer in model.decoder.layers:
+            fully_shard(layer, mesh=mesh, reshard_after_forward=False)
+        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, process_group=group, device_ids=device_ids)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Within it, backward reduces gradients across DP x CP only when ``enabled`` (last micro-batch)."""
+    if isinstance(model, DistributedDataParallel):
+        with contextlib.nullcontext() if enabled else model.no_sync():
+            yield
+        return
+    model.set_requires_gradient_sync(enabled)  # FSDP2
+    yield
+
+
+_CKPT_PREFIX = "_checkpoint_wrapped_module."  # inserted into names by full recompute
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def clip_grad_norm_(
+    raw_model: torch.nn.Module, tp_names: set[str], max_norm: float, dims: ParallelDims, sharded: bool
+) -> float:
+    """Global L2 norm of all gradients (each TP shard once, FSDP shards summed); clip to ``max_norm``."""
+    device = next(raw_model.parameters()).device
+    squares = torch.zeros(2, dtype=torch.float64, device=device)  # [TP-split params, TP replicas]
+    grads = []
+    for name, p in raw_model.named_parameters():
+        if p.grad is None:
+            continue
+        grads.append(p.grad)
+        name = name.replace(_CKPT_PREFIX, "")
+        squares[0 if name in tp_names else 1] += _local(p.grad).double().pow(2).sum()
+    if sharded:  # FSDP2 gradients are shards over DP x CP
+        dist.all_reduce(squares, group=dims.dp_cp_group)
+    if dims.tp > 1:
+        tp_sq = squares[:1].clone()
+        dist.all_reduce(tp_sq, group=ps.get_tensor_model_parallel_group())
+        squares[0] = tp_sq[0]
+    norm = float(squares.sum().sqrt())
+    if max_norm > 0 and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        for g in grads:
+            g.mul_(coef)
+    return norm
