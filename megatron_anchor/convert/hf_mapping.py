@@ -1,8 +1,8 @@
 """Tensor-by-tensor mapping between Hugging Face Llama-family names and megatron-core GPTModel names.
 
-Everything here is pure: tensors in, tensors out, one layer at a time, so that a converter can stream a
-70B checkpoint without holding it twice. Names are those of megatron-core's local layer spec; the fused
-norms of Transformer Engine's spec are a renaming (see ``TE_RENAMES``).
+Everything here is pure: tensors in, tensors out, one rule (one megatron-core tensor) at a time, so that a
+converter can stream a 70B checkpoint without holding it twice. Names are those of megatron-core's local
+layer spec; the fused norms of Transformer Engine's spec are a renaming (see ``TE_RENAMES``).
 """
 
 from __future__ import annotations
@@ -90,56 +90,70 @@ def pad_vocab(weight: torch.Tensor, shape: ModelShape) -> torch.Tensor:
     return weight if extra == 0 else torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
 
 
-def _layer_pairs(i: int) -> list[tuple[str, str]]:
-    """(mcore, HF) names of the tensors that map one to one in layer ``i``."""
+@dataclass(frozen=True)
+class TensorRule:
+    """One megatron-core tensor, the HF tensors it is made of, and the conversion both ways."""
+
+    mcore: str
+    hf: tuple[str, ...]
+    to_mcore: Callable[[list[torch.Tensor]], torch.Tensor]
+    to_hf: Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+def _same(mcore: str, hf: str) -> TensorRule:
+    return TensorRule(mcore, (hf,), lambda ts: ts[0], lambda t: [t])
+
+
+def _vocab_rule(mcore: str, hf: str, shape: ModelShape) -> TensorRule:
+    return TensorRule(mcore, (hf,), lambda ts: pad_vocab(ts[0], shape), lambda t: [t[: shape.vocab_size]])
+
+
+def _layer_rules(i: int, shape: ModelShape) -> list[TensorRule]:
     mc, hf = f"decoder.layers.{i}.", f"model.layers.{i}."
-    return [
-        (mc + "input_layernorm.weight", hf + "input_layernorm.weight"),
-        (mc + "self_attention.linear_proj.weight", hf + "self_attn.o_proj.weight"),
-        (mc + "pre_mlp_layernorm.weight", hf + "post_attention_layernorm.weight"),
-        (mc + "mlp.linear_fc2.weight", hf + "mlp.down_proj.weight"),
+    attn = hf + "self_attn."
+    rules = [
+        _same(mc + "input_layernorm.weight", hf + "input_layernorm.weight"),
+        _same(mc + "self_attention.linear_proj.weight", attn + "o_proj.weight"),
+        _same(mc + "pre_mlp_layernorm.weight", hf + "post_attention_layernorm.weight"),
+        _same(mc + "mlp.linear_fc2.weight", hf + "mlp.down_proj.weight"),
     ]
+    for suffix in ("weight", "bias") if shape.qkv_bias else ("weight",):
+        rules.append(TensorRule(
+            mc + f"self_attention.linear_qkv.{suffix}",
+            tuple(f"{attn}{p}_proj.{suffix}" for p in "qkv"),
+            lambda ts: fuse_qkv(*ts, shape),
+            lambda t: list(split_qkv(t, shape)),
+        ))
+    rules.append(TensorRule(
+        mc + "mlp.linear_fc1.weight",
+        (hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"),
+        torch.cat,  # [gate; up]: [2 * ffn, H]
+        lambda t: list(t.chunk(2)),
+    ))
+    return rules
+
+
+def tensor_rules(shape: ModelShape) -> list[TensorRule]:
+    """Every megatron-core tensor of the model in file order (embeddings, layer by layer, head)."""
+    rules = [_vocab_rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", shape)]
+    for i in range(shape.num_layers):
+        rules += _layer_rules(i, shape)
+    rules.append(_same("decoder.final_layernorm.weight", "model.norm.weight"))
+    if not shape.tie_embeddings:
+        rules.append(_vocab_rule("output_layer.weight", "lm_head.weight", shape))
+    return rules
 
 
 def hf_to_mcore(get: Callable[[str], torch.Tensor], shape: ModelShape) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield full (TP-unsplit) megatron-core tensors, fetching HF tensors by name one layer at a time."""
-    yield "embedding.word_embeddings.weight", pad_vocab(get("model.embed_tokens.weight"), shape)
-    for i in range(shape.num_layers):
-        hf, mc = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for mc_name, hf_name in _layer_pairs(i):
-            yield mc_name, get(hf_name)
-        attn = hf + "self_attn."
-        yield mc + "self_attention.linear_qkv.weight", fuse_qkv(
-            get(attn + "q_proj.weight"), get(attn + "k_proj.weight"), get(attn + "v_proj.weight"), shape
-        )
-        if shape.qkv_bias:
-            yield mc + "self_attention.linear_qkv.bias", fuse_qkv(
-                get(attn + "q_proj.bias"), get(attn + "k_proj.bias"), get(attn + "v_proj.bias"), shape
-            )
-        gate_up = [get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")]
-        yield mc + "mlp.linear_fc1.weight", torch.cat(gate_up)  # [2 * ffn, H]
-    yield "decoder.final_layernorm.weight", get("model.norm.weight")
-    if not shape.tie_embeddings:
-        yield "output_layer.weight", pad_vocab(get("lm_head.weight"), shape)
+    """Yield full (TP-unsplit) megatron-core tensors, fetching HF tensors by name one rule at a time."""
+    for rule in tensor_rules(shape):
+        yield rule.mcore, rule.to_mcore([get(name) for name in rule.hf])
 
 
 def mcore_to_hf(get: Callable[[str], torch.Tensor], shape: ModelShape) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield HF tensors from full megatron-core tensors fetched by name (padding rows dropped)."""
-    yield "model.embed_tokens.weight", get("embedding.word_embeddings.weight")[: shape.vocab_size]
-    for i in range(shape.num_layers):
-        hf, mc = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for mc_name, hf_name in _layer_pairs(i):
-            yield hf_name, get(mc_name)
-        suffixes = ["weight"] + (["bias"] if shape.qkv_bias else [])
-        for suffix in suffixes:
-            q, k, v = split_qkv(get(f"{mc}self_attention.linear_qkv.{suffix}"), shape)
-            yield from ((f"{hf}self_attn.{p}_proj.{suffix}", t) for p, t in zip("qkv", (q, k, v)))
-        gate, up = get(mc + "mlp.linear_fc1.weight").chunk(2)
-        yield hf + "mlp.gate_proj.weight", gate
-        yield hf + "mlp.up_proj.weight", up
-    yield "model.norm.weight", get("decoder.final_layernorm.weight")
-    if not shape.tie_embeddings:
-        yield "lm_head.weight", get("output_layer.weight")[: shape.vocab_size]
+    for rule in tensor_rules(shape):
+        yield from zip(rule.hf, rule.to_hf(get(rule.mcore)))
 
 
 def _tp_split_dim(name: str) -> int | None:
@@ -158,11 +172,11 @@ def split_for_tp(name: str, tensor: torch.Tensor, tp_size: int, shape: ModelShap
     dim = _tp_split_dim(name)
     if dim is None or tp_size == 1:
         return [tensor] * tp_size
+    if "linear_qkv" in name and shape.num_kv_heads % tp_size:
+        raise ValueError(f"num_key_value_heads {shape.num_kv_heads} must be divisible by TP size {tp_size}")
+    if tensor.shape[dim] % tp_size:
+        raise ValueError(f"{name}: size {tensor.shape[dim]} of dim {dim} not divisible by TP size {tp_size}")
     if "linear_qkv" in name:
-        if shape.num_kv_heads % tp_size:
-            raise ValueError(
-                f"num_key_value_heads {shape.num_kv_heads} must be divisible by TP size {tp_size}"
-            )
         # Whole query groups go to each rank: [ng, (np/ng + 2) * d, ...] split on ng.
         grouped = tensor.reshape(shape.num_kv_heads, -1, *tensor.shape[1:])
         return [g.reshape(-1, *tensor.shape[1:]) for g in grouped.chunk(tp_size)]
@@ -182,3 +196,13 @@ def merge_from_tp(name: str, shards: list[torch.Tensor], shape: ModelShape) -> t
         gates, ups = zip(*(s.chunk(2) for s in shards))
         return torch.cat([*gates, *ups])
     return torch.cat(shards, dim=dim)  # qkv groups concatenate back in order
+
+
+def te_name(name: str) -> str:
+    """The Transformer Engine spec's name for local-spec tensor ``name`` (unchanged where they agree)."""
+    for local, te in TE_RENAMES.items():
+        if name.endswith(local):
+            return name[: -len(local)] + te
+    return name
+
+

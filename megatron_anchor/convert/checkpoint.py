@@ -1,0 +1,167 @@
+"""Weights-only megatron_anchor checkpoints: written tensor by tensor, read rule by rule, loaded into a model.
+
+The layout is the trainer's (``training/checkpoint.py``): ``DIR/iter_0000000/`` holding a DCP checkpoint of
+``{"tp{r}": {"model": state}}`` and ``meta.json``, and ``DIR/latest`` naming it. ``meta["weights_only"]``
+marks that there is no optimizer or RNG state: a run starts from it at step 0 (Megatron's ``--finetune``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner, FileSystemReader
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from megatron_anchor.convert.hf_mapping import TE_RENAMES, te_name
+
+LATEST = "latest"
+EXTRA_STATE = "._extra_state"
+
+
+def _key(tp_rank: int, name: str) -> str:
+    return f"tp{tp_rank}.model.{name}"  # DCP's flattened form of {"tp{r}": {"model": {name: ...}}}
+
+
+class _LazySavePlanner(DefaultSavePlanner):
+    """A save planner whose state dict holds meta tensors: data is produced by ``produce`` at write time.
+
+    DCP's writer asks ``resolve_data`` for one item at a time, so only the tensor being written (and the
+    shards of the full tensor it came from) is in memory.
+    """
+
+    def __init__(self, produce: Callable[[str], torch.Tensor]) -> None:
+        super().__init__(flatten_state_dict=False)
+        self._produce = produce
+
+    def resolve_data(self, write_item):
+        return self._produce(write_item.index.fqn)
+
+
+def write_weights_checkpoint(
+    save_dir: str,
+    shard_meta: dict[str, list[torch.Tensor]],
+    produce_shards: Callable[[str], list[torch.Tensor]],
+    meta: dict,
+    finalize: Callable[[str], None] | None = None,
+) -> str:
+    """Write ``save_dir/iter_0000000`` (+ ``latest``); returns its path.
+
+    ``shard_meta[name]``: a meta tensor per TP rank (shapes, dtypes); ``produce_shards(name)``: the real
+    shards, called once per name in ``shard_meta``'s order. ``finalize(tmp_dir)`` may add files before the
+    checkpoint is moved into place.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for name, metas in shard_meta.items():  # name-major order: a name's TP shards are written together
+        state.update({_key(r, name): t for r, t in enumerate(metas)})
+    cache: dict[str, list[torch.Tensor]] = {}
+
+    def produce(fqn: str) -> torch.Tensor:
+        rank_part, _, name = fqn.split(".", 2)
+        if name not in cache:
+            cache.clear()
+            cache[name] = produce_shards(name)
+        return cache[name][int(rank_part[2:])].contiguous()
+
+    final = os.path.join(save_dir, "iter_0000000")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    # DCP's writer keeps every tensor of a file until the file is finished: a file per tensor keeps one
+    # in memory. One thread and no copy-ahead write the items in state-dict order (the copy-ahead loader,
+    # used when CUDA is present, sorts them by size), so a name's TP shards follow one another in the cache.
+    writer = dcp.FileSystemWriter(tmp, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
+    dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    if finalize is not None:
+        finalize(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    with open(os.path.join(save_dir, LATEST + ".tmp"), "w") as f:
+        f.write(os.path.basename(final) + "\n")
+    os.replace(os.path.join(save_dir, LATEST + ".tmp"), os.path.join(save_dir, LATEST))
+    return final
+
+
+def resolve_checkpoint(path: str) -> str:
+    """``path`` itself when it holds ``meta.json``, else the checkpoint its ``latest`` file names."""
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return path
+    pointer = os.path.join(path, LATEST)
+    if not os.path.isfile(pointer):
+        raise FileNotFoundError(f"{path} holds neither meta.json nor a '{LATEST}' file")
+    with open(pointer) as f:
+        found = os.path.join(path, f.read().strip())
+    if not os.path.isfile(os.path.join(found, "meta.json")):
+        raise FileNotFoundError(f"{pointer} names {found}, which is not a complete checkpoint")
+    return found
+
+
+class CheckpointReader:
+    """Full (TP-merged) model tensors of a checkpoint, read by name with DCP; tolerates TE names."""
+
+    def __init__(self, path: str) -> None:
+        self.path = resolve_checkpoint(path)
+        with open(os.path.join(self.path, "meta.json")) as f:
+            self.meta = json.load(f)
+        self.tp = int(self.meta["tp"])
+        self._items = FileSystemReader(self.path).read_metadata().state_dict_metadata
+
+    def stored_name(self, name: str) -> str:
+        """The name under which local-spec tensor ``name`` is stored (its TE name in a TE-trained run)."""
+        for candidate in (name, te_name(name)):
+            if _key(0, candidate) in self._items:
+                return candidate
+        raise KeyError(f"tensor {name!r} is missing from checkpoint {self.path} (no {_key(0, name)!r})")
+
+    def shard_shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of TP rank 0's shard of ``name`` (from the metadata; nothing is read)."""
+        return tuple(self._items[_key(0, self.stored_name(name))].size)
+
+    def shards(self, name: str, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """The ``tp`` shards of ``name``, loaded in one DCP read (converted to ``dtype`` when given)."""
+        stored = self.stored_name(name)
+        state = {}
+        for r in range(self.tp):
+            info = self._items[_key(r, stored)]
+            state[_key(r, stored)] = torch.empty(info.size, dtype=dtype or info.properties.dtype)
+        dcp.load(state, storage_reader=FileSystemReader(self.path), no_dist=True)
+        return [state[_key(r, stored)] for r in range(self.tp)]
+
+
+def load_model_weights(path: str, model: torch.nn.Module, tp_rank: int) -> dict:
+    """Load only the model weights of checkpoint ``path`` into ``model`` (plain, DDP or FSDP2); returns meta.
+
+    Collective when torch.distributed is initialised. ``_extra_state`` entries (FP8 metadata of TE layers)
+    are not weights and are left as they are; the norms are found under either spec's name; any other
+    tensor the checkpoint lacks is an error.
+    """
+    path = resolve_checkpoint(path)
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    stored = {k.split(".", 2)[2] for k in FileSystemReader(path).read_metadata().state_dict_metadata
+              if k.startswith(f"tp{tp_rank}.model.")}
+    msd = get_model_state_dict(model)
+    state = {}
+    for name, value in msd.items():
+        if name.endswith(EXTRA_STATE):
+            continue
+        state[_stored_as(name, stored, path)] = value
+    dcp.load({f"tp{tp_rank}": {"model": state}}, checkpoint_id=path, planner=DefaultLoadPlanner())
+    set_model_state_dict(model, msd)
+    return meta
+
+
+def _stored_as(name: str, stored: set[str], path: str) -> str:
+    if name in stored:
+        return name
+    for local, te in TE_RENAMES.items():  # a TE model reading a local-spec checkpoint, or the reverse
+        for a, b in ((te, local), (local, te)):
+            if name.endswith(a) and name[: -len(a)] + b in stored:
+                return name[: -len(a)] + b
+    raise KeyError(f"model tensor {name!r} is missing from checkpoint {path}")

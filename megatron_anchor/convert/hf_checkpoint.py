@@ -1,0 +1,225 @@
+"""Import a Hugging Face Llama-family directory as a megatron_anchor checkpoint, and export one back.
+
+Both directions stream: import reads one HF tensor group (one megatron-core tensor) at a time and DCP
+writes its TP shards before the next is read; export reads one tensor's TP shards at a time and writes
+safetensors shards of bounded size. Peak memory is about one shard plus the largest tensor, never the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_anchor.convert.checkpoint import (
+    LATEST,
+    CheckpointReader,
+    resolve_checkpoint,
+    write_weights_checkpoint,
+)
+from megatron_anchor.convert.hf_config import (
+    check_supported,
+    export_hf_config,
+    model_meta,
+    rope_from_hf,
+    rope_meta,
+    shape_from_meta,
+)
+from megatron_anchor.convert.hf_io import (
+    SafetensorsReader,
+    ShardedSafetensorsWriter,
+    copy_tokenizer_files,
+    read_hf_config,
+)
+from megatron_anchor.convert.hf_mapping import (
+    ModelShape,
+    merge_from_tp,
+    shape_from_hf_config,
+    split_for_tp,
+    tensor_rules,
+)
+from megatron_anchor.model import pad_vocab_size
+from megatron_anchor.rope import RopeScaling
+
+HF_SUBDIR = "hf"  # config.json and tokenizer files of the source model, kept inside the checkpoint
+KEEP = object()  # "no override" for rope_scaling (None means: remove the scaling)
+
+
+@dataclass
+class RopeOverride:
+    """RoPE values that replace the source model's: ``rotary_base`` None keeps the base; ``rope_scaling``
+    KEEP keeps the strategy, None removes it."""
+
+    rotary_base: float | None = None
+    rope_scaling: object = KEEP
+
+    def apply(self, rope: dict) -> dict:
+        """``rope`` (a ``meta["rope"]`` section) with the overrides applied."""
+        out = dict(rope)
+        if self.rotary_base is not None:
+            out["rotary_base"] = float(self.rotary_base)
+        if self.rope_scaling is not KEEP:
+            scaling = self.rope_scaling
+            out["rope_scaling"] = scaling.to_dict() if isinstance(scaling, RopeScaling) else scaling
+        return out
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+def import_hf_checkpoint(hf_dir: str, save_dir: str, tp: int = 1, *, make_vocab_size_divisible_by: int = 128,
+                         dtype: str | None = None, rope: RopeOverride | None = None,
+                         progress: bool = True) -> dict:
+    """Convert ``hf_dir`` into ``save_dir/iter_0000000`` at TP size ``tp``; returns the written meta."""
+    if os.path.exists(os.path.join(save_dir, LATEST)):
+        raise FileExistsError(f"{save_dir} already holds a checkpoint ({LATEST!r}): give an empty --save")
+    config = read_hf_config(hf_dir)
+    check_supported(config, os.path.join(hf_dir, "config.json"))
+    padded = pad_vocab_size(config["vocab_size"], make_vocab_size_divisible_by, tp)
+    shape = shape_from_hf_config(config, padded_vocab_size=padded)
+    target = _dtype(dtype)
+    rules = {rule.mcore: rule for rule in tensor_rules(shape)}
+    start = time.perf_counter()
+    with SafetensorsReader(hf_dir) as reader:
+        # Shapes first, from the file headers only: a missing tensor fails here, before anything is written.
+        shard_meta = {}
+        for name, rule in rules.items():
+            full = rule.to_mcore([reader.meta(n) for n in rule.hf])
+            shard_meta[name] = split_for_tp(name, full.to(target or full.dtype), tp, shape)
+        bar = tqdm(total=len(rules), desc="import", unit="tensor", disable=not progress)
+
+        def produce(name: str) -> list[torch.Tensor]:
+            rule = rules[name]
+            full = rule.to_mcore([reader.get(n) for n in rule.hf])
+            bar.update()
+            return split_for_tp(name, full.to(target or full.dtype), tp, shape)
+
+        source_dtype = str(next(iter(shard_meta.values()))[0].dtype).removeprefix("torch.")
+        meta = _import_meta(hf_dir, config, shape, tp, make_vocab_size_divisible_by, source_dtype, rope)
+        os.makedirs(save_dir, exist_ok=True)
+        path = write_weights_checkpoint(save_dir, shard_meta, produce, meta,
+                                        finalize=lambda tmp: _keep_hf_files(hf_dir, config, tmp))
+        bar.close()
+    _summary("imported", len(rules), _nbytes(shard_meta), time.perf_counter() - start, path)
+    return meta
+
+
+def _import_meta(hf_dir: str, config: dict, shape: ModelShape, tp: int, divisible_by: int, dtype: str,
+                 rope: RopeOverride | None) -> dict:
+    base, scaling, percent = rope_from_hf(config)
+    return {
+        "step": 0, "consumed_samples": 0, "tp": tp, "cp": 1, "dp": 1, "world": tp,
+        "weights_only": True,
+        "converted_from": os.path.abspath(hf_dir),
+        "dtype": dtype,
+        "transformer_impl": "local",
+        "model": model_meta(shape, config, divisible_by),
+        "rope": (rope or RopeOverride()).apply(rope_meta(base, scaling, percent)),
+        "hf_config": config,
+    }
+
+
+def _keep_hf_files(hf_dir: str, config: dict, checkpoint_dir: str) -> None:
+    """Copy the source's config and tokenizer files into ``checkpoint_dir/hf`` (used by the export)."""
+    copy_tokenizer_files(hf_dir, os.path.join(checkpoint_dir, HF_SUBDIR))
+    (Path(checkpoint_dir) / HF_SUBDIR / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _nbytes(shard_meta: dict[str, list[torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for shards in shard_meta.values() for t in shards)
+
+
+def _summary(verb: str, n_tensors: int, nbytes: int, seconds: float, path: str) -> None:
+    rate = nbytes / max(seconds, 1e-9) / 2**20
+    size = f"{nbytes / 2**30:.3f} GiB in {seconds:.1f} s ({rate:.0f} MiB/s)"
+    print(f"{verb} {n_tensors} tensors, {size} -> {path}")
+
+
+def _source_files(hf_source: str | None) -> tuple[dict | None, str | None, dict | None]:
+    """(source meta or None, directory with config.json/tokenizer files or None, HF config or None)."""
+    if hf_source is None:
+        return None, None, None
+    if os.path.isfile(os.path.join(hf_source, "config.json")):
+        return None, hf_source, read_hf_config(hf_source)
+    reader = CheckpointReader(hf_source)
+    hf_dir = os.path.join(reader.path, HF_SUBDIR)
+    return reader.meta, hf_dir if os.path.isdir(hf_dir) else None, reader.meta.get("hf_config")
+
+
+def _export_model_meta(meta: dict, source_meta: dict | None, hf_config: dict | None, padded: int) -> dict:
+    for candidate in (meta, source_meta or {}):
+        if "model" in candidate:
+            return candidate["model"]
+    if hf_config is None:
+        raise ValueError(
+            "the checkpoint does not record its model shape: pass --hf-source (the converted checkpoint "
+            "it was trained from, or the original Hugging Face directory)"
+        )
+    return model_meta(shape_from_hf_config(hf_config, padded), hf_config, None)
+
+
+def _export_rope(meta: dict, rope: RopeOverride | None) -> dict:
+    if "rope" in meta:
+        return (rope or RopeOverride()).apply(meta["rope"])
+    if rope is None or rope.rotary_base is None:
+        raise ValueError(
+            "the checkpoint does not record its RoPE: pass --rotary-base (and --rope-scaling) "
+            "as used in training"
+        )
+    scaling = None if rope.rope_scaling is KEEP else rope.rope_scaling
+    return RopeOverride(rope.rotary_base, scaling).apply({"rotary_percent": 1.0})
+
+
+def export_hf_checkpoint(load: str, out_dir: str, *, hf_source: str | None = None, dtype: str | None = None,
+                         rope: RopeOverride | None = None, max_position_embeddings: int | None = None,
+                         max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> list[str]:
+    """Write checkpoint ``load`` as a HF directory ``out_dir`` (config, safetensors, tokenizer files)."""
+    reader = CheckpointReader(load)
+    meta = reader.meta
+    source_meta, source_dir, source_config = _source_files(hf_source)
+    local_hf = os.path.join(reader.path, HF_SUBDIR)
+    source_dir = source_dir or (local_hf if os.path.isdir(local_hf) else None)
+    hf_config = meta.get("hf_config") or source_config
+    padded = reader.shard_shape("embedding.word_embeddings.weight")[0] * reader.tp
+    model = _export_model_meta(meta, source_meta, hf_config, padded)
+    shape = shape_from_meta(model)
+    rope_section = _export_rope(meta, rope)
+    source = hf_config or {}
+    out_dtype = dtype or source.get("dtype") or source.get("torch_dtype") or meta.get("dtype") or "bfloat16"
+    target = _dtype(out_dtype)
+    start = time.perf_counter()
+    writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes)
+    rules = tensor_rules(shape)
+    for rule in tqdm(rules, desc="export", unit="tensor", disable=not progress):
+        full = merge_from_tp(rule.mcore, reader.shards(rule.mcore), shape)
+        try:
+            parts = rule.to_hf(full)
+        except RuntimeError as err:
+            stored = tuple(full.shape)
+            raise ValueError(f"{rule.mcore}: stored shape {stored} does not fit {shape}: {err}") from err
+        for name, tensor in zip(rule.hf, parts):
+            writer.add(name, tensor.to(target))
+    files = writer.close()
+    positions = max_position_embeddings or _max_positions(meta, model)
+    config = export_hf_config(model, rope_section, hf_config, positions, out_dtype)
+    (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    copied = copy_tokenizer_files(source_dir, out_dir) if source_dir else []
+    if not copied:
+        print("note: no tokenizer files copied (give --hf-source with the original model directory)")
+    _summary("exported", len(rules), writer.total_bytes, time.perf_counter() - start, out_dir)
+    return [*files, "config.json", *copied]
+
+
+def _max_positions(meta: dict, model: dict) -> int | None:
+    """The longer of the source model's context and the trained sequence length."""
+    lengths = [v for v in (model.get("max_position_embeddings"), meta.get("seq_length")) if v]
+    return max(lengths) if lengths else None
+
+
+__all__ = ["KEEP", "RopeOverride", "export_hf_checkpoint", "import_hf_checkpoint", "resolve_checkpoint"]

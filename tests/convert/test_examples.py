@@ -1,0 +1,124 @@
+"""examples/: every script parses (bash -n); the launch scripts' flags pass the trainer's --dry-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_anchor.convert.hf_config import model_meta, rope_meta, trainer_flags
+from megatron_anchor.convert.hf_mapping import shape_from_hf_config
+from megatron_anchor.model import pad_vocab_size
+from megatron_anchor.training import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+# The published config.json values of the two models the examples extend.
+LLAMA2_7B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "num_hidden_layers": 32,
+    "vocab_size": 32000,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+LLAMA3_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 32,
+    "vocab_size": 128256,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+}
+# script, nodes, the HF config it starts from, and what the run must be: (S, RoPE base, TP, CP)
+RUNS = [
+    ("llama2_7b_64k.sh", 4, LLAMA2_7B, (65536, 5e6, 2, 4)),
+    ("llama3_8b_128k.sh", 8, LLAMA3_8B, (131072, 1e7, 2, 8)),
+]
+SHAPE_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "vocab_size",
+    "make_vocab_size_divisible_by",
+    "norm_epsilon",
+    "add_qkv_bias",
+    "untie_embeddings_and_output_weights",
+    "rotary_base",
+    "tensor_model_parallel_size",
+)
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    # TENSORBOARD_DIR="": the trainer refuses --tensorboard-dir where the tensorboard package is missing.
+    full_env = dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS="ignore", TENSORBOARD_DIR="", **env)
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+SCRIPTS = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".sh", ".sbatch"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses(script: str) -> None:
+    proc = subprocess.run(["bash", "-n", str(EXAMPLES / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script,nodes,hf_config,expected", RUNS)
+def test_launch_flags_pass_the_trainer_dry_run(script: str, nodes: int, hf_config: dict, expected) -> None:
+    proc = _run(["bash", f"examples/{script}"], {"DRY_RUN": "1", "NNODES": str(nodes), "GPUS_PER_NODE": "8"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads(proc.stdout)
+    seq, base, tp, cp = expected
+    assert (config["seq_length"], config["rotary_base"]) == (seq, base)
+    assert (config["tensor_model_parallel_size"], config["context_parallel_size"]) == (tp, cp)
+    assert config["data_parallel_size"] == nodes * 8 // (tp * cp)
+    assert config["recompute_granularity"] == "full" and config["attention_mode"] == "anchor"
+    assert config["bf16"] and config["use_distributed_optimizer"]
+    # The model flags are the ones the converter prints for this model (with the run's RoPE base).
+    padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
+    meta = model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128)
+    converted = vars(
+        build_parser().parse_args(
+            trainer_flags(meta, rope_meta(base, None, 1.0), tp) + ["--seq-length", "1", "--train-iters", "1"]
+        )
+    )
+    for field in SHAPE_FIELDS:
+        assert config[field] == converted[field], field
+
+
+def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path) -> None:
+    # Stand-ins for Slurm's commands: scontrol lists two hosts, srun runs its command as node 0.
+    (tmp_path / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n")
+    (tmp_path / "srun").write_text(
+        '#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n'
+    )
+    for tool in ("scontrol", "srun"):
+        (tmp_path / tool).chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "DRY_RUN": "1",
+    }
+    script = ["bash", "examples/slurm_train.sbatch", "examples/llama3_8b_128k.sh", "--train-iters", "70"]
+    proc = _run(script, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads(proc.stdout)
+    assert config["world_size"] == 16 and config["train_iters"] == 70
