@@ -1,5 +1,53 @@
-"""Anchor insertion, packing, the packed indexed dataset and per-sample layout tensors."""
+"""Anchor insertion, packing, the packed indexed dataset and per-sample layout tensors.
 
-from megatron_anchor.data.positions import POSITION_MODES, position_ids_from_doc_ids
+Preprocessing (``tools/preprocess_data.py`` is a thin CLI over it): ``tokenizers`` (sentencepiece / HF,
+offline), ``jsonl`` (input chunks, record checks), ``sentences`` (offline punkt), ``encode`` (worker side),
+``packing`` (greedy and best-fit packers over document lengths), ``packed_writer`` and ``indexed_writer``
+(megatron-core ``MMIDIDX`` files), ``preprocess`` (the pipeline). Training: ``dataset``
+(``AnchorPackedDataset``), ``blending`` (Megatron's ``--data-path`` / ``--split``), ``cp_batch`` (a CP
+rank's share of a batch), ``positions`` (RoPE position ids).
 
-__all__ = ["POSITION_MODES", "position_ids_from_doc_ids"]
+Names are imported on first use (PEP 562), so that preprocessing workers never import torch or megatron-core.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "POSITION_MODES": "positions",
+    "position_ids_from_doc_ids": "positions",
+    "build_tokenizer": "tokenizers",
+    "train_sentencepiece": "tokenizers",
+    "default_anchor_id": "tokenizers",
+    "SentencePieceTokenizer": "tokenizers",
+    "HuggingFaceTokenizer": "tokenizers",
+    "PACKERS": "packing",
+    "pack": "packing",
+    "pack_greedy": "packing",
+    "pack_best_fit": "packing",
+    "count_cut_documents": "packing",
+    "IndexedWriter": "indexed_writer",
+    "PreprocessConfig": "preprocess",
+    "PreprocessError": "preprocess",
+    "run_preprocess": "preprocess",
+    "AnchorPackedDataset": "dataset",
+    "AnchorDatasetConfig": "blending",
+    "AnchorSplitDataset": "blending",
+    "build_train_valid_test_datasets": "blending",
+    "slice_batch_for_cp": "cp_batch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,169 @@
+"""Tokenizers for preprocessing: thin wrappers over sentencepiece and transformers, loaded offline.
+
+megatron-core 0.16 ships tokenizer wrappers too (``megatron.core.tokenizers``), but importing them imports
+all of megatron-core and transformers (seconds per process) and they encode one text per call. These
+wrappers import only their own library, so pool workers start fast, and add a batched ``encode_batch``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece ``.model`` file; ``bos_id``/``eos_id``/``pad_id`` are ``None`` where absent."""
+
+    def __init__(self, model_path: str) -> None:
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"--tokenizer-model: no SentencePiece model file at {model_path}")
+        import sentencepiece
+
+        self.model_path = model_path
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text (no BOS/EOS added)."""
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of many texts in one call (single-threaded: the process pool gives parallelism)."""
+        return self._sp.encode(texts, num_threads=1)
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of many texts as int32 arrays, made in C++ without Python ints where supported."""
+        try:
+            return self._sp.encode(texts, return_type="numpy", num_threads=1)
+        except (TypeError, ValueError):  # sentencepiece < 0.2.1 has no numpy return type
+            return [np.asarray(ids, dtype=np.int32) for ids in self.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids."""
+        return self._sp.decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int | None:
+        return _optional_id(self._sp.bos_id())
+
+    @property
+    def eos_id(self) -> int | None:
+        return _optional_id(self._sp.eos_id())
+
+    @property
+    def pad_id(self) -> int | None:
+        return _optional_id(self._sp.pad_id())
+
+    def __reduce__(self):
+        return (SentencePieceTokenizer, (self.model_path,))
+
+
+class HuggingFaceTokenizer:
+    """A local directory of Hugging Face tokenizer files, loaded with ``AutoTokenizer`` offline."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        if not os.path.isdir(tokenizer_dir):
+            raise FileNotFoundError(f"--tokenizer-model: no tokenizer directory at {tokenizer_dir}")
+        from transformers import AutoTokenizer
+
+        self.tokenizer_dir = tokenizer_dir
+        self._tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text; the tokenizer's own special tokens are not added (the anchor is)."""
+        return self._tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of many texts in one call."""
+        if not texts:
+            return []
+        return self._tok(texts, add_special_tokens=False)["input_ids"]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of many texts as int64 arrays."""
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids."""
+        return self._tok.decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._tok.bos_token_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._tok.eos_token_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._tok.pad_token_id
+
+    def __reduce__(self):
+        return (HuggingFaceTokenizer, (self.tokenizer_dir,))
+
+
+Tokenizer = SentencePieceTokenizer | HuggingFaceTokenizer
+
+
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
+    """The tokenizer named by Megatron's ``--tokenizer-type`` / ``--tokenizer-model`` flags."""
+    if tokenizer_type == "SentencePieceTokenizer":
+        return SentencePieceTokenizer(tokenizer_model)
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return HuggingFaceTokenizer(tokenizer_model)
+    raise ValueError(
+        f"--tokenizer-type {tokenizer_type!r} is not supported; expected one of {TOKENIZER_TYPES}"
+    )
+
+
+def default_anchor_id(tokenizer: Tokenizer) -> int:
+    """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1)."""
+    for token_id in (tokenizer.bos_id, tokenizer.eos_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token: pass --anchor-token-id")
+
+
+def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int, **kw) -> str:
+    """Train a SentencePiece model offline on ``texts``; return the ``.model`` path.
+
+    Defaults: unigram, unk=0, bos=1, eos=2, no pad, and ``hard_vocab_limit=False`` so that a small corpus
+    gives a smaller vocabulary instead of an error. Keyword arguments override sentencepiece's trainer flags.
+    """
+    import sentencepiece
+
+    options = dict(
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    options.update(kw)
+    directory = os.path.dirname(model_prefix)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size, **options
+    )
+    return model_prefix + ".model"
+
+
+def _optional_id(token_id: int) -> int | None:
+    return None if token_id < 0 else token_id
