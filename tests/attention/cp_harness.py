@@ -1,0 +1,192 @@
+"""Multi-process harness: one gloo group per CP size runs every case, rank 0 checks against fp64 dense."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
+from megatron_anchor.parallel.cp_layout import gather_from_cp_layout, slice_for_cp_rank
+
+
+def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
+    """doc_ids ``[S]`` of a named layout: anchor (document 0) then documents 1, 2, ..."""
+    gen = torch.Generator().manual_seed(seed)
+    rest = seq_len - 1
+    if name == "one_doc":
+        lengths = [rest]
+    elif name == "tiny":  # 1-3 token documents
+        lengths = torch.randint(1, 4, (rest,), generator=gen).tolist()
+    elif name == "edges":  # documents end exactly on every 1/16 of the sample (chunk edges up to cp=8)
+        lengths = [seq_len // 16 - 1] + [seq_len // 16] * 15
+    elif name == "off_edges":  # boundaries one token off the 1/8 edges, plus some random ones
+        lengths = [seq_len // 8 + 1, seq_len // 8 - 2] + torch.randint(
+            2, seq_len // 4, (rest,), generator=gen
+        ).tolist()
+    elif name == "sparse":  # short documents: most chunk pairs are empty
+        lengths = torch.randint(6, 20, (rest,), generator=gen).tolist()
+    elif name == "lognormal":  # realistic mix: log-normal lengths around S/16 and one long document
+        lengths = [seq_len // 2] + (torch.randn(rest, generator=gen) * 0.6).exp().mul(
+            seq_len / 16
+        ).long().add(1).tolist()
+    else:
+        raise ValueError(name)
+    ids = torch.repeat_interleave(torch.arange(1, len(lengths) + 1), torch.tensor(lengths))[:rest]
+    return torch.cat([torch.zeros(1, dtype=torch.long), ids])
+
+
+@dataclass
+class Case:
+    """One comparison against the dense reference."""
+
+    name: str
+    mode: str
+    layouts: tuple[str, ...]
+    seq_len: int = 64
+    heads: int = 4
+    heads_kv: int = 2
+    dim: int = 16
+    dtype: str = "float32"
+    backend: str = "auto"
+    seed: int = 0
+
+
+def cases_for(cp: int) -> list[Case]:
+    """The cases a CP size runs (all divisible by 2*cp)."""
+    cases = []
+    for mode in ("causal", "intra_doc", "anchor"):
+        cases += [
+            Case(f"{mode}-gqa-onedoc-tiny", mode, ("one_doc", "tiny")),
+            Case(f"{mode}-gqa-edges-off-torch", mode, ("edges", "off_edges"), backend="torch", seed=1),
+            Case(f"{mode}-bf16-off", mode, ("off_edges",), heads_kv=4, dtype="bfloat16", seed=2),
+            Case(f"{mode}-bf16-tiny-torch", mode, ("tiny",), dtype="bfloat16", backend="torch", seed=3),
+        ]
+        if cp == 1:
+            cases.append(Case(f"{mode}-anchor-plus-one", mode, ("one_doc",), seq_len=2, seed=4))
+        if cp == 2:
+            cases += [
+                Case(
+                    f"{mode}-long-{backend}",
+                    mode,
+                    ("lognormal", "sparse"),
+                    seq_len=1216,
+                    heads=2,
+                    heads_kv=1,
+                    dim=8,
+                    backend=backend,
+                    seed=5,
+                )
+                for backend in ("torch", "sdpa_cpu")
+            ]
+    return cases
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Full-sample tensor ``[S, ...]`` from every rank's shard (fp32 on the wire)."""
+    shards = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
+    dist.all_gather(shards, t.float().contiguous())
+    return gather_from_cp_layout(shards, dim=0)
+
+
+def run_case(case: Case, rank: int, world: int) -> dict | None:
+    """Run ``case`` on this rank; rank 0 returns relative errors of out, dq, dk, dv."""
+    dtype = getattr(torch, case.dtype)
+    doc_ids = torch.stack([layout(n, case.seq_len, case.seed + i) for i, n in enumerate(case.layouts)])
+    gen = torch.Generator().manual_seed(case.seed)
+    batch = len(case.layouts)
+    q, gout = (
+        torch.randn(case.seq_len, batch, case.heads, case.dim, generator=gen).to(dtype) for _ in range(2)
+    )
+    k, v = (
+        torch.randn(case.seq_len, batch, case.heads_kv, case.dim, generator=gen).to(dtype) for _ in range(2)
+    )
+    local = [slice_for_cp_rank(t, 0, world, rank).detach().requires_grad_() for t in (q, k, v)]
+    out = anchor_cp_attention(
+        *local, doc_ids, mode=case.mode, cp_group=dist.group.WORLD, backend=case.backend
+    )
+    out.backward(slice_for_cp_rank(gout, 0, world, rank))
+    got = [_gather(t, world) for t in (out, *(x.grad for x in local))]
+    if rank != 0:
+        return None
+    ref_in = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = dense_reference_attention(*ref_in, doc_ids, case.mode)
+    ref.backward(gout.double())
+    refs = [ref.detach(), *(x.grad for x in ref_in)]
+    return {name: _rel_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, refs)}
+
+
+def run_stats(rank: int, world: int, mode: str) -> dict | None:
+    """Counters summed over ranks on a sparse 2-sample layout; rank 0 returns them with doc_ids."""
+    seq_len = 32 * 2 * world
+    doc_ids = torch.stack([layout("sparse", seq_len, 7), layout("sparse", seq_len, 8)])
+    q = torch.randn(seq_len // world, 2, 2, 8)
+    stats = AttentionStats()
+    anchor_cp_attention(
+        q, q[:, :, :1], q[:, :, :1], doc_ids, mode=mode, cp_group=dist.group.WORLD, stats=stats
+    )
+    values = torch.tensor(list(asdict(stats).values()), dtype=torch.long)
+    dist.all_reduce(values)
+    if rank != 0:
+        return None
+    return {"stats": dict(zip(asdict(stats), values.tolist())), "doc_ids": doc_ids.tolist()}
+
+
+def run_errors(rank: int, world: int) -> dict | None:
+    """Errors that need a real group: S not divisible by 2*cp, doc_ids differing across ranks."""
+    messages = {}
+    q = torch.randn(3, 1, 2, 8)
+    try:
+        anchor_cp_attention(q, q, q, torch.zeros(1, 3 * world, dtype=torch.long), cp_group=dist.group.WORLD)
+    except ValueError as err:
+        messages["indivisible"] = str(err)
+    doc_ids = torch.zeros(1, 4 * world, dtype=torch.long)
+    doc_ids[0, 1 + rank :] = 1  # differs per rank
+    os.environ["MEGATRON_ANCHOR_CHECK_DOC_IDS"] = "1"
+    try:
+        q = torch.randn(4, 1, 2, 8)
+        anchor_cp_attention(q, q, q, doc_ids, cp_group=dist.group.WORLD)
+    except ValueError as err:
+        messages["differ"] = str(err)
+    finally:
+        del os.environ["MEGATRON_ANCHOR_CHECK_DOC_IDS"]
+    return messages if rank == 0 else None
+
+
+def _worker(rank: int, world: int, port: int, path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {"cases": {}, "stats": {}}
+    for case in cases_for(world):
+        results["cases"][case.name] = run_case(case, rank, world)
+    for mode in ("intra_doc", "anchor", "causal"):
+        results["stats"][mode] = run_stats(rank, world, mode)
+    if world > 1:
+        results["errors"] = run_errors(rank, world)
+    if rank == 0:
+        with open(path, "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_all(world: int, path: str) -> dict:
+    """Spawn ``world`` gloo processes that run every case; return rank 0's results."""
+    mp.spawn(_worker, args=(world, free_port(), path), nprocs=world, join=True)
+    with open(path) as f:
+        return json.load(f)
