@@ -13,7 +13,9 @@ import json
 import random
 from pathlib import Path
 
-SYLLABLES = ["ka", "lo", "mi", "ren", "tas", "vel", "dor", "shi", "nu", "pel", "gar", "ith", "mor", "zen", "ul"]
+SYLLABLES = [
+    "ka", "lo", "mi", "ren", "tas", "vel", "dor", "shi", "nu", "pel", "gar", "ith", "mor", "zen", "ul",
+]
 TRADES = ["weaver", "miller", "smith", "potter", "scribe", "sailor", "baker", "mason", "healer", "farmer"]
 GOODS = ["wool", "salt", "copper", "barley", "amber", "linen", "honey", "timber", "glass", "pepper"]
 WEATHER = ["rain", "fog", "snow", "wind", "sunshine", "frost", "thunder", "heat"]

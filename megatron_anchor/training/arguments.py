@@ -12,7 +12,8 @@ from megatron_anchor.data import POSITION_MODES
 from megatron_anchor.rope import add_rope_args
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Model-shape flags (Megatron's names), shared by the trainer and the evaluation tools."""
     g = p.add_argument_group("model")
     g.add_argument("--num-layers", type=int, required=True)
     g.add_argument("--hidden-size", type=int, required=True)
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m megatron_anchor.pretrain",
         description="AnchorAttention long-context pretraining on megatron-core",
     )
-    for add in (_model_args, add_rope_args, _data_args, _train_args, _parallel_args, _io_args):
+    for add in (add_model_args, add_rope_args, _data_args, _train_args, _parallel_args, _io_args):
         add(p)
     return p
 

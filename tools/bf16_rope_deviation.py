@@ -1,0 +1,159 @@
+"""BF16 RoPE deviation diagnostic (SPEC section 4) on a megatron_anchor model.
+
+Random initialisation from the model flags, or trained/converted weights with ``--load``::
+
+    python tools/bf16_rope_deviation.py --num-layers 2 --hidden-size 256 --num-attention-heads 4 \\
+        --vocab-size 32000 --seq-length 1024 --max-length 8192 --out-dir out/deviation
+
+    python tools/bf16_rope_deviation.py --load ckpt/ --tokenizer-type SentencePieceTokenizer \\
+        --tokenizer-model tok.model --text-file book.txt [model flags as trained] ...
+
+Prints the delta1 sweep (D against delta2 = 16) and the first-token deviation D_first as T grows, for
+bf16 with this project's fp32 RoPE, bf16 with megatron-core's unfused RoPE, and fp32, in ``causal`` and
+``anchor`` attention; writes ``rope_deviation_sweep.png``, ``rope_deviation_growth.png`` and
+``rope_deviation.json`` under ``--out-dir``. Each sequence is the anchor token followed by
+``--num-documents`` documents (with one document the two attention modes coincide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron_anchor.evaluation.loading import (  # noqa: E402
+    build_eval_model,
+    build_eval_parser,
+    finish_model_args,
+    init_eval_distributed,
+)
+from megatron_anchor.evaluation.report import deviation_tables, plot_deviation  # noqa: E402
+from megatron_anchor.evaluation.rope_deviation import (  # noqa: E402
+    PATHS,
+    default_deltas,
+    diagnostic_sequences,
+    run_diagnostic,
+)
+from megatron_anchor.training import teardown_distributed  # noqa: E402
+from megatron_anchor.training.parallel import device_for_rank  # noqa: E402
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Model flags (as the trainer's) plus the diagnostic's own."""
+    p = build_eval_parser(__doc__)
+    g = p.add_argument_group("diagnostic")
+    g.add_argument("--seq-length", type=int, default=1024, help="T of the delta1 sweep")
+    g.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=[64 << i for i in range(8)],
+        help="comma-separated T for the first-token growth (default 64,128,...,8192)",
+    )
+    g.add_argument("--max-length", type=int, default=None, help="drop --lengths above this")
+    g.add_argument(
+        "--deltas",
+        type=_int_list,
+        default=default_deltas(),
+        help="comma-separated delta1 values (default 0..22,50,100,...,2000)",
+    )
+    g.add_argument("--batch-size", type=int, default=2, help="sequences per forward")
+    g.add_argument("--num-documents", type=int, default=1, help="documents after the anchor per sequence")
+    g.add_argument(
+        "--modes",
+        default="causal,anchor",
+        help="comma-separated attention modes compared (the model's --attention-mode is not used)",
+    )
+    g.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated of {list(PATHS)}")
+    g.add_argument("--deltas-per-forward", type=int, default=8)
+    g.add_argument("--text-file", default=None, help="take the sequences from this text (needs a tokenizer)")
+    g.add_argument("--anchor-token-id", type=int, default=None, help="default: tokenizer BOS/EOS, else 0")
+    g.add_argument("--out-dir", type=Path, default=Path("rope_deviation"))
+    args = p.parse_args(argv)
+    args.lengths = [t for t in args.lengths if args.max_length is None or t <= args.max_length]
+    args.modes, args.paths = args.modes.split(","), args.paths.split(",")
+    if args.tensor_model_parallel_size != 1 or args.context_parallel_size != 1:
+        p.error(
+            "the diagnostic holds whole attention matrices in one process: use TP = CP = 1 "
+            "(a checkpoint saved at TP > 1 must be converted at TP 1)"
+        )
+    unknown = [x for x in args.paths if x not in PATHS]
+    if unknown:
+        p.error(f"--paths: unknown {unknown}; expected some of {list(PATHS)}")
+    args.sweep_length = args.seq_length
+    try:
+        finish_model_args(args, max([args.seq_length, *args.lengths]))  # the model's longest input
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def sample_tokens(args: argparse.Namespace, padded_vocab: int) -> torch.Tensor:
+    """``[batch, --seq-length]`` ids: the anchor, then random ids or consecutive ``--text-file`` windows."""
+    tokenizer, anchor = None, args.anchor_token_id or 0
+    if args.tokenizer_model is not None:
+        from megatron_anchor.data import build_tokenizer, default_anchor_id
+
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+        anchor = default_anchor_id(tokenizer) if args.anchor_token_id is None else args.anchor_token_id
+    text_ids = None
+    if args.text_file is not None:
+        if tokenizer is None:
+            raise SystemExit("--text-file needs --tokenizer-type/--tokenizer-model")
+        text_ids = tokenizer.encode(Path(args.text_file).read_text())
+        if not text_ids:
+            raise SystemExit(f"--text-file {args.text_file}: no tokens")
+    vocab = tokenizer.vocab_size if tokenizer is not None else padded_vocab
+    return diagnostic_sequences(args.batch_size, args.seq_length, anchor, vocab, text_ids, args.seed)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the diagnostic; print tables, write PNGs and JSON; return the results."""
+    args = parse_args(argv)
+    dims = init_eval_distributed(1, 1)  # probabilities are dense over the whole sample: one process
+    try:
+        model = build_eval_model(args, dims, device_for_rank())
+        tokens = sample_tokens(args, model.vocab_size).to(next(model.parameters()).device)
+        start = time.perf_counter()
+        results = run_diagnostic(
+            model,
+            tokens,
+            args.num_documents,
+            args.modes,
+            args.paths,
+            args.deltas,
+            args.sweep_length,
+            args.lengths,
+            args.deltas_per_forward,
+            progress=True,
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        teardown_distributed()
+    print(deviation_tables(results))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_deviation(results, args.out_dir)
+    summary = {"config": {k: v for k, v in vars(args).items() if k != "out_dir"}, **results}
+    (args.out_dir / "rope_deviation.json").write_text(json.dumps(summary, indent=1, default=str))
+    tokens = results["tokens_seen"]
+    print(
+        f"\n{len(args.modes)} modes x {len(args.paths)} paths, {len(args.deltas)} deltas and "
+        f"{len(args.lengths)} lengths: {tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s)"
+        f"; wrote {', '.join(str(p) for p in plots)} and {args.out_dir / 'rope_deviation.json'}"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()
