@@ -22,7 +22,6 @@ from megatron_anchor.evaluation.rope_deviation import (
     DeviationProbe,
     attach_probes,
     attention_probs,
-    megatron_unfused_rope,
     run_diagnostic,
 )
 
@@ -40,7 +39,6 @@ __all__ = [
     "init_eval_distributed",
     "last_token_logits",
     "load_weights",
-    "megatron_unfused_rope",
     "run_diagnostic",
     "run_passkey_grid",
 ]

@@ -26,6 +26,7 @@ from megatron_anchor.attention.reference import visibility_mask
 from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.model import AnchorCoreAttention, AnchorLayout
 from megatron_anchor.rope import apply_rotary_angles
+from megatron_anchor.rope.invariance import megatron_unfused_rope
 
 REFERENCE_DELTA = 16
 ROPES = ("anchor_fp32", "megatron_unfused")
@@ -41,23 +42,6 @@ PROBS_BUDGET = 2**28  # fp32 probability elements held at once (1 GiB); heads ar
 def default_deltas() -> list[int]:
     """The paper's sweep of delta1: 0..22, then 50, 100, ..., 2000."""
     return list(range(23)) + list(range(50, 2001, 50))
-
-
-def megatron_unfused_rope(
-    t: torch.Tensor,
-    positions: torch.Tensor,
-    inv_freq: torch.Tensor,
-    mscale: float = 1.0,
-    interleaved: bool = False,
-) -> torch.Tensor:
-    """megatron-core's unfused RoPE on ``t [s, b, h, d]`` at ``positions [b, s]``: the freqs table is fp32
-    (as its RotaryEmbedding builds it) and cos/sin are cast to ``t.dtype`` before the multiply."""
-    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
-
-    freqs = positions.float()[..., None] * inv_freq.float().to(t.device)  # [b, s, d_rot/2] fp32
-    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat([freqs, freqs], dim=-1)
-    emb = emb.transpose(0, 1)[:, :, None]  # [s, b, 1, d_rot]
-    return _apply_rotary_pos_emb_bshd(t, emb, rotary_interleaved=interleaved, mscale=mscale)
 
 
 def attention_probs(

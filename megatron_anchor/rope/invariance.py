@@ -34,13 +34,28 @@ def _anchor(t: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tens
     return apply_rotary_fp32(t, positions, default_inv_freq(base, t.shape[-1]), backend="torch")
 
 
-def _megatron_unfused(t: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+def megatron_unfused_rope(
+    t: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    mscale: float = 1.0,
+    interleaved: bool = False,
+) -> torch.Tensor:
+    """megatron-core's unfused RoPE on ``t [s, b, h, d]`` at ``positions [s]`` or ``[b, s]``.
+
+    The freqs table is an fp32 product, as megatron-core's RotaryEmbedding builds it, and its bshd apply
+    casts cos/sin to ``t.dtype`` before the multiply (the bf16 loss the AnchorAttention paper measures).
+    """
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
-    # The freqs table megatron-core's RotaryEmbedding.get_emb builds: an fp32 outer product, halves repeated.
-    freqs = torch.outer(positions.to(torch.float32), _fp32_inv_freq(base, t.shape[-1]))
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None, None, :]  # [s, 1, 1, d] fp32
-    return _apply_rotary_pos_emb_bshd(t, emb, rotary_interleaved=False)
+    freqs = positions.float()[..., None] * inv_freq.float().to(t.device)  # [(b,) s, d_rot/2] fp32
+    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat([freqs, freqs], dim=-1)
+    emb = emb[:, None, None] if positions.dim() == 1 else emb.transpose(0, 1)[:, :, None]  # [s, b|1, 1, d]
+    return _apply_rotary_pos_emb_bshd(t, emb, rotary_interleaved=interleaved, mscale=mscale)
+
+
+def _megatron_unfused(t: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    return megatron_unfused_rope(t, positions, _fp32_inv_freq(base, t.shape[-1]))
 
 
 def _fp32_angles(t: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:

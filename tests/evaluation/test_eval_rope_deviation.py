@@ -17,11 +17,11 @@ from megatron_anchor.evaluation.rope_deviation import (
     attention_probs,
     diagnostic_sequences,
     document_ids,
-    megatron_unfused_rope,
     run_shifts,
     shift_deviation,
 )
 from megatron_anchor.rope import apply_rotary_fp32, default_inv_freq
+from megatron_anchor.rope.invariance import megatron_unfused_rope
 
 
 @pytest.mark.parametrize("mode", ["causal", "intra_doc", "anchor"])
