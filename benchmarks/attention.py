@@ -26,7 +26,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention
+from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.parallel.cp_layout import cp_token_index, slice_for_cp_rank
+from megatron_anchor.training.metrics import visible_pairs
 
 
 def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.Tensor:
@@ -40,23 +42,15 @@ def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.
     return torch.cat([torch.zeros(1, dtype=torch.long), ids])[None]
 
 
-def visible_pairs(doc_ids: torch.Tensor, mode: str) -> int:
-    """Number of visible (query, key) pairs of ``doc_ids [1, S]`` in ``mode`` (the mask's nonzeros)."""
-    seq_len = doc_ids.shape[1]
-    if mode == "causal":
-        return seq_len * (seq_len + 1) // 2
-    lengths = torch.bincount(doc_ids[0])
-    pairs = int((lengths * (lengths + 1) // 2).sum())
-    return pairs + (int((doc_ids > 0).sum()) if mode == "anchor" else 0)
-
-
 def slowest_rank_pairs(doc_ids: torch.Tensor, mode: str, cp: int) -> int:
     """Visible pairs of the busiest CP rank's queries: the ring waits for that rank at every step."""
-    index = torch.arange(doc_ids.shape[1])
-    starts = torch.ones_like(doc_ids[0], dtype=torch.bool)
-    starts[1:] = doc_ids[0, 1:] != doc_ids[0, :-1]
-    doc_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=0).values
-    per_query = index + 1 if mode == "causal" else index - doc_start + 1 + (doc_ids[0] > 0).long()
+    if mode == "causal":
+        per_query = torch.arange(1, doc_ids.shape[1] + 1)
+    else:
+        # A query's reset position counts the keys of its own document it sees (the anchor sees itself).
+        per_query = position_ids_from_doc_ids(doc_ids[0], "reset").clamp(min=1)
+        if mode == "anchor":
+            per_query = per_query + (doc_ids[0] > 0).long()
     return max(int(per_query[cp_token_index(doc_ids.shape[1], cp, r)].sum()) for r in range(cp))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megatron_anchor.parallel import free_port  # noqa: E402
 
 
 def model_flags(quick: bool, seq_length: int, mode: str, cp: int) -> list[str]:
@@ -146,7 +141,7 @@ def launch(flags: list[str], nproc: int, steps: int) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__,
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
         "--worker", str(out), "--steps", str(steps), "--", *flags,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megatron_anchor.convert.checkpoint import CheckpointReader, load_model_weights
+from megatron_anchor.parallel import free_port
 from megatron_anchor.rope import add_rope_args, rope_scaling_from_args
 from megatron_anchor.training import ParallelDims, init_distributed
 from megatron_anchor.training.arguments import add_model_args
@@ -53,13 +53,6 @@ def finish_model_args(args: argparse.Namespace, seq_length: int) -> argparse.Nam
     args.num_query_groups = args.num_query_groups or args.num_attention_heads
     args.seq_length = seq_length
     return args
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_eval_distributed(tp: int, cp: int) -> ParallelDims:

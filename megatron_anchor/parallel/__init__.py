@@ -6,5 +6,6 @@ from megatron_anchor.parallel.cp_layout import (
     gather_from_cp_layout,
     slice_for_cp_rank,
 )
+from megatron_anchor.parallel.ports import free_port
 
-__all__ = ["cp_chunk_ids", "cp_token_index", "slice_for_cp_rank", "gather_from_cp_layout"]
+__all__ = ["cp_chunk_ids", "cp_token_index", "slice_for_cp_rank", "gather_from_cp_layout", "free_port"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
+from megatron_anchor.parallel import free_port
 from megatron_anchor.parallel.cp_layout import gather_from_cp_layout, slice_for_cp_rank
 
 
@@ -176,13 +176,6 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
         with open(path, "w") as f:
             json.dump(results, f)
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_all(world: int, path: str) -> dict:

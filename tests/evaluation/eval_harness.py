@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_anchor.evaluation.loading import free_port
+from megatron_anchor.parallel import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

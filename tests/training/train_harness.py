@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from megatron_anchor.parallel import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,13 +26,6 @@ TINY = [
     *"--lr 2e-3 --min-lr 2e-4 --lr-warmup-iters 2".split(),
     *"--mock-data --vocab-size 256 --log-interval 1 --seed 7".split(),
 ]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_pretrain(

@@ -1,0 +1,12 @@
+"""Loopback rendezvous for single-node runs (tests, benchmarks, evaluation without torchrun)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
