@@ -1,269 +1,260 @@
-"""Which keys each query block needs: pure index arithmetic over document ids and the CP layout.
+"""The attention plan of one micro-batch: every index tensor and kernel call derived from doc_ids and layout.
 
-In every mode the keys visible to query ``i`` (besides the anchor) are one contiguous range ``[lo_i, i]``:
-``lo_i = 0`` for ``causal`` and the start of ``i``'s document for ``intra_doc`` / ``anchor``. The anchor
-(key 0 for queries outside document 0) is folded in separately, so it never appears in these tiles.
-A *tile* is a (query range, key range) rectangle in global token indices computed by one kernel call:
-``full`` (every pair visible), ``causal`` (same range for queries and keys, lower triangle) or ``masked``
-(several short documents on the diagonal, with an explicit mask).
+Built once per micro-batch on the host (``AnchorLayout`` caches it) and reused by every layer, by backward
+and by recompute; once it exists the attention reads nothing back from the device. Tokens are *packed*
+sample-major in local order: row ``b * L + p`` is sample ``b``'s ``p``-th local token (ascending global
+index). Ring step 0 is one causal variable-length call over the local rows (a sequence per document);
+step ``k`` receives from rank ``rank - k`` only the K/V rows some local query needs and makes one full
+call per level (see ``geometry``). The anchor is not a kernel key: it is folded in in closed form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
-from megatron_anchor.attention.reference import ATTENTION_MODES
-
-# Documents shorter than this on a diagonal are grouped into one masked tile (per-call overhead dominates).
-MIN_TILE = 64
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One kernel call: queries ``[q0, q1)`` against keys ``[k0, k1)`` (global token indices)."""
-
-    q0: int
-    q1: int
-    k0: int
-    k1: int
-    kind: str  # "full" | "causal" | "masked"
-    mask: torch.Tensor | None = None  # [q1-q0, k1-k0] bool, only for "masked"
-
-    def visible(self) -> int:
-        """Number of visible (query, key) pairs in this tile."""
-        n, m = self.q1 - self.q0, self.k1 - self.k0
-        if self.kind == "causal":
-            return n * (n + 1) // 2
-        if self.kind == "masked":
-            return int(self.mask.sum())
-        return n * m
-
-    def computed(self) -> int:
-        """Number of (query, key) pairs the kernel evaluates (a masked tile is computed whole)."""
-        n, m = self.q1 - self.q0, self.k1 - self.k0
-        return n * (n + 1) // 2 if self.kind == "causal" else n * m
-
-
-def doc_segments(doc_row: torch.Tensor, start: int, end: int) -> list[tuple[int, int]]:
-    """Maximal runs ``(a, b)`` of equal document id inside ``[start, end)`` of ``doc_row [S]``."""
-    ids = doc_row[start:end]
-    cuts = (torch.nonzero(ids[1:] != ids[:-1]).flatten() + 1 + start).tolist()
-    bounds = [start, *cuts, end]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def doc_start(doc_row: torch.Tensor, index: int) -> int:
-    """First token of the document holding token ``index`` (``doc_row`` non-decreasing)."""
-    return int(torch.searchsorted(doc_row, doc_row[index], right=False))
-
-
-def key_start(doc_row: torch.Tensor, q0: int, mode: str) -> int:
-    """Smallest non-anchor key any query in ``[q0, ...)`` of one chunk needs."""
-    return 0 if mode == "causal" else doc_start(doc_row, q0)
-
-
-def diagonal_tiles(
-    doc_row: torch.Tensor, q0: int, q1: int, mode: str, min_tile: int = MIN_TILE
-) -> list[Tile]:
-    """Tiles of a chunk against itself: one causal tile per document, short documents grouped."""
-    if mode == "causal":
-        return [Tile(q0, q1, q0, q1, "causal")]
-    tiles: list[Tile] = []
-    group: list[tuple[int, int]] = []
-    for seg in doc_segments(doc_row, q0, q1):
-        if seg[1] - seg[0] >= min_tile:
-            if group:
-                tiles.append(_group_tile(doc_row, group))
-            tiles.append(Tile(seg[0], seg[1], seg[0], seg[1], "causal"))
-            group = []
-            continue
-        group.append(seg)
-        if seg[1] - group[0][0] >= min_tile:
-            tiles.append(_group_tile(doc_row, group))
-            group = []
-    if group:
-        tiles.append(_group_tile(doc_row, group))
-    return tiles
-
-
-def _group_tile(doc_row: torch.Tensor, group: list[tuple[int, int]]) -> Tile:
-    """One causal tile for a single document, a masked tile for several."""
-    a, b = group[0][0], group[-1][1]
-    if len(group) == 1:
-        return Tile(a, b, a, b, "causal")
-    ids = doc_row[a:b]
-    mask = (ids[:, None] == ids[None, :]).tril()  # [n, n] block-diagonal causal
-    return Tile(a, b, a, b, "masked", mask)
-
-
-def pair_tiles(
-    doc_row: torch.Tensor, q_span: tuple[int, int], k_span: tuple[int, int], mode: str
-) -> list[Tile]:
-    """Tiles of query chunk ``q_span`` against key rows ``k_span`` (a chunk, or a suffix of one)."""
-    (q0, q1), (k0, k1) = q_span, k_span
-    if k0 >= k1 or k0 >= q1:
-        return []
-    if (k0, k1) == (q0, q1):
-        return diagonal_tiles(doc_row, q0, q1, mode)
-    if k1 > q0:
-        raise ValueError(f"key span {k_span} overlaps query chunk {q_span} without being it")
-    lo = max(k0, key_start(doc_row, q0, mode))
-    if lo >= k1:
-        return []
-    # Keys before the chunk are seen only by the chunk's first document (all of it for causal).
-    rows_end = q1 if mode == "causal" else doc_segments(doc_row, q0, q1)[0][1]
-    return [Tile(q0, rows_end, lo, k1, "full")]
-
-
-def anchor_rows(doc_row: torch.Tensor, q0: int, q1: int) -> tuple[int, int]:
-    """Rows of ``[q0, q1)`` that fold the anchor in (those outside document 0; it sees the anchor itself)."""
-    first = int(torch.searchsorted(doc_row, torch.tensor(1, dtype=doc_row.dtype), right=False))
-    return max(q0, first), q1
-
-
-def chunk_span(chunk: int, chunk_len: int) -> tuple[int, int]:
-    """Global token range of a chunk."""
-    return chunk * chunk_len, (chunk + 1) * chunk_len
-
-
-def rank_chunks(cp_size: int, rank: int) -> tuple[int, ...]:
-    """Global chunks a rank holds, in local order (one chunk when ``cp_size == 1``)."""
-    return (0,) if cp_size == 1 else (rank, 2 * cp_size - 1 - rank)
-
-
-def transfer_rows(doc_ids: torch.Tensor, cp_size: int, mode: str) -> torch.Tensor:
-    """``[cp, cp, 2]`` int: rows of each source chunk's suffix that ``dst`` needs, ``[src, dst, chunk]``.
-
-    Every rank computes the same table from the full ``doc_ids [b, S]``; a source sends only that suffix.
-    """
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
-    chunk_len = doc_ids.shape[1] // (2 * cp_size)
-    rows = torch.zeros(cp_size, cp_size, 2, dtype=torch.long)
-    for dst in range(cp_size):
-        q_chunks = rank_chunks(cp_size, dst)
-        for src in range(cp_size):
-            if src == dst:
-                continue
-            for slot, k_chunk in enumerate(rank_chunks(cp_size, src)):
-                k0, k1 = chunk_span(k_chunk, chunk_len)
-                starts = [
-                    max(k0, key_start(row, chunk_span(qc, chunk_len)[0], mode))
-                    for qc in q_chunks
-                    if qc > k_chunk
-                    for row in doc_ids
-                ]
-                rows[src, dst, slot] = max([0] + [k1 - s for s in starts])
-    return rows
+from megatron_anchor.attention.geometry import SampleGeometry, concat_ranges
+from megatron_anchor.attention.reference import check_mode
+from megatron_anchor.parallel.cp_layout import megatron_cp_index
 
 
 @dataclass
 class AttentionStats:
     """Work counters of one or more calls (per rank; sum over ranks for the whole sample)."""
 
-    pairs_computed: int = 0  # (sample, query chunk, key chunk) pairs with at least one tile
-    pairs_skipped: int = 0  # causally possible pairs the mask empties: no FLOPs spent
-    tiles: int = 0  # kernel calls, anchor excluded
-    visible: int = 0  # visible (query, key) pairs covered, anchor excluded
-    computed: int = 0  # (query, key) pairs the kernels evaluate (>= visible)
-    anchor_rows: int = 0  # query rows that fold the broadcast anchor in
+    visible: int = 0  # visible (query, key) pairs the kernels cover, anchor excluded
+    anchor_rows: int = 0  # query rows that fold the anchor in (closed form, no kernel)
+    sequences: int = 0  # variable-length sequences over all kernel calls
+    calls: int = 0  # kernel calls of one forward (a backward makes as many)
     rows_sent: int = 0  # K/V rows sent to other ranks
-    rows_not_sent: int = 0  # rows a plain ring would have sent that nobody needed
+    idle_steps: int = 0  # ring steps after the first with nothing to receive or compute
+    kernel_calls_forward: int = 0  # backend kernel invocations, counted as they run
+    kernel_calls_backward: int = 0
 
     def add(self, other: AttentionStats) -> None:
         """Accumulate ``other`` into this object."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-@dataclass
-class StepPlan:
-    """One ring step seen from this rank: whose keys it gets, what it sends, which tiles it runs."""
+Rows = slice | torch.Tensor  # a contiguous range of rows (a view), or an index tensor (a gather)
+
+
+@dataclass(eq=False)
+class KernelCall:
+    """One variable-length attention call over gathered query rows and key rows."""
+
+    causal: bool  # causal within each sequence (bottom-right aligned), else every key visible
+    q_rows: Rows  # packed local query rows, in sequence order
+    k_rows: Rows  # rows of the step's key buffer, in sequence order
+    cu_q: torch.Tensor  # [n + 1] int32 on the device, offsets into the gathered query rows
+    cu_k: torch.Tensor  # [n + 1] int32 on the device
+    host_cu_q: np.ndarray  # the same offsets on the host (CPU kernels loop over sequences)
+    host_cu_k: np.ndarray
+    max_q: int
+    max_k: int
+    visible: int
+    cache: dict = field(default_factory=dict)  # backend-derived data, built once, reused by every layer
+
+    @property
+    def sequences(self) -> int:
+        """Number of variable-length sequences."""
+        return len(self.host_cu_q) - 1
+
+
+@dataclass(eq=False)
+class RingStep:
+    """One ring step seen from this rank: what it sends, what it receives, which calls it makes."""
 
     src: int
     dst: int
-    recv_rows: tuple[int, ...]  # rows of each source chunk's suffix received (step 0: the local chunks)
-    send_rows: tuple[int, ...]  # rows of each local chunk's suffix sent to dst
-    tiles: list[list[Tile]]  # per sample, in local coordinates (queries: local; keys: the step's buffer)
+    send_rows: torch.Tensor | None  # packed local rows sent to ``dst`` (None: nothing)
+    recv_rows: int  # rows arriving from ``src`` (0: nothing)
+    calls: list[KernelCall]
 
 
-@dataclass
-class RingPlan:
-    """Everything one rank computes and sends in one call, derived from doc_ids and the layout alone."""
+@dataclass(eq=False)
+class AnchorFold:
+    """The anchor as one extra key of the rows outside its document, in closed form."""
 
-    chunk_len: int
-    steps: list[StepPlan]
-    anchor_tiles: list[list[Tile]] | None  # per sample: local rows against the anchor (None: no anchor)
+    token0_rows: torch.Tensor  # [b] packed row of token 0 where this rank holds it, else 0
+    owned: torch.Tensor  # [b] fp32 1.0 where this rank holds token 0, else 0.0
+    rows: torch.Tensor  # [T] bool: rows that fold the anchor in
+
+
+@dataclass(eq=False)
+class AttentionPlan:
+    """Everything one rank computes and sends for one micro-batch."""
+
+    mode: str
+    cp_size: int
+    rank: int
+    batch: int
+    local_len: int
+    device: torch.device
+    order: torch.Tensor | None  # [T] input row of each packed row (None: the input is in local order)
+    inverse: torch.Tensor | None  # [T] packed row of each input row
+    steps: list[RingStep]
+    anchor: AnchorFold | None
     stats: AttentionStats
 
 
-def _local(tile: Tile, q_shift: int, k_shift: int) -> Tile:
-    return Tile(
-        tile.q0 - q_shift, tile.q1 - q_shift, tile.k0 - k_shift, tile.k1 - k_shift, tile.kind, tile.mask
+def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+    if device.type == "cuda":  # once per micro-batch, off the hot path: pinned and asynchronous
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _rows(starts: np.ndarray, lengths: np.ndarray, device: torch.device) -> Rows:
+    """Rows of consecutive ranges: a slice when they are back to back, else an index tensor."""
+    if len(starts) == 0 or np.array_equal(starts[1:], (starts + lengths)[:-1]):
+        first = int(starts[0]) if len(starts) else 0
+        return slice(first, first + int(lengths.sum()))
+    return _to_device(concat_ranges(starts, lengths), device)
+
+
+def _kernel_call(causal: bool, q: tuple, k: tuple, device: torch.device) -> KernelCall:
+    """A call from ``(starts, lengths)`` of its sequences' query rows and key rows."""
+    (q_start, q_len), (k_start, k_len) = q, k
+    cu_q = np.concatenate([[0], np.cumsum(q_len)]).astype(np.int64)
+    cu_k = np.concatenate([[0], np.cumsum(k_len)]).astype(np.int64)
+    visible = int((q_len * (q_len + 1) // 2).sum()) if causal else int((q_len * k_len).sum())
+    return KernelCall(
+        causal=causal,
+        q_rows=_rows(q_start, q_len, device),
+        k_rows=_rows(k_start, k_len, device),
+        cu_q=_to_device(cu_q, device, torch.int32),
+        cu_k=_to_device(cu_k, device, torch.int32),
+        host_cu_q=cu_q,
+        host_cu_k=cu_k,
+        max_q=int(q_len.max()),
+        max_k=int(k_len.max()),
+        visible=visible,
     )
 
 
-def _step_tiles(
-    doc_ids: torch.Tensor,
-    q_chunks: tuple[int, ...],
-    k_chunks: tuple[int, ...],
-    recv: tuple[int, ...],
-    chunk_len: int,
-    mode: str,
-    stats: AttentionStats,
-) -> list[list[Tile]]:
-    """Per sample, the local tiles of one step's key buffer (the last ``recv[i]`` rows of ``k_chunks[i]``)."""
-    tiles: list[list[Tile]] = [[] for _ in range(doc_ids.shape[0])]
-    for b, doc_row in enumerate(doc_ids):
-        for q_slot, qc in enumerate(q_chunks):
-            q_shift, offset = (qc - q_slot) * chunk_len, 0
-            for kc, n in zip(k_chunks, recv):
-                k_end = chunk_span(kc, chunk_len)[1]
-                found = pair_tiles(doc_row, chunk_span(qc, chunk_len), (k_end - n, k_end), mode)
-                tiles[b] += [_local(t, q_shift, k_end - n - offset) for t in found]
-                stats.pairs_computed += bool(found)
-                stats.pairs_skipped += kc <= qc and not found
-                stats.visible += sum(t.visible() for t in found)
-                stats.computed += sum(t.computed() for t in found)
-                offset += n
-        stats.tiles += len(tiles[b])
-    return tiles
+def _local_call(geoms: list[SampleGeometry], rank: int, device: torch.device) -> KernelCall:
+    """Step 0: the local rows against themselves, one causal sequence per (sample, document)."""
+    starts, lengths = [], []
+    for b, geom in enumerate(geoms):
+        cu = geom.local_docs(rank)
+        starts.append(cu[:-1] + b * geom.local_len)
+        lengths.append(np.diff(cu))
+    q = (np.concatenate(starts), np.concatenate(lengths))
+    return _kernel_call(True, q, q, device)
 
 
-def build_ring_plan(doc_ids: torch.Tensor, cp_size: int, rank: int, mode: str) -> RingPlan:
-    """Plan of CP ``rank``: per ring step its tiles (local coordinates) and transfer sizes."""
-    doc_ids = doc_ids.cpu()
-    chunk_len = doc_ids.shape[1] // (2 * cp_size) if cp_size > 1 else doc_ids.shape[1]
-    rows = transfer_rows(doc_ids, cp_size, mode) if cp_size > 1 else None
-    stats = AttentionStats()
-    q_chunks = rank_chunks(cp_size, rank)
-    steps = []
-    for step in range(cp_size):
-        src, dst = (rank - step) % cp_size, (rank + step) % cp_size
-        if step == 0:
-            recv, send = (chunk_len,) * len(q_chunks), (0,) * len(q_chunks)
-        else:
-            recv, send = tuple(rows[src, rank].tolist()), tuple(rows[rank, dst].tolist())
-            stats.rows_sent += sum(send)
-            stats.rows_not_sent += len(send) * chunk_len - sum(send)
-        tiles = _step_tiles(doc_ids, q_chunks, rank_chunks(cp_size, src), recv, chunk_len, mode, stats)
-        steps.append(StepPlan(src, dst, recv, send, tiles))
-    anchor_tiles = _anchor_tiles(doc_ids, q_chunks, chunk_len, mode)
-    stats.anchor_rows = sum(t.q1 - t.q0 for per_sample in anchor_tiles or [] for t in per_sample)
-    return RingPlan(chunk_len, steps, anchor_tiles, stats)
+def _remote_step(geoms: list[SampleGeometry], rank: int, step: int, device: torch.device) -> RingStep:
+    """Step ``step``: rows sent to ``rank + step``, and one full call per level on ``rank - step``'s rows."""
+    cp = geoms[0].cp
+    src, dst = (rank - step) % cp, (rank + step) % cp
+    received = [geom.received(rank, src) for geom in geoms]
+    local_len = geoms[0].local_len
+    sent = np.concatenate([g.sent_rows(rank, dst) + b * local_len for b, g in enumerate(geoms)])
+    buffer_offset = np.concatenate([[0], np.cumsum([r.rows for r in received])])
+    calls = []
+    for level in range(max((int(r.level.max()) + 1 for r in received if len(r.level)), default=0)):
+        parts = [
+            (r.q_start[m] + b * local_len, r.q_len[m], r.key_start[m] + buffer_offset[b], r.key_len[m])
+            for b, r in enumerate(received)
+            for m in [r.level == level]
+        ]
+        q_start, q_len, k_start, k_len = (np.concatenate(column) for column in zip(*parts))
+        calls.append(_kernel_call(False, (q_start, q_len), (k_start, k_len), device))
+    send_rows = _to_device(sent, device) if len(sent) else None
+    return RingStep(src, dst, send_rows, int(buffer_offset[-1]), calls)
 
 
-def _anchor_tiles(doc_ids: torch.Tensor, q_chunks: tuple[int, ...], chunk_len: int, mode: str):
-    """Per sample, full tiles of the local rows outside document 0 against the anchor (None unless anchor)."""
-    if mode != "anchor":
+def _anchor_fold(geoms: list[SampleGeometry], rank: int, device: torch.device) -> AnchorFold:
+    owned = np.array([g.owner_of_token0 == rank for g in geoms])
+    token0 = np.array([b * g.local_len + g.pos_of_token0 for b, g in enumerate(geoms)]) * owned
+    rows = np.concatenate([g.anchor_rows(rank) for g in geoms])
+    return AnchorFold(
+        _to_device(token0, device), _to_device(owned, device, torch.float32), _to_device(rows, device, torch.bool)
+    )
+
+
+def check_doc_ids(doc_ids: torch.Tensor) -> None:
+    """Raise unless ``doc_ids [b, S]`` is int64, starts with the anchor (0) and never decreases."""
+    if doc_ids.dtype != torch.int64 or doc_ids.dim() != 2:
+        raise ValueError(f"doc_ids must be int64 [b, S]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+    if bool((doc_ids[:, 0] != 0).any()):
+        raise ValueError("doc_ids[:, 0] must be 0: token 0 is the anchor (document 0)")
+    if bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
+        raise ValueError("doc_ids must be non-decreasing along the sample (documents are contiguous)")
+
+
+def check_cp_index(cp_index: torch.Tensor, batch: int, seq_len: int, cp_size: int) -> None:
+    """Raise unless ``cp_index [b, cp, S / cp]`` int64 cuts every sample into equal parts, each token once."""
+    expected = (batch, cp_size, seq_len // cp_size)
+    if cp_index.dtype != torch.int64 or tuple(cp_index.shape) != expected or seq_len % cp_size:
+        raise ValueError(
+            f"cp_index must be int64 {list(expected)} (S={seq_len} split over CP {cp_size}); "
+            f"got {cp_index.dtype} {list(cp_index.shape)}"
+        )
+    flat = cp_index.reshape(batch, seq_len)
+    if not torch.equal(flat.sort(dim=1).values, torch.arange(seq_len).expand(batch, seq_len)):
+        raise ValueError("cp_index must hold every token index 0..S-1 of each sample exactly once")
+
+
+def _input_order(cp_index: torch.Tensor, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Packed input row of each packed local-order row, and its inverse (None when already sorted)."""
+    mine = cp_index[:, rank].numpy()  # [b, L]
+    if (np.diff(mine, axis=1) > 0).all():
         return None
-    result: list[list[Tile]] = [[] for _ in range(doc_ids.shape[0])]
-    for b, doc_row in enumerate(doc_ids):
-        for slot, qc in enumerate(q_chunks):
-            a, e = anchor_rows(doc_row, *chunk_span(qc, chunk_len))
-            shift = qc * chunk_len - slot * chunk_len
-            if a < e:
-                result[b].append(Tile(a - shift, e - shift, 0, 1, "full"))
-    return result
+    local_len = mine.shape[1]
+    order = (np.argsort(mine, axis=1, kind="stable") + np.arange(len(mine))[:, None] * local_len).ravel()
+    return order, np.argsort(order)
+
+
+def build_attention_plan(
+    doc_ids: torch.Tensor,
+    mode: str = "anchor",
+    *,
+    cp_size: int = 1,
+    rank: int = 0,
+    cp_index: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> AttentionPlan:
+    """The plan of CP ``rank`` for ``doc_ids [b, S]`` (host tensor) under ``cp_index [b, cp, S / cp]``.
+
+    ``cp_index=None`` is megatron-core's load-balanced layout. Index tensors are placed on ``device``.
+    """
+    check_mode(mode)
+    doc_ids = doc_ids.cpu()  # callers pass the host copy; a device tensor costs one read per micro-batch
+    check_doc_ids(doc_ids)
+    batch, seq_len = doc_ids.shape
+    if cp_index is None:
+        cp_index = megatron_cp_index(seq_len, cp_size).expand(batch, cp_size, seq_len // cp_size)
+    cp_index = cp_index.cpu()
+    check_cp_index(cp_index, batch, seq_len, cp_size)
+    device = torch.device(device or "cpu")
+    geoms = [SampleGeometry(doc_ids[b].numpy(), cp_index[b].numpy(), mode) for b in range(batch)]
+    steps = [RingStep(rank, rank, None, 0, [_local_call(geoms, rank, device)])]
+    steps += [_remote_step(geoms, rank, step, device) for step in range(1, cp_size)]
+    anchor = _anchor_fold(geoms, rank, device) if mode == "anchor" else None
+    order = _input_order(cp_index, rank)
+    stats = AttentionStats(
+        visible=sum(c.visible for s in steps for c in s.calls),
+        anchor_rows=sum(int(g.anchor_rows(rank).sum()) for g in geoms),
+        sequences=sum(c.sequences for s in steps for c in s.calls),
+        calls=sum(len(s.calls) for s in steps),
+        rows_sent=sum(0 if s.send_rows is None else len(s.send_rows) for s in steps),
+        idle_steps=sum(not s.calls and s.send_rows is None for s in steps[1:]),
+    )
+    return AttentionPlan(
+        mode=mode,
+        cp_size=cp_size,
+        rank=rank,
+        batch=batch,
+        local_len=seq_len // cp_size,
+        device=device,
+        order=None if order is None else _to_device(order[0], device),
+        inverse=None if order is None else _to_device(order[1], device),
+        steps=steps,
+        anchor=anchor,
+        stats=stats,
+    )

@@ -9,8 +9,7 @@ ATTENTION_MODES = ("causal", "intra_doc", "anchor")
 
 def visibility_mask(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:
     """Boolean mask ``[b, S, S]``: True where query i may attend key j (SPEC section 1)."""
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+    check_mode(mode)
     seq_len = doc_ids.shape[-1]
     causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=doc_ids.device).tril()
     mask = causal.expand(doc_ids.shape[0], seq_len, seq_len)
@@ -20,6 +19,36 @@ def visibility_mask(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "anchor":
         same_doc[:, :, 0] = True
     return mask & same_doc
+
+
+def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of ``ATTENTION_MODES``."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+
+
+def visible_keys_per_query(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:
+    """Row sums of ``visibility_mask`` in closed form: int64 ``[..., S]``, the keys each query sees.
+
+    This is the attention work of each query; layouts balance it and throughput counts it.
+    """
+    check_mode(mode)
+    index = torch.arange(doc_ids.shape[-1], device=doc_ids.device).expand_as(doc_ids)
+    if mode == "causal":
+        return index + 1
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[..., 1:] = doc_ids[..., 1:] != doc_ids[..., :-1]
+    # First token of each token's document: a running max over the document starts.
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    count = index - first + 1
+    if mode == "anchor":  # queries outside the anchor's document see it as one more key
+        count = count + (doc_ids != doc_ids[..., :1]).long()
+    return count
+
+
+def visible_pairs(doc_ids: torch.Tensor, mode: str) -> int:
+    """(query, key) pairs the attention mask keeps, summed over the batch ``doc_ids [b, S]``."""
+    return int(visible_keys_per_query(doc_ids, mode).sum())
 
 
 def dense_reference_attention(

@@ -41,6 +41,11 @@ def cp_token_index(seq_len: int, cp_size: int, cp_rank: int, device=None) -> tor
     )
 
 
+def megatron_cp_index(seq_len: int, cp_size: int) -> torch.Tensor:
+    """Every rank's global token indices ``[cp_size, seq_len // cp_size]`` in the load-balanced layout."""
+    return torch.stack([cp_token_index(seq_len, cp_size, rank) for rank in range(cp_size)])
+
+
 def slice_for_cp_rank(tensor: torch.Tensor, dim: int, cp_size: int, cp_rank: int) -> torch.Tensor:
     """This rank's share of ``tensor`` along ``dim`` (a full-sample axis) in the load-balanced layout."""
     if cp_size == 1:

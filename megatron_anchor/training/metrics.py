@@ -7,6 +7,8 @@ import resource
 
 import torch
 
+from megatron_anchor.attention.reference import visible_pairs  # noqa: F401  (re-exported)
+
 
 def dense_params_per_token(
     num_layers: int, hidden: int, ffn: int, heads: int, groups: int, vocab: int
@@ -16,20 +18,6 @@ def dense_params_per_token(
     qkv = hidden * (hidden + 2 * groups * head_dim)
     layer = qkv + hidden * hidden + 3 * hidden * ffn
     return num_layers * layer + hidden * vocab
-
-
-def visible_pairs(doc_ids: torch.Tensor, mode: str) -> int:
-    """(query, key) pairs the attention mask keeps, summed over the batch ``doc_ids [b, S]``."""
-    b, s = doc_ids.shape
-    if mode == "causal":
-        return b * s * (s + 1) // 2
-    total = 0
-    for row in doc_ids:
-        lengths = torch.unique_consecutive(row, return_counts=True)[1].long()
-        total += int((lengths * (lengths + 1) // 2).sum())
-        if mode == "anchor":
-            total += s - int(lengths[0])  # every query outside the anchor's document also sees key 0
-    return total
 
 
 def step_flops(dense_params: int, tokens: int, pairs: int, num_layers: int, hidden: int) -> float:
