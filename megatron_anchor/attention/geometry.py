@@ -130,7 +130,7 @@ class SampleGeometry:
         return concat_ranges(starts, wanted.prefix)
 
     def _last_and_level(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per run: whether it is its owner's last run of its document, and its level ``[R, cp]`` per source."""
+        """Per run: is it its owner's last run of its document; its level ``[R, cp]`` per source."""
         order = np.lexsort((np.arange(len(self.run_len)), self.run_owner, self.run_doc))
         doc, owner = self.run_doc[order], self.run_owner[order]
         first = np.ones(len(order), dtype=bool)

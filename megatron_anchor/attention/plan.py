@@ -173,7 +173,9 @@ def _anchor_fold(geoms: list[SampleGeometry], rank: int, device: torch.device) -
     token0 = np.array([b * g.local_len + g.pos_of_token0 for b, g in enumerate(geoms)]) * owned
     rows = np.concatenate([g.anchor_rows(rank) for g in geoms])
     return AnchorFold(
-        _to_device(token0, device), _to_device(owned, device, torch.float32), _to_device(rows, device, torch.bool)
+        token0_rows=_to_device(token0, device),
+        owned=_to_device(owned, device, torch.float32),
+        rows=_to_device(rows, device, torch.bool),
     )
 
 
