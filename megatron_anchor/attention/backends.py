@@ -1,183 +1,278 @@
-"""Kernel backends: one tile of attention forward ``(out, lse)`` and backward from the merged ``(out, lse)``.
+"""Variable-length attention kernels behind one contract, and their selection.
 
-A tile is ``q [B, h, n, d]`` against ``k, v [B, h, m, d]`` (heads already expanded for GQA) of one kind:
-``full``, ``causal`` (n == m, lower triangle) or ``masked`` (``mask [n, m]`` bool). ``lse [B, h, n]`` is
-fp32, natural log, scale included. Backward takes the *final* merged out/lse of the rows, which makes the
-gradients of a partial tile exact (P = exp(s - lse), delta = rowsum(dout * out)).
+The contract (FlashAttention's varlen call): packed ``q [Tq, h, d]``, ``k, v [Tk, h_kv, d]`` (GQA: ``h_kv``
+divides ``h``), the sequences of a ``KernelCall`` (int32 ``cu_q``/``cu_k`` offsets; causal means
+bottom-right aligned: query ``i`` of a sequence with ``n`` queries and ``m`` keys sees keys ``<= i + m - n``).
+``forward`` returns ``(out [Tq, h, d] like q, lse [h, Tq] fp32 natural log with the scale, aux)``;
+``backward`` takes the *final merged* ``out``/``lse`` of the rows (which makes each call's gradient exact:
+``P = exp(s - lse)``, ``delta = rowsum(dout * out)``) and returns ``(dq, dk, dv)`` shaped like q, k, v.
 
-- ``torch``: tiled online-softmax matmuls in fp32; any device; the reference-quality kernel.
-- ``sdpa_cpu``: aten's CPU flash kernels (``_scaled_dot_product_flash_attention_for_cpu[_backward]``).
-- ``flex``: ``flex_attention`` with a block mask on CUDA for the forward, the torch kernel's backward.
+- ``varlen_reference``: dense masked attention in plain torch from the ``cu`` tensors alone (no host
+  reads); exactly the contract, for tests of the code that drives the GPU kernels.
+- ``sdpa_cpu``: aten's CPU flash kernels, a call per sequence (runs of tiny sequences share a masked call).
+- ``torch``: tiled online-softmax matmuls in fp32, any device (the GPU fallback for fp32 inputs).
+- ``flash`` / ``flash_attn2`` / ``flash_attn3`` (``attention/flash.py``): the GPU kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
-BACKENDS = ("auto", "torch", "sdpa_cpu", "flex")
-BLOCK = 512  # tile edge of the torch kernel: [B, h, 512, 512] fp32 scores at a time
+from megatron_anchor.attention.plan import KernelCall
+
+BACKENDS = ("auto", "varlen_reference", "sdpa_cpu", "torch", "flash", "flash_attn2", "flash_attn3")
+BLOCK = 512  # tile edge of the torch kernel: [h, 512, 512] fp32 scores at a time
+TINY = 64  # sequences shorter than this run in groups on the CPU (per-call overhead dominates)
 
 
-def _blocks(n: int, m: int, kind: str, mask: torch.Tensor | None) -> Iterator[tuple]:
-    """Non-empty (i0, i1, j0, j1, block mask or None) sub-blocks of a tile, row block by row block."""
-    for i0 in range(0, n, BLOCK):
-        i1 = min(i0 + BLOCK, n)
-        for j0 in range(0, m, BLOCK):
-            j1 = min(j0 + BLOCK, m)
-            if kind == "causal":
-                if j0 >= i1:
-                    break
-                sub = None if j1 <= i0 + 1 else torch.ones(i1 - i0, j1 - j0, dtype=torch.bool).tril(i0 - j0)
-            elif kind == "masked":
-                sub = mask[i0:i1, j0:j1]
-                if not bool(sub.any()):
-                    continue
-            else:
-                sub = None
-            yield i0, i1, j0, j1, sub
+def _expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[T, h_kv, d]`` -> ``[T, h, d]`` (query head j uses K/V head j // group)."""
+    group = heads // t.shape[1]
+    return t if group == 1 else t.repeat_interleave(group, dim=1)
 
 
-def _scores(q, k, sub) -> torch.Tensor:
-    """``q @ k^T`` ``[B, h, bi, bj]`` with masked-out pairs at -inf (q already scaled)."""
-    s = q @ k.transpose(-1, -2)
-    return s if sub is None else s.masked_fill_(~sub.to(s.device), float("-inf"))
+def _reduce_heads(grad: torch.Tensor, heads_kv: int) -> torch.Tensor:
+    """``[T, h, d]`` -> ``[T, h_kv, d]``: sum the gradients of each K/V head's group."""
+    n, h, d = grad.shape
+    return grad if h == heads_kv else grad.view(n, heads_kv, h // heads_kv, d).sum(2)
 
 
-class TorchTiled:
-    """Flash-style tiled attention in plain torch ops (fp32 math), forward and backward."""
+def _dense_mask(call: KernelCall, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[Tq, Tk]`` mask of a call's sequences, from the device ``cu`` tensors only."""
+    cu_q, cu_k = call.cu_q.long(), call.cu_k.long()
+    rows, cols = torch.arange(n_q, device=device), torch.arange(n_k, device=device)
+    q_seq = torch.searchsorted(cu_q[1:], rows, right=True)  # [Tq] sequence of each query row
+    k_seq = torch.searchsorted(cu_k[1:], cols, right=True)
+    mask = q_seq[:, None] == k_seq[None, :]
+    if call.causal:
+        q_pos, k_pos = rows - cu_q[q_seq], cols - cu_k[k_seq]
+        shift = (cu_k[1:] - cu_k[:-1] - cu_q[1:] + cu_q[:-1])[q_seq]  # m - n of the query's sequence
+        mask &= k_pos[None, :] <= (q_pos + shift)[:, None]
+    return mask
 
-    name = "torch"
 
-    def forward(self, q, k, v, kind: str, mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tile forward: ``(out [B, h, n, d] fp32, lse [B, h, n] fp32)``, online softmax per row block."""
-        qf, kf, vf = q.float() * scale, k.float(), v.float()
-        acc = torch.zeros_like(qf)  # unnormalised sum of p v
-        row_max = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-        row_sum = torch.zeros_like(row_max)
-        for i0, i1, j0, j1, sub in _blocks(q.shape[2], k.shape[2], kind, mask):
-            s = _scores(qf[:, :, i0:i1], kf[:, :, j0:j1], sub)  # [B, h, bi, bj]
-            old_max = row_max[:, :, i0:i1]
-            new_max = torch.maximum(old_max, s.amax(-1))
-            safe = _finite(new_max)
-            p = s.sub_(safe[..., None]).exp_()
-            alpha = torch.exp(old_max - safe)
-            row_sum[:, :, i0:i1] = row_sum[:, :, i0:i1] * alpha + p.sum(-1)
-            acc[:, :, i0:i1] = acc[:, :, i0:i1] * alpha[..., None] + p @ vf[:, :, j0:j1]
-            row_max[:, :, i0:i1] = new_max
-        lse = _finite(row_max) + row_sum.log()  # -inf where a row saw no key
-        return acc / row_sum.clamp_min(torch.finfo(torch.float32).tiny)[..., None], lse
+class VarlenReference:
+    """Dense masked attention with the varlen contract (test backend: memory grows as Tq x Tk)."""
 
-    def backward(self, dout, q, k, v, out, lse, kind: str, mask, scale: float):
-        """Tile backward: ``(dq, dk, dv)`` fp32 like q, k, v."""
-        qf, kf, vf, dof = q.float() * scale, k.float(), v.float(), dout.float()
-        delta = (dof * out.float()).sum(-1, keepdim=True)  # [B, h, n, 1]
-        dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
-        for i0, i1, j0, j1, sub in _blocks(q.shape[2], k.shape[2], kind, mask):
-            p = _scores(qf[:, :, i0:i1], kf[:, :, j0:j1], sub).sub_(lse[:, :, i0:i1, None]).exp_()
-            dv[:, :, j0:j1] += p.transpose(-1, -2) @ dof[:, :, i0:i1]
-            ds = p * (dof[:, :, i0:i1] @ vf[:, :, j0:j1].transpose(-1, -2) - delta[:, :, i0:i1])
-            dq[:, :, i0:i1] += ds @ kf[:, :, j0:j1] * scale
-            dk[:, :, j0:j1] += ds.transpose(-1, -2) @ qf[:, :, i0:i1]  # q carries the scale already
-        return dq, dk, dv
+    name = "varlen_reference"
+
+    def _scores(self, q, k, call: KernelCall, scale: float) -> torch.Tensor:
+        kf = _expand_heads(k.float(), q.shape[1])
+        s = torch.einsum("qhd,khd->hqk", q.float(), kf) * scale  # [h, Tq, Tk]
+        mask = _dense_mask(call, q.shape[0], k.shape[0], q.device)
+        return s.masked_fill(~mask, float("-inf"))
+
+    def forward(self, q, k, v, call: KernelCall, scale: float):
+        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``; rows without keys get out 0, lse -inf."""
+        s = self._scores(q, k, call, scale)
+        lse = torch.logsumexp(s, dim=-1)  # [h, Tq]
+        p = torch.exp(s - lse.masked_fill(lse.isinf(), 0.0)[..., None])
+        out = torch.einsum("hqk,khd->qhd", p, _expand_heads(v.float(), q.shape[1]))
+        return out.to(q.dtype), lse, None
+
+    def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
+        """``(dq, dk, dv)`` like q, k, v from the merged ``out``/``lse``."""
+        heads, heads_kv = q.shape[1], k.shape[1]
+        p = torch.exp(self._scores(q, k, call, scale) - lse.float()[..., None])  # [h, Tq, Tk]
+        dof, vf = dout.float(), _expand_heads(v.float(), heads)
+        delta = (dof * out.float()).sum(-1).t()  # [h, Tq]
+        ds = p * (torch.einsum("qhd,khd->hqk", dof, vf) - delta[..., None])
+        dq = torch.einsum("hqk,khd->qhd", ds, _expand_heads(k.float(), heads)) * scale
+        dk = torch.einsum("hqk,qhd->khd", ds, q.float()) * scale
+        dv = torch.einsum("hqk,qhd->khd", p, dof)
+        dk, dv = _reduce_heads(dk, heads_kv), _reduce_heads(dv, heads_kv)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _groups(call: KernelCall) -> list[tuple[int, int, int, int, torch.Tensor | None]]:
+    """``(q0, q1, k0, k1, mask or None)`` per CPU kernel call: one per sequence, tiny runs grouped.
+
+    ``mask`` is None for a single sequence (causal or full as the call says), else a block-diagonal bool
+    ``[q1 - q0, k1 - k0]``. Cached on the call: every layer reuses it.
+    """
+    if "groups" in call.cache:
+        return call.cache["groups"]
+    cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
+    groups, pending = [], []
+    for i in range(call.sequences):
+        seq = (cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1])
+        if seq[1] - seq[0] >= TINY and seq[3] - seq[2] >= TINY:
+            groups += [_group(pending, call.causal)] if pending else []
+            groups.append((*seq, None))
+            pending = []
+            continue
+        pending.append(seq)
+        if pending[-1][1] - pending[0][0] >= TINY:
+            groups.append(_group(pending, call.causal))
+            pending = []
+    groups += [_group(pending, call.causal)] if pending else []
+    call.cache["groups"] = groups
+    return groups
+
+
+def _group(seqs: list[tuple[int, int, int, int]], causal: bool) -> tuple:
+    """One masked call over consecutive sequences (a single one keeps its own kind, no mask)."""
+    if len(seqs) == 1:
+        return (*seqs[0], None)
+    q0, k0 = seqs[0][0], seqs[0][2]
+    mask = torch.zeros(seqs[-1][1] - q0, seqs[-1][3] - k0, dtype=torch.bool)
+    for a, b, c, e in seqs:
+        block = torch.ones(b - a, e - c, dtype=torch.bool)
+        mask[a - q0 : b - q0, c - k0 : e - k0] = block.tril(e - c - (b - a)) if causal else block
+    return q0, seqs[-1][1], k0, seqs[-1][3], mask
+
+
+def _heads_first(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1)[None]  # [n, h, d] -> [1, h, n, d] (a view)
 
 
 class SdpaCpu:
-    """aten's CPU flash-attention kernels, one call per tile (masked tiles get an additive mask)."""
+    """aten's CPU flash-attention kernels per sequence (or group of tiny sequences)."""
 
     name = "sdpa_cpu"
 
     @staticmethod
     def available() -> bool:
+        """Whether this torch has the CPU flash ops with a backward."""
         return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
     @staticmethod
-    def _mask(mask, kind: str, like: torch.Tensor):
-        if kind != "masked":
-            return None
-        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, float("-inf"))
+    def _args(call: KernelCall, group: tuple, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+        """(is_causal, additive mask) of one group; causal with m != n needs the explicit mask."""
+        q0, q1, k0, k1, mask = group
+        if mask is None and call.causal and q1 - q0 != k1 - k0:
+            mask = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool).tril(k1 - k0 - (q1 - q0))
+        if mask is None:
+            return call.causal, None
+        return False, torch.zeros(mask.shape, dtype=like.dtype).masked_fill(~mask, float("-inf"))
 
-    def forward(self, q, k, v, kind: str, mask, scale: float):
-        """Tile forward: ``(out [B, h, n, d] like q, lse [B, h, n] fp32)``."""
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, kind == "causal", attn_mask=self._mask(mask, kind, q), scale=scale
-        )
-
-    def backward(self, dout, q, k, v, out, lse, kind: str, mask, scale: float):
-        """Tile backward: ``(dq, dk, dv)`` like q, k, v."""
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout, q, k, v, out, lse, 0.0, kind == "causal", attn_mask=self._mask(mask, kind, q), scale=scale
-        )
-
-
-class FlexCuda(TorchTiled):
-    """``flex_attention`` forward with a block mask (compiled on CUDA); backward from the torch kernel."""
-
-    name = "flex"
-
-    def __init__(self, compiled: bool = True):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        self._create_block_mask = create_block_mask
-        self._flex = torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
-
-    @staticmethod
-    def available() -> bool:
-        try:
-            import torch.nn.attention.flex_attention  # noqa: F401
-        except ImportError:
-            return False
-        return torch.cuda.is_available()
-
-    def forward(self, q, k, v, kind: str, mask, scale: float):
-        """Tile forward: ``(out [B, h, n, d] like q, lse [B, h, n] fp32)``."""
-        block_mask = None
-        if kind != "full":
-            dense = mask.to(q.device) if kind == "masked" else None
-            mask_mod = (lambda b, h, i, j: j <= i) if kind == "causal" else (lambda b, h, i, j: dense[i, j])
-            block_mask = self._create_block_mask(
-                mask_mod, None, None, q.shape[2], k.shape[2], device=q.device
+    def forward(self, q, k, v, call: KernelCall, scale: float):
+        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``."""
+        heads = q.shape[1]
+        k, v = _expand_heads(k, heads), _expand_heads(v, heads)
+        out = torch.empty_like(q)
+        lse = torch.empty(heads, q.shape[0], dtype=torch.float32)
+        for group in _groups(call):
+            q0, q1, k0, k1, _ = group
+            causal, mask = self._args(call, group, q)
+            part_out, part_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                *(_heads_first(t) for t in (q[q0:q1], k[k0:k1], v[k0:k1])),
+                0.0,
+                causal,
+                attn_mask=mask,
+                scale=scale,
             )
-        out, lse = self._flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
-        return out, lse.float()
+            out[q0:q1] = part_out[0].transpose(0, 1)
+            lse[:, q0:q1] = part_lse[0]
+        return out, lse, None
+
+    def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
+        """``(dq, dk, dv)`` like q, k, v."""
+        heads, heads_kv = q.shape[1], k.shape[1]
+        k, v = _expand_heads(k, heads), _expand_heads(v, heads)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for group in _groups(call):
+            q0, q1, k0, k1, _ = group
+            causal, mask = self._args(call, group, q)
+            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                *(_heads_first(t) for t in (dout[q0:q1], q[q0:q1], k[k0:k1], v[k0:k1], out[q0:q1])),
+                lse[:, q0:q1][None].contiguous(),
+                0.0,
+                causal,
+                attn_mask=mask,
+                scale=scale,
+            )
+            dq[q0:q1] += grads[0][0].transpose(0, 1)
+            dk[k0:k1] += grads[1][0].transpose(0, 1)
+            dv[k0:k1] += grads[2][0].transpose(0, 1)
+        return dq, _reduce_heads(dk, heads_kv), _reduce_heads(dv, heads_kv)
 
 
-def select_backend(name: str, device: torch.device):
-    """The backend object for ``name`` (``auto`` picks the fastest available on ``device``)."""
+def _blocks(n: int, m: int, causal: bool):
+    """``(i0, i1, j0, j1, diagonal or None)`` sub-blocks of one sequence with any visible pair."""
+    shift = m - n  # bottom-right alignment: query i sees keys <= i + shift
+    for i0 in range(0, n, BLOCK):
+        i1 = min(i0 + BLOCK, n)
+        for j0 in range(0, m, BLOCK):
+            j1 = min(j0 + BLOCK, m)
+            if causal and j0 > i1 - 1 + shift:
+                break
+            full = not causal or j1 - 1 <= i0 + shift
+            yield i0, i1, j0, j1, None if full else i0 - j0 + shift
+
+
+def _scores(q, k, diagonal: int | None) -> torch.Tensor:
+    """``q @ k^T`` ``[h, bi, bj]`` (q scaled), pairs above ``diagonal`` at -inf (made on q's device)."""
+    s = q @ k.transpose(-1, -2)
+    if diagonal is None:
+        return s
+    keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(diagonal)
+    return s.masked_fill_(~keep, float("-inf"))
+
+
+class TorchTiled:
+    """Flash-style tiled attention in plain torch ops (fp32 math), per sequence, forward and backward."""
+
+    name = "torch"
+
+    def forward(self, q, k, v, call: KernelCall, scale: float):
+        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``."""
+        heads = q.shape[1]
+        qf = q.float().transpose(0, 1) * scale  # [h, Tq, d]
+        kf, vf = (_expand_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
+        out = torch.zeros_like(qf)
+        lse = torch.full(qf.shape[:-1], float("-inf"), device=q.device)
+        cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
+        for a, b, c, e in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+            row_max = torch.full((heads, b - a), float("-inf"), device=q.device)
+            row_sum = torch.zeros_like(row_max)
+            acc = out[:, a:b]
+            for i0, i1, j0, j1, diag in _blocks(b - a, e - c, call.causal):
+                s = _scores(qf[:, a + i0 : a + i1], kf[:, c + j0 : c + j1], diag)  # [h, bi, bj]
+                new_max = torch.maximum(row_max[:, i0:i1], s.amax(-1))
+                p = s.sub_(new_max[..., None]).exp_()
+                alpha = torch.exp(row_max[:, i0:i1] - new_max)
+                row_sum[:, i0:i1] = row_sum[:, i0:i1] * alpha + p.sum(-1)
+                acc[:, i0:i1] = acc[:, i0:i1] * alpha[..., None] + p @ vf[:, c + j0 : c + j1]
+                row_max[:, i0:i1] = new_max
+            acc /= row_sum[..., None]
+            lse[:, a:b] = row_max + row_sum.log()
+        return out.transpose(0, 1).to(q.dtype), lse, None
+
+    def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
+        """``(dq, dk, dv)`` fp32, shaped like q, k, v."""
+        heads, heads_kv = q.shape[1], k.shape[1]
+        qf = q.float().transpose(0, 1) * scale
+        kf, vf = (_expand_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
+        dof = dout.float().transpose(0, 1)
+        delta = (dof * out.float().transpose(0, 1)).sum(-1, keepdim=True)  # [h, Tq, 1]
+        dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
+        cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
+        for a, b, c, e in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+            for i0, i1, j0, j1, diag in _blocks(b - a, e - c, call.causal):
+                rows, keys = slice(a + i0, a + i1), slice(c + j0, c + j1)
+                p = _scores(qf[:, rows], kf[:, keys], diag).sub_(lse[:, rows, None]).exp_()
+                dv[:, keys] += p.transpose(-1, -2) @ dof[:, rows]
+                ds = p * (dof[:, rows] @ vf[:, keys].transpose(-1, -2) - delta[:, rows])
+                dq[:, rows] += ds @ kf[:, keys] * scale
+                dk[:, keys] += ds.transpose(-1, -2) @ qf[:, rows]  # q carries the scale already
+        dk, dv = (_reduce_heads(t.transpose(0, 1), heads_kv) for t in (dk, dv))
+        return dq.transpose(0, 1), dk, dv
+
+
+def select_backend(name: str, device: torch.device, dtype: torch.dtype):
+    """The backend object for ``name`` (``auto``: the fastest that runs on ``device`` for ``dtype``)."""
+    from megatron_anchor.attention import flash
+
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda":
-            name = "flex" if FlexCuda.available() else "torch"
+            name = flash.best_gpu_backend(device, dtype) or "torch"
         else:
             name = "sdpa_cpu" if SdpaCpu.available() else "torch"
     if name == "sdpa_cpu" and (device.type != "cpu" or not SdpaCpu.available()):
-        raise RuntimeError(
-            f"attention backend 'sdpa_cpu' needs CPU tensors and aten's CPU flash ops ({device})"
-        )
-    if name == "flex" and (device.type != "cuda" or not FlexCuda.available()):
-        raise RuntimeError(
-            f"attention backend 'flex' needs CUDA and torch.nn.attention.flex_attention ({device})"
-        )
-    return {"torch": TorchTiled, "sdpa_cpu": SdpaCpu, "flex": FlexCuda}[name]()
-
-
-def _finite(lse: torch.Tensor) -> torch.Tensor:
-    """``lse`` with -inf (rows that saw no key) replaced by 0, so exp(x - lse) stays 0 and not NaN."""
-    return lse.masked_fill(lse == float("-inf"), 0.0)
-
-
-def merge_partial(
-    out: torch.Tensor, lse: torch.Tensor, part_out: torch.Tensor, part_lse: torch.Tensor
-) -> None:
-    """Fold a normalised partial result into ``out [.., n, d]`` and ``lse [.., n]`` (fp32) in place."""
-    part_lse = part_lse.float()
-    if bool(torch.isneginf(lse).all()):  # rows not seen yet: the part is the result
-        out.copy_(part_out)
-        lse.copy_(part_lse)
-        return
-    new_lse = torch.logaddexp(lse, part_lse)
-    safe = _finite(new_lse)
-    out.mul_(torch.exp(lse - safe)[..., None]).addcmul_(part_out, torch.exp(part_lse - safe)[..., None])
-    lse.copy_(new_lse)
+        raise RuntimeError(f"attention backend 'sdpa_cpu' needs CPU tensors and aten's CPU ops ({device})")
+    if name in flash.GPU_BACKENDS:
+        return flash.make_backend(name, device, dtype)
+    return {"varlen_reference": VarlenReference, "sdpa_cpu": SdpaCpu, "torch": TorchTiled}[name]()

@@ -1,8 +1,8 @@
-"""All CP communication of the attention: direct P2P K/V exchange, the anchor broadcast and reduce.
+"""All CP communication of the attention: direct P2P K/V exchange, the anchor exchange, a safe start.
 
 Step ``s`` of the ring pairs each rank with source ``rank - s`` and destination ``rank + s``. Every rank
-sends only its own K/V (never forwards others'), so a rank can send exactly the rows its destination
-needs, and nothing at all when none are needed: both ends know the sizes from ``transfer_rows``.
+sends only its own K/V (never forwards others'), so it sends exactly the rows its destination needs, and
+nothing when none are needed: both ends know the sizes from the plan.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import os
 import torch
 import torch.distributed as dist
 
-# Set to 1 to check on every call that doc_ids agree across CP ranks (one small all-reduce).
+# Set to 1 to check on every call that doc_ids and the layout agree across CP ranks (two small all-reduces).
 CHECK_ENV = "MEGATRON_ANCHOR_CHECK_DOC_IDS"
+_STARTED: set[int] = set()  # id() of the CP groups whose first operation (a collective) was issued
 
 
 class Pending:
@@ -39,10 +40,15 @@ class Pending:
 class CPComm:
     """Rank arithmetic and messaging for one CP group (``group=None``: a single rank, no messages)."""
 
-    def __init__(self, group: dist.ProcessGroup | None):
+    def __init__(self, group: dist.ProcessGroup | None, device: torch.device | None = None):
         self.group = group
         self.size = 1 if group is None else dist.get_world_size(group)
         self.rank = 0 if group is None else dist.get_rank(group)
+        if self.size > 1 and id(group) not in _STARTED:
+            # NCCL: a P2P operation as the first one on a group, not involving every rank, is undefined
+            # behaviour (a rank with nothing to send skips it); a collective first makes the start safe.
+            dist.all_reduce(torch.zeros(1, device=device), group=group)
+            _STARTED.add(id(group))
 
     def peers(self, step: int) -> tuple[int, int]:
         """(source, destination) group ranks at ring ``step``."""
@@ -76,30 +82,25 @@ class CPComm:
             ops.append(dist.P2POp(dist.irecv, recv, self._global(src), self.group, tag))
         return Pending(dist.batch_isend_irecv(ops) if ops else [], recv, ops)
 
-    def broadcast_anchor(self, anchor_kv: torch.Tensor) -> tuple[torch.Tensor, object | None]:
-        """Start broadcasting rank 0's anchor K/V ``[2, b, h_kv, 1, d]``; returns (buffer, work or None)."""
+    def sum_anchor(self, parts: torch.Tensor, async_op: bool = False):
+        """Sum ``[2, b, h_kv, d]`` fp32 over the group (only the owner of each sample's token 0 adds
+        non-zeros, so the sum is its exact value); returns ``(tensor, work or None)``."""
         if self.size == 1:
-            return anchor_kv, None
-        buf = anchor_kv.contiguous() if self.rank == 0 else torch.empty_like(anchor_kv)
-        work = dist.broadcast(buf, self._global(0), group=self.group, async_op=True)
-        return buf, work
+            return parts, None
+        work = dist.all_reduce(parts, group=self.group, async_op=async_op)
+        return parts, work
 
-    def reduce_anchor(self, anchor_grad: torch.Tensor) -> torch.Tensor:
-        """Sum the anchor's dK/dV ``[2, b, h_kv, 1, d]`` over ranks onto rank 0 (others get garbage)."""
-        if self.size == 1:
-            return anchor_grad
-        buf = anchor_grad.contiguous()
-        dist.reduce(buf, self._global(0), group=self.group)
-        return buf
-
-    def check_same(self, doc_ids: torch.Tensor) -> None:
-        """Raise unless ``doc_ids`` is identical on every rank (only when ``CHECK_ENV=1``)."""
+    def check_same(self, *tensors: torch.Tensor | None) -> None:
+        """Raise unless ``tensors`` (doc_ids, layout) match on every rank (only when ``CHECK_ENV=1``)."""
         if self.size == 1 or os.environ.get(CHECK_ENV, "0") != "1":
             return
-        digest = hashlib.blake2b(doc_ids.cpu().numpy().tobytes(), digest_size=7).digest()
-        value = torch.tensor([int.from_bytes(digest, "little")], dtype=torch.int64, device=doc_ids.device)
+        data = b"".join(t.cpu().numpy().tobytes() for t in tensors if t is not None)
+        digest = hashlib.blake2b(data, digest_size=7).digest()
+        value = torch.tensor([int.from_bytes(digest, "little")], dtype=torch.int64)
+        if self.group is not None and dist.get_backend(self.group) == "nccl":
+            value = value.cuda()
         low, high = value.clone(), value.clone()
         dist.all_reduce(low, dist.ReduceOp.MIN, group=self.group)
         dist.all_reduce(high, dist.ReduceOp.MAX, group=self.group)
         if low.item() != high.item():
-            raise ValueError(f"doc_ids differ across CP ranks (this is CP rank {self.rank})")
+            raise ValueError(f"doc_ids or cp_index differ across CP ranks (this is CP rank {self.rank})")

@@ -4,12 +4,14 @@ Single process::
 
     out = anchor_cp_attention(q, k, v, doc_ids)                      # q [S, b, h, d], doc_ids [b, S]
 
-CP ranks (each holds chunks r and 2*cp-1-r of the sample, see ``megatron_anchor.parallel.cp_layout``)::
+CP ranks, in megatron-core's load-balanced layout (``cp_index=None``) or any other (``cp_index [b, cp, L]``,
+e.g. ``megatron_anchor.parallel.balanced_cp_index``), the plan built once per micro-batch and reused::
 
-    out = anchor_cp_attention(q_local, k_local, v_local, doc_ids, cp_group=group)
+    plan = build_attention_plan(doc_ids, "anchor", cp_size=cp, rank=r, cp_index=index, device=q.device)
+    out = anchor_cp_attention(q_local, k_local, v_local, cp_group=group, plan=plan)
 
-``MEGATRON_ANCHOR_ATTENTION_BACKEND`` (auto, torch, sdpa_cpu, flex) picks the kernel when ``backend`` is
-not given; ``MEGATRON_ANCHOR_CHECK_DOC_IDS=1`` checks that every rank got the same doc_ids.
+``MEGATRON_ANCHOR_ATTENTION_BACKEND`` (see ``BACKENDS``) picks the kernel when ``backend`` is not given;
+``MEGATRON_ANCHOR_CHECK_DOC_IDS=1`` checks that every rank got the same doc_ids and layout.
 """
 
 from __future__ import annotations
@@ -21,55 +23,59 @@ import torch.distributed as dist
 
 from megatron_anchor.attention.backends import select_backend
 from megatron_anchor.attention.comm import CPComm
-from megatron_anchor.attention.plan import AttentionStats, build_ring_plan
-from megatron_anchor.attention.reference import ATTENTION_MODES
+from megatron_anchor.attention.plan import AttentionPlan, AttentionStats, build_attention_plan
 from megatron_anchor.attention.ring import ring_backward, ring_forward
-from megatron_anchor.parallel.cp_layout import check_divisible
 
 BACKEND_ENV = "MEGATRON_ANCHOR_ATTENTION_BACKEND"
 
 
-def _heads_major(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(1, 2, 0, 3)  # [s, b, h, d] -> [b, h, s, d] (a view: the kernels take strides)
+def pack(t: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    """``[L, b, h, d]`` -> ``[b * L, h, d]`` in local order (a view when b = 1 and already in order)."""
+    packed = t[:, 0] if t.shape[1] == 1 else t.transpose(0, 1).reshape(-1, *t.shape[2:])
+    return packed if plan.order is None else packed.index_select(0, plan.order)
+
+
+def unpack(t: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    """The inverse of ``pack``: ``[b * L, h, d]`` -> ``[L, b, h, d]``."""
+    if plan.inverse is not None:
+        t = t.index_select(0, plan.inverse)
+    return t.view(plan.batch, plan.local_len, *t.shape[1:]).transpose(0, 1)
 
 
 class _AnchorCPAttention(torch.autograd.Function):
-    """Saves the inputs and the plan, routes to ``ring_forward`` / ``ring_backward``."""
+    """Saves the inputs and the plan, routes to ``ring_forward`` / ``ring_backward``.
+
+    Autocast is switched off inside: the kernels compute in the precision of their inputs (bf16 flash
+    kernels accumulate in fp32; the fp32 merges stay fp32), whatever the caller's autocast says.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, plan, comm, backend, scale):
-        out, lse, anchor = ring_forward(
-            _heads_major(q), _heads_major(k), _heads_major(v), plan, comm, backend, scale
-        )
-        out = out.to(q.dtype)  # [b, h, s, d]
+    def forward(ctx, q, k, v, plan, comm, backend, scale, stats):
+        with torch.autocast(q.device.type, enabled=False):
+            out, lse, anchor, aux = ring_forward(
+                pack(q, plan), pack(k, plan), pack(v, plan), plan, comm, backend, scale, stats
+            )
+            out = out.to(q.dtype)  # [T, h, d]
         ctx.save_for_backward(q, k, v, out, lse, anchor)
         ctx.plan, ctx.comm, ctx.backend, ctx.scale = plan, comm, backend, scale
-        return out.permute(2, 0, 1, 3).contiguous()  # [s, b, h, d]
+        ctx.stats, ctx.aux = stats, aux
+        return unpack(out, plan)  # [L, b, h, d]
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, anchor = ctx.saved_tensors
-        dq, dk, dv = ring_backward(
-            _heads_major(dout),
-            _heads_major(q),
-            _heads_major(k),
-            _heads_major(v),
-            out,
-            lse,
-            anchor,
-            ctx.plan,
-            ctx.comm,
-            ctx.backend,
-            ctx.scale,
-        )
-        grads = [g.to(q.dtype).permute(2, 0, 1, 3) for g in (dq, dk, dv)]  # [s, b, h(_kv), d]
-        return (*grads, None, None, None, None)
+        plan = ctx.plan
+        with torch.autocast(q.device.type, enabled=False):
+            dq, dk, dv = ring_backward(
+                pack(dout, plan), pack(q, plan), pack(k, plan), pack(v, plan), out, lse, anchor, ctx.aux,
+                plan, ctx.comm, ctx.backend, ctx.scale, ctx.stats,
+            )  # fmt: skip
+        grads = [unpack(g.to(q.dtype), plan) for g in (dq, dk, dv)]  # [L, b, h(_kv), d]
+        return (*grads, None, None, None, None, None)
 
 
-def validate_inputs(q, k, v, doc_ids: torch.Tensor, mode: str, cp_size: int) -> None:
-    """Raise ``ValueError`` on any input the attention cannot answer exactly."""
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm) -> None:
+    """Raise ``ValueError`` on inputs that disagree with each other or the plan (shapes only, no reads)."""
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
         raise ValueError(
             f"expected q [s, b, h, d], k/v [s, b, h_kv, d]; got {tuple(q.shape)}, "
@@ -82,41 +88,49 @@ def validate_inputs(q, k, v, doc_ids: torch.Tensor, mode: str, cp_size: int) -> 
         raise ValueError(f"q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    if doc_ids.dtype != torch.int64 or doc_ids.dim() != 2 or doc_ids.shape[0] != batch:
-        raise ValueError(f"doc_ids must be int64 [b={batch}, S]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
-    seq_len = doc_ids.shape[1]
-    check_divisible(seq_len, cp_size)
-    if s_local * cp_size != seq_len:
-        raise ValueError(f"local length {s_local} x CP {cp_size} != doc_ids length {seq_len}")
-    if bool((doc_ids[:, 0] != 0).any()):
-        raise ValueError("doc_ids[:, 0] must be 0: token 0 is the anchor (document 0)")
-    if seq_len > 1 and bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
-        raise ValueError("doc_ids must be non-decreasing along the sample (documents are contiguous)")
+    if (plan.batch, plan.local_len * plan.cp_size) != (batch, s_local * comm.size):
+        raise ValueError(
+            f"local length {s_local} x CP {comm.size} (batch {batch}) does not match the plan's sample "
+            f"length {plan.local_len * plan.cp_size} (batch {plan.batch})"
+        )
+    if (plan.cp_size, plan.rank) != (comm.size, comm.rank) or plan.device != q.device:
+        raise ValueError(
+            f"plan built for CP rank {plan.rank}/{plan.cp_size} on {plan.device}, used on rank "
+            f"{comm.rank}/{comm.size} on {q.device}"
+        )
 
 
 def anchor_cp_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    doc_ids: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
     *,
     mode: str = "anchor",
     cp_group: dist.ProcessGroup | None = None,
+    cp_index: torch.Tensor | None = None,
+    plan: AttentionPlan | None = None,
     softmax_scale: float | None = None,
     backend: str | None = None,
     stats: AttentionStats | None = None,
 ) -> torch.Tensor:
     """Masked attention of this rank's queries over the whole sample (SPEC sections 1-2).
 
-    q ``[s_local, b, h, d]``, k/v ``[s_local, b, h_kv, d]`` in the load-balanced CP layout, doc_ids
-    ``[b, S]`` int64 (same on every rank) -> out ``[s_local, b, h, d]``. ``stats`` accumulates work counters.
+    q ``[s_local, b, h, d]``, k/v ``[s_local, b, h_kv, d]`` in the layout ``cp_index [b, cp, s_local]``
+    (None: megatron-core's), doc_ids ``[b, S]`` int64 (the same on every rank) -> out ``[s_local, b, h, d]``.
+    A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``stats`` accumulates work counters.
     """
-    comm = CPComm(cp_group)
-    validate_inputs(q, k, v, doc_ids, mode, comm.size)
-    comm.check_same(doc_ids)
-    kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device)
-    plan = build_ring_plan(doc_ids, comm.size, comm.rank, mode)
-    if stats is not None:
-        stats.add(plan.stats)
+    comm = CPComm(cp_group, q.device)
+    if plan is None:
+        if doc_ids is None:
+            raise ValueError("anchor_cp_attention needs doc_ids [b, S] or a prebuilt plan")
+        comm.check_same(doc_ids, cp_index)
+        plan = build_attention_plan(
+            doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device
+        )
+    validate_inputs(q, k, v, plan, comm)
+    kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device, q.dtype)
+    counters = AttentionStats() if stats is None else stats
+    counters.add(plan.stats)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    return _AnchorCPAttention.apply(q, k, v, plan, comm, kernel, scale)
+    return _AnchorCPAttention.apply(q, k, v, plan, comm, kernel, scale, counters)

@@ -116,8 +116,8 @@ def _rows(starts: np.ndarray, lengths: np.ndarray, device: torch.device) -> Rows
     return _to_device(concat_ranges(starts, lengths), device)
 
 
-def _kernel_call(causal: bool, q: tuple, k: tuple, device: torch.device) -> KernelCall:
-    """A call from ``(starts, lengths)`` of its sequences' query rows and key rows."""
+def kernel_call(causal: bool, q: tuple, k: tuple, device: torch.device) -> KernelCall:
+    """A call from ``(starts, lengths)`` numpy arrays of its sequences' query rows and key rows."""
     (q_start, q_len), (k_start, k_len) = q, k
     cu_q = np.concatenate([[0], np.cumsum(q_len)]).astype(np.int64)
     cu_k = np.concatenate([[0], np.cumsum(k_len)]).astype(np.int64)
@@ -144,7 +144,7 @@ def _local_call(geoms: list[SampleGeometry], rank: int, device: torch.device) ->
         starts.append(cu[:-1] + b * geom.local_len)
         lengths.append(np.diff(cu))
     q = (np.concatenate(starts), np.concatenate(lengths))
-    return _kernel_call(True, q, q, device)
+    return kernel_call(True, q, q, device)
 
 
 def _remote_step(geoms: list[SampleGeometry], rank: int, step: int, device: torch.device) -> RingStep:
@@ -163,7 +163,7 @@ def _remote_step(geoms: list[SampleGeometry], rank: int, step: int, device: torc
             for m in [r.level == level]
         ]
         q_start, q_len, k_start, k_len = (np.concatenate(column) for column in zip(*parts))
-        calls.append(_kernel_call(False, (q_start, q_len), (k_start, k_len), device))
+        calls.append(kernel_call(False, (q_start, q_len), (k_start, k_len), device))
     send_rows = _to_device(sent, device) if len(sent) else None
     return RingStep(src, dst, send_rows, int(buffer_offset[-1]), calls)
 

@@ -1,56 +1,70 @@
-"""Forward and backward of the anchor-aware ring attention as plain functions over one rank's shard.
+"""Forward and backward of the anchor-aware ring attention as plain functions over one rank's packed rows.
 
-Tensors here are head-major: q ``[b, h, s_local, d]``, k/v ``[b, h_kv, s_local, d]``. Step 0 uses the local
-K/V; step ``s`` the rows that rank ``rank - s`` sent (only those some local query needs), with step
-``s + 1`` already in flight. In backward the K/V travel again (not kept from forward) and the remote
-dK/dV go straight back to their owner. The anchor's K/V arrive once by broadcast and fold in last.
+Tensors are packed in local order: q ``[T, h, d]``, k/v ``[T, h_kv, d]`` (``T = b * L``). Step 0 attends the
+local K/V; step ``s`` the rows rank ``rank - s`` sent (only those some local query needs), with step
+``s + 1`` already in flight. Each step makes the plan's kernel calls (one or two) and merges their partial
+results into fp32 ``out``/``lse`` branch-free. In backward the K/V travel again (not kept from forward) and
+the remote dK/dV go straight back to their owner. The anchor's K/V arrive once, summed over the group, and
+fold in last. Nothing here reads a value back from the device.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from megatron_anchor.attention.backends import merge_partial
+from megatron_anchor.attention.anchor import fold_anchor, fold_anchor_backward, local_anchor_kv
 from megatron_anchor.attention.comm import CPComm, Pending
-from megatron_anchor.attention.plan import RingPlan, Tile
+from megatron_anchor.attention.plan import AttentionPlan, AttentionStats, Rows
 
 
-def _expand(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[.., h_kv, n, d]`` -> ``[.., h, n, d]`` (GQA: query head j uses K/V head j // group)."""
-    group = heads // t.shape[-3]
-    return t if group == 1 else t.repeat_interleave(group, dim=-3)
+def take(t: torch.Tensor, rows: Rows, dim: int = 0) -> torch.Tensor:
+    """Rows of ``t`` along ``dim``: a view for a slice, a gather for an index tensor."""
+    if isinstance(rows, slice):
+        return t[rows] if dim == 0 else t[:, rows]
+    return t.index_select(dim, rows)
 
 
-def _reduce_heads(grad: torch.Tensor, heads_kv: int) -> torch.Tensor:
-    """``[.., h, n, d]`` -> ``[.., h_kv, n, d]``: sum the gradients of each K/V head's group."""
-    *lead, h, n, d = grad.shape
-    return grad if h == heads_kv else grad.view(*lead, heads_kv, h // heads_kv, n, d).sum(-3)
+def add_rows(t: torch.Tensor, rows: Rows, values: torch.Tensor) -> None:
+    """In place ``t[rows] += values`` (rows of one call are distinct)."""
+    if isinstance(rows, slice):
+        t[rows] += values
+    else:
+        t.index_add_(0, rows, values.to(t.dtype))
 
 
-def _suffixes(t: torch.Tensor, rows: tuple[int, ...], chunk_len: int) -> torch.Tensor:
-    """The last ``rows[i]`` rows of each local chunk of ``t [.., s_local, d]``, concatenated."""
-    parts = [t[..., (i + 1) * chunk_len - n : (i + 1) * chunk_len, :] for i, n in enumerate(rows)]
-    return torch.cat(parts, dim=-2)
+def merge_rows(out: torch.Tensor, lse: torch.Tensor, rows: Rows, part_out, part_lse) -> None:
+    """Fold a normalised partial result of ``rows`` into ``out [T, h, d]`` / ``lse [h, T]`` (fp32), in place.
+
+    Branch-free: a row not seen yet (lse -inf) takes the part; exp(-inf - finite) = 0.
+    """
+    old_out, old_lse = take(out, rows), take(lse, rows, dim=1)
+    new_lse = torch.logaddexp(old_lse, part_lse)
+    safe = new_lse.masked_fill(new_lse.isinf(), 0.0)
+    w_old, w_new = (torch.exp(x - safe).t()[..., None] for x in (old_lse, part_lse))  # [n, h, 1]
+    merged = old_out * w_old + part_out.float() * w_new
+    if isinstance(rows, slice):
+        old_out.copy_(merged)
+        old_lse.copy_(new_lse)
+    else:
+        out.index_copy_(0, rows, merged)
+        lse.index_copy_(1, rows, new_lse)
 
 
-def _add_suffixes(t: torch.Tensor, rows: tuple[int, ...], chunk_len: int, values: torch.Tensor) -> None:
-    """In place: the inverse of ``_suffixes``, adding ``values`` onto those rows of ``t``."""
-    offset = 0
-    for i, n in enumerate(rows):
-        t[..., (i + 1) * chunk_len - n : (i + 1) * chunk_len, :] += values[..., offset : offset + n, :]
-        offset += n
-
-
-def _post_kv(comm: CPComm, plan: RingPlan, step: int, k: torch.Tensor, v: torch.Tensor) -> Pending | None:
-    """Put step ``step``'s K/V rows ``[2, b, h_kv, n, d]`` in flight (None past the last step)."""
+def _post_kv(comm: CPComm, plan: AttentionPlan, step: int, k, v) -> Pending | None:
+    """Put step ``step``'s K/V rows ``[2, n, h_kv, d]`` in flight (None past the last step)."""
     if step >= comm.size:
         return None
     sp = plan.steps[step]
-    send = torch.stack([_suffixes(t, sp.send_rows, plan.chunk_len) for t in (k, v)])
-    return comm.exchange(step, send, (2, *k.shape[:2], sum(sp.recv_rows), k.shape[-1]), k)
+    send = None
+    if sp.send_rows is not None:
+        send = torch.stack([k.index_select(0, sp.send_rows), v.index_select(0, sp.send_rows)])
+    shape = (2, sp.recv_rows, *k.shape[1:]) if sp.recv_rows else None
+    return comm.exchange(step, send, shape, k)
 
 
-def _key_buffers(comm: CPComm, plan: RingPlan, k: torch.Tensor, v: torch.Tensor):
+def key_buffers(comm: CPComm, plan: AttentionPlan, k, v) -> Iterator[tuple[int, tuple | None]]:
     """Yield ``(step, (k, v) or None)`` for every ring step, the next step's rows in flight meanwhile."""
     pending = _post_kv(comm, plan, 1, k, v)
     yield 0, (k, v)
@@ -60,82 +74,75 @@ def _key_buffers(comm: CPComm, plan: RingPlan, k: torch.Tensor, v: torch.Tensor)
         yield step, None if received is None else tuple(received.unbind(0))
 
 
-def _forward_tiles(backend, q, kv, tiles: list[list[Tile]], scale, out, lse) -> None:
-    """Run every tile of one key buffer ``(k, v)`` ``[b, h, n, d]`` and merge into ``out``/``lse``."""
-    for b, per_sample in enumerate(tiles):
-        for t in per_sample:
-            rows = (slice(b, b + 1), slice(None), slice(t.q0, t.q1))
-            keys = (slice(b, b + 1), slice(None), slice(t.k0, t.k1))
-            part_out, part_lse = backend.forward(q[rows], kv[0][keys], kv[1][keys], t.kind, t.mask, scale)
-            merge_partial(out[rows], lse[rows], part_out, part_lse)
-
-
-def ring_forward(q, k, v, plan: RingPlan, comm: CPComm, backend, scale: float):
+def ring_forward(q, k, v, plan: AttentionPlan, comm: CPComm, backend, scale: float, stats: AttentionStats):
     """Attention of the local queries over every visible key of the sample.
 
-    q ``[b, h, s, d]``, k/v ``[b, h_kv, s, d]`` -> (out ``[b, h, s, d]`` fp32, lse ``[b, h, s]`` fp32,
-    anchor K/V ``[2, b, h_kv, 1, d]`` or None).
+    Returns (out ``[T, h, d]`` fp32, lse ``[h, T]`` fp32, anchor K/V ``[2, b, h_kv, d]`` or None, the
+    kernels' per-call data for the backward).
     """
-    heads = q.shape[1]
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     anchor, anchor_work = None, None
-    if plan.anchor_tiles is not None:
-        anchor, anchor_work = comm.broadcast_anchor(torch.stack([k[:, :, :1], v[:, :, :1]]))
-    for step, kv in _key_buffers(comm, plan, k, v):
-        if kv is not None:
-            kv = tuple(_expand(t, heads) for t in kv)
-            _forward_tiles(backend, q, kv, plan.steps[step].tiles, scale, out, lse)
+    if plan.anchor is not None:
+        anchor, anchor_work = comm.sum_anchor(local_anchor_kv(k, v, plan.anchor), async_op=True)
+    aux = []
+    for step, kv in key_buffers(comm, plan, k, v):
+        for call in plan.steps[step].calls if kv is not None else ():
+            keys, values = take(kv[0], call.k_rows), take(kv[1], call.k_rows)
+            part_out, part_lse, data = backend.forward(take(q, call.q_rows), keys, values, call, scale)
+            merge_rows(out, lse, call.q_rows, part_out, part_lse)
+            aux.append(data)
+            stats.kernel_calls_forward += 1
     if anchor is not None:
         if anchor_work is not None:
             anchor_work.wait()
-        _forward_tiles(backend, q, _expand(anchor, heads).unbind(0), plan.anchor_tiles, scale, out, lse)
-    return out, lse, anchor
+        fold_anchor(q, out, lse, anchor, plan.anchor, scale)
+    return out, lse, anchor, aux
 
 
-def _grad_of_buffer(backend, dout, q, kv, out, lse, tiles, scale, dq) -> torch.Tensor:
-    """dK/dV ``[2, b, h_kv, n, d]`` fp32 of one buffer ``(k, v)`` ``[b, h_kv, n, d]``; dQ goes into ``dq``."""
-    heads, heads_kv = q.shape[1], kv[0].shape[1]
-    k, v = (_expand(t, heads) for t in kv)
-    dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)  # [2, b, h, n, d]
-    for b, per_sample in enumerate(tiles):
-        for t in per_sample:
-            rows = (slice(b, b + 1), slice(None), slice(t.q0, t.q1))
-            keys = (slice(b, b + 1), slice(None), slice(t.k0, t.k1))
-            grads = backend.backward(
-                dout[rows], q[rows], k[keys], v[keys], out[rows], lse[rows], t.kind, t.mask, scale
-            )
-            dq[rows] += grads[0]
-            dkv[0][keys] += grads[1]
-            dkv[1][keys] += grads[2]
-    return _reduce_heads(dkv, heads_kv)
+def _step_grads(backend, dout, q, kv, out, lse, calls, scale, aux, dq, dkv, stats) -> None:
+    """Every call of one step: dQ into ``dq``, dK/dV into ``dkv = (dk, dv)`` of the step's key buffer."""
+    for call in calls:
+        keys, values = take(kv[0], call.k_rows), take(kv[1], call.k_rows)
+        rows = call.q_rows
+        grads = backend.backward(
+            take(dout, rows), take(q, rows), keys, values, take(out, rows), take(lse, rows, dim=1),
+            call, scale, next(aux),
+        )  # fmt: skip
+        add_rows(dq, rows, grads[0])
+        add_rows(dkv[0], call.k_rows, grads[1])
+        add_rows(dkv[1], call.k_rows, grads[2])
+        stats.kernel_calls_backward += 1
 
 
-def ring_backward(dout, q, k, v, out, lse, anchor, plan: RingPlan, comm: CPComm, backend, scale: float):
-    """Gradients of ``ring_forward``: (dq ``[b, h, s, d]``, dk, dv ``[b, h_kv, s, d]``), fp32.
+def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, comm, backend, scale, stats):
+    """Gradients of ``ring_forward``: (dq ``[T, h, d]``, dk, dv ``[T, h_kv, d]``), fp32.
 
-    ``out`` (as returned, q's dtype) and ``lse`` are the forward's final, merged values.
+    ``out`` (q's dtype) and ``lse`` are the forward's final, merged values; ``aux`` its per-call data.
     """
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dkv = None
-    replies: list[tuple[Pending, tuple[int, ...]]] = []
-    for step, kv in _key_buffers(comm, plan, k, v):
+    dk, dv = (torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(2))
+    aux_iter = iter(aux)
+    replies: list[tuple[Pending, torch.Tensor]] = []
+    for step, kv in key_buffers(comm, plan, k, v):
         sp = plan.steps[step]
-        grad = None if kv is None else _grad_of_buffer(backend, dout, q, kv, out, lse, sp.tiles, scale, dq)
-        if step == 0:
-            dkv = grad
-        elif sum(sp.recv_rows) or sum(sp.send_rows):
-            shape = (2, *k.shape[:2], sum(sp.send_rows), k.shape[-1])
-            replies.append((comm.reply(step, grad, shape, dkv), sp.send_rows))
+        grads = (dk, dv) if step == 0 else None
+        if kv is not None and step > 0:
+            grads = torch.zeros((2, *kv[0].shape), dtype=torch.float32, device=k.device)  # [2, n, h_kv, d]
+        if kv is not None:
+            _step_grads(backend, dout, q, kv, out, lse, sp.calls, scale, aux_iter, dq, grads, stats)
+        if step > 0 and (sp.recv_rows or sp.send_rows is not None):
+            shape = None if sp.send_rows is None else (2, len(sp.send_rows), *k.shape[1:])
+            replies.append((comm.reply(step, grads, shape, dk), sp.send_rows))
     if anchor is not None:
-        anchor_grad = _grad_of_buffer(
-            backend, dout, q, anchor.unbind(0), out, lse, plan.anchor_tiles, scale, dq
-        )
-        anchor_grad = comm.reduce_anchor(anchor_grad)
-        if comm.rank == 0:
-            dkv[..., :1, :] += anchor_grad
+        anchor_grad = fold_anchor_backward(dout, q, out, lse, anchor, plan.anchor, scale, dq)
+        anchor_grad, _ = comm.sum_anchor(anchor_grad)
+        owned = anchor_grad * plan.anchor.owned[None, :, None, None]
+        dk.index_add_(0, plan.anchor.token0_rows, owned[0])
+        dv.index_add_(0, plan.anchor.token0_rows, owned[1])
     for reply, send_rows in replies:
         received = reply.wait()
         if received is not None:
-            _add_suffixes(dkv, send_rows, plan.chunk_len, received)
-    return dq, dkv[0], dkv[1]
+            dk.index_add_(0, send_rows, received[0])
+            dv.index_add_(0, send_rows, received[1])
+    return dq, dk, dv

@@ -54,6 +54,30 @@ def slice_for_cp_rank(tensor: torch.Tensor, dim: int, cp_size: int, cp_rank: int
     return tensor.index_select(dim, index)
 
 
+def _batch_first(t: torch.Tensor, seq_dim: int) -> torch.Tensor:
+    if seq_dim not in (0, 1):
+        raise ValueError(f"seq_dim must be 0 ([S, b, ...]) or 1 ([b, S, ...]); got {seq_dim}")
+    return t if seq_dim == 1 else t.transpose(0, 1)
+
+
+def shard_for_cp(t: torch.Tensor, cp_index: torch.Tensor, rank: int, seq_dim: int = 1) -> torch.Tensor:
+    """Rank ``rank``'s tokens of ``t`` (``[b, S, ...]``, or ``[S, b, ...]`` with ``seq_dim=0``) in the
+    layout ``cp_index [b, cp, S / cp]``, in the layout's local order."""
+    x = _batch_first(t, seq_dim)  # [b, S, ...]
+    index = cp_index[:, rank].to(x.device)  # [b, L]
+    index = index.view(*index.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
+    return _batch_first(x.gather(1, index), seq_dim)
+
+
+def unshard_from_cp(shards: list[torch.Tensor], cp_index: torch.Tensor, seq_dim: int = 1) -> torch.Tensor:
+    """The inverse of ``shard_for_cp``: the full-sample tensor from every rank's shard (rank order)."""
+    parts = [_batch_first(s, seq_dim) for s in shards]  # [b, L, ...] each
+    local = torch.cat(parts, dim=1)  # [b, S, ...] in layout order
+    index = cp_index.reshape(cp_index.shape[0], -1).to(local.device)  # [b, S]
+    index = index.view(*index.shape, *[1] * (local.dim() - 2)).expand_as(local)
+    return _batch_first(torch.empty_like(local).scatter_(1, index, local), seq_dim)
+
+
 def gather_from_cp_layout(shards: list[torch.Tensor], dim: int) -> torch.Tensor:
     """Reassemble the full-sample tensor from every rank's shard (rank order) along ``dim``."""
     cp_size = len(shards)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
 from megatron_anchor.parallel import free_port
-from megatron_anchor.parallel.cp_layout import gather_from_cp_layout, slice_for_cp_rank
+from megatron_anchor.parallel.cp_layout import megatron_cp_index, shard_for_cp, unshard_from_cp
 
 
 def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
@@ -41,6 +41,25 @@ def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.long), ids])
 
 
+def make_cp_index(name: str, doc_ids: torch.Tensor, cp: int, seed: int) -> torch.Tensor | None:
+    """``[b, cp, S / cp]`` layout of each sample: None for megatron-core's (the default path), or a random
+    permutation of the sample cut into equal parts."""
+    if name == "megatron":
+        return None
+    batch, seq_len = doc_ids.shape
+    gen = torch.Generator().manual_seed(1000 + seed)
+    if name == "random":
+        return torch.stack([torch.randperm(seq_len, generator=gen).view(cp, -1) for _ in range(batch)])
+    raise ValueError(name)
+
+
+def layout_index(cp_index: torch.Tensor | None, batch: int, seq_len: int, cp: int) -> torch.Tensor:
+    """The explicit ``[b, cp, S / cp]`` index of a case (megatron-core's when None)."""
+    if cp_index is not None:
+        return cp_index
+    return megatron_cp_index(seq_len, cp).expand(batch, cp, seq_len // cp)
+
+
 @dataclass
 class Case:
     """One comparison against the dense reference."""
@@ -54,6 +73,7 @@ class Case:
     dim: int = 16
     dtype: str = "float32"
     backend: str = "auto"
+    cp_layout: str = "megatron"
     seed: int = 0
 
 
@@ -67,6 +87,18 @@ def cases_for(cp: int) -> list[Case]:
             Case(f"{mode}-bf16-off", mode, ("off_edges",), heads_kv=4, dtype="bfloat16", seed=2),
             Case(f"{mode}-bf16-tiny-torch", mode, ("tiny",), dtype="bfloat16", backend="torch", seed=3),
         ]
+        if cp <= 4:  # the GPU kernels' driver through their contract, every mode, fp32 and bf16
+            for dtype in ("float32", "bfloat16"):
+                cases.append(
+                    Case(f"{mode}-varlen-{dtype}", mode, ("lognormal", "tiny"), dtype=dtype,
+                         backend="varlen_reference", seed=6)
+                )  # fmt: skip
+        if cp > 1:  # any layout: random permutations of the sample cut into equal parts
+            cases += [
+                Case(f"{mode}-random-gqa", mode, ("lognormal", "sparse"), cp_layout="random", seed=7),
+                Case(f"{mode}-random-bf16-ref", mode, ("off_edges", "one_doc"), dtype="bfloat16",
+                     backend="varlen_reference", cp_layout="random", seed=8),
+            ]  # fmt: skip
         if cp == 1:
             cases.append(Case(f"{mode}-anchor-plus-one", mode, ("one_doc",), seq_len=2, seed=4))
         if cp == 2:
@@ -91,11 +123,11 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
-    """Full-sample tensor ``[S, ...]`` from every rank's shard (fp32 on the wire)."""
+def _gather(t: torch.Tensor, index: torch.Tensor, world: int) -> torch.Tensor:
+    """Full-sample tensor ``[S, b, ...]`` from every rank's shard (fp32 on the wire)."""
     shards = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
     dist.all_gather(shards, t.float().contiguous())
-    return gather_from_cp_layout(shards, dim=0)
+    return unshard_from_cp(shards, index, seq_dim=0)
 
 
 def run_case(case: Case, rank: int, world: int) -> dict | None:
@@ -110,35 +142,45 @@ def run_case(case: Case, rank: int, world: int) -> dict | None:
     k, v = (
         torch.randn(case.seq_len, batch, case.heads_kv, case.dim, generator=gen).to(dtype) for _ in range(2)
     )
-    local = [slice_for_cp_rank(t, 0, world, rank).detach().requires_grad_() for t in (q, k, v)]
+    cp_index = make_cp_index(case.cp_layout, doc_ids, world, case.seed)
+    index = layout_index(cp_index, batch, case.seq_len, world)
+    local = [shard_for_cp(t, index, rank, seq_dim=0).detach().requires_grad_() for t in (q, k, v)]
+    stats = AttentionStats()
     out = anchor_cp_attention(
-        *local, doc_ids, mode=case.mode, cp_group=dist.group.WORLD, backend=case.backend
-    )
-    out.backward(slice_for_cp_rank(gout, 0, world, rank))
-    got = [_gather(t, world) for t in (out, *(x.grad for x in local))]
+        *local, doc_ids, mode=case.mode, cp_group=dist.group.WORLD, cp_index=cp_index,
+        backend=case.backend, stats=stats,
+    )  # fmt: skip
+    out.backward(shard_for_cp(gout, index, rank, seq_dim=0))
+    got = [_gather(t, index, world) for t in (out, *(x.grad for x in local))]
+    kernel_calls = torch.tensor([stats.calls, stats.kernel_calls_forward, stats.kernel_calls_backward])
     if rank != 0:
         return None
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
     ref = dense_reference_attention(*ref_in, doc_ids, case.mode)
     ref.backward(gout.double())
     refs = [ref.detach(), *(x.grad for x in ref_in)]
-    return {name: _rel_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, refs)}
+    errors = {name: _rel_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, refs)}
+    return {"errors": errors, "kernel_calls": kernel_calls.tolist()}
 
 
-def run_stats(rank: int, world: int, mode: str) -> dict | None:
-    """Counters summed over ranks on a sparse 2-sample layout; rank 0 returns them with doc_ids."""
+def run_stats(rank: int, world: int, mode: str, cp_layout: str) -> dict | None:
+    """Counters summed over ranks on a sparse 2-sample layout; rank 0 returns them with doc_ids and index."""
     seq_len = 32 * 2 * world
-    doc_ids = torch.stack([layout("sparse", seq_len, 7), layout("sparse", seq_len, 8)])
+    doc_ids = torch.stack([layout("sparse", seq_len, 7), layout("lognormal", seq_len, 8)])
+    cp_index = make_cp_index(cp_layout, doc_ids, world, 3)
     q = torch.randn(seq_len // world, 2, 2, 8)
     stats = AttentionStats()
     anchor_cp_attention(
-        q, q[:, :, :1], q[:, :, :1], doc_ids, mode=mode, cp_group=dist.group.WORLD, stats=stats
-    )
+        q, q[:, :, :1], q[:, :, :1], doc_ids, mode=mode, cp_group=dist.group.WORLD, cp_index=cp_index,
+        stats=stats,
+    )  # fmt: skip
     values = torch.tensor(list(asdict(stats).values()), dtype=torch.long)
     dist.all_reduce(values)
     if rank != 0:
         return None
-    return {"stats": dict(zip(asdict(stats), values.tolist())), "doc_ids": doc_ids.tolist()}
+    index = layout_index(cp_index, 2, seq_len, world)
+    stats = dict(zip(asdict(stats), values.tolist()))
+    return {"stats": stats, "doc_ids": doc_ids.tolist(), "index": index.tolist()}
 
 
 def run_errors(rank: int, world: int) -> dict | None:
@@ -169,7 +211,8 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
     for case in cases_for(world):
         results["cases"][case.name] = run_case(case, rank, world)
     for mode in ("intra_doc", "anchor", "causal"):
-        results["stats"][mode] = run_stats(rank, world, mode)
+        for cp_layout in ("megatron", "random") if world > 1 else ("megatron",):
+            results["stats"][f"{mode}-{cp_layout}"] = run_stats(rank, world, mode, cp_layout)
     if world > 1:
         results["errors"] = run_errors(rank, world)
     if rank == 0:

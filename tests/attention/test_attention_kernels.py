@@ -1,86 +1,163 @@
-"""Kernel backends per tile kind against fp64, backend selection, and input errors (single process)."""
+"""Varlen kernels against a per-sequence fp64 reference; the merge, selection and GPU op contracts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from megatron_anchor.attention import anchor_cp_attention, dense_reference_attention
-from megatron_anchor.attention.backends import FlexCuda, SdpaCpu, TorchTiled, merge_partial, select_backend
+from megatron_anchor.attention.backends import SdpaCpu, TorchTiled, VarlenReference, select_backend
+from megatron_anchor.attention.flash import AtenFlash, aten_flash_supported, gpu_backend_status
+from megatron_anchor.attention.plan import kernel_call
+from megatron_anchor.attention.ring import merge_rows
 
-N, M = 600, 700  # > BLOCK so the torch kernel's sub-blocking and causal diagonal blocks are exercised
-
-
-def _tile_mask(kind: str) -> torch.Tensor:
-    if kind == "full":
-        return torch.ones(N, M, dtype=torch.bool)
-    if kind == "causal":
-        return torch.ones(N, N, dtype=torch.bool).tril()
-    ids = torch.arange(N) // 37  # short documents on the diagonal
-    return (ids[:, None] == ids[None, :]).tril()
+# (queries, keys) per sequence: tiny ones (grouped on the CPU), ones past the 512 block, keys > queries.
+LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64, 64)]
+BACKENDS = [VarlenReference(), SdpaCpu(), TorchTiled()]
 
 
-def _dense(q, k, v, mask, scale):
-    """fp64 reference of one tile: (out, lse)."""
-    s = (q.double() @ k.double().transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
-    return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
+def _call(lengths, causal: bool):
+    q_len, k_len = (np.array(x, dtype=np.int64) for x in zip(*lengths))
+    starts = (np.concatenate([[0], np.cumsum(n)[:-1]]) for n in (q_len, k_len))
+    return kernel_call(causal, (next(starts), q_len), (next(starts), k_len), torch.device("cpu"))
 
 
-def _tile_inputs(kind: str):
-    gen = torch.Generator().manual_seed(0)
-    m = N if kind != "full" else M
-    q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (N, m, m))
-    return q, k, v, _tile_mask(kind)
+def _inputs(lengths, heads=4, heads_kv=2, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n_q, n_k = sum(a for a, _ in lengths), sum(b for _, b in lengths)
+    q = torch.randn(n_q, heads, 16, generator=gen).to(dtype)
+    k, v = (torch.randn(n_k, heads_kv, 16, generator=gen).to(dtype) for _ in range(2))
+    return q, k, v
 
 
-@pytest.mark.parametrize("kind", ["full", "causal", "masked"])
-@pytest.mark.parametrize("backend", [TorchTiled(), SdpaCpu(), FlexCuda(compiled=False)], ids=lambda b: b.name)
-def test_tile_forward_and_backward(backend, kind):
-    q, k, v, mask = _tile_inputs(kind)
-    out, lse = backend.forward(q, k, v, kind, mask if kind == "masked" else None, 0.25)
+def _reference(q, k, v, lengths, causal: bool, scale: float):
+    """fp64 (out, lse) sequence by sequence; causal aligned to the bottom-right."""
+    outs, lses, a, c = [], [], 0, 0
+    group = q.shape[1] // k.shape[1]
+    for n, m in lengths:
+        qs = q[a : a + n].double().transpose(0, 1)  # [h, n, d]
+        ks, vs = (t[c : c + m].double().repeat_interleave(group, 1).transpose(0, 1) for t in (k, v))
+        s = qs @ ks.transpose(-1, -2) * scale
+        if causal:
+            s = s.masked_fill(~torch.ones(n, m, dtype=torch.bool).tril(m - n), float("-inf"))
+        outs.append((torch.softmax(s, -1) @ vs).transpose(0, 1))
+        lses.append(torch.logsumexp(s, -1))
+        a, c = a + n, c + m
+    return torch.cat(outs), torch.cat(lses, dim=1)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_varlen_forward_and_backward_match_fp64(backend, causal):
+    lengths = LENGTHS
+    q, k, v = _inputs(lengths)
+    call = _call(lengths, causal)
+    out, lse, aux = backend.forward(q, k, v, call, 0.25)
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = _dense(*ref_in, mask, 0.25)
+    ref_out, ref_lse = _reference(*ref_in, lengths, causal, 0.25)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == (4, q.shape[0])
     assert (out.double() - ref_out).abs().max() < 1e-5 and (lse.double() - ref_lse).abs().max() < 1e-5
     dout = torch.randn_like(q)
     ref_out.backward(dout.double())
-    grads = backend.backward(
-        dout, q, k, v, out.to(q.dtype), lse, kind, mask if kind == "masked" else None, 0.25
-    )
+    grads = backend.backward(dout, q, k, v, out, lse, call, 0.25, aux)
     for got, x in zip(grads, ref_in):
+        assert got.shape == x.shape
         assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < 1e-5
 
 
-def test_merge_partial_equals_softmax_over_union():
-    q, k, v, _ = _tile_inputs("full")
-    full = torch.ones(N, M, dtype=torch.bool)
-    ref_out, ref_lse = _dense(q, k, v, full, 0.25)
-    out = torch.zeros_like(q)
-    lse = torch.full(q.shape[:-1], float("-inf"))
-    for j0, j1 in [(0, 100), (100, 650), (650, 700)]:
-        merge_partial(out, lse, *_dense(q, k[:, :, j0:j1], v[:, :, j0:j1], full[:, j0:j1], 0.25))
-    assert (out - ref_out).abs().max() < 1e-6 and (lse - ref_lse).abs().max() < 1e-6
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_calls_merged_then_backward_with_the_merged_lse_give_the_whole_gradient(backend):
+    """Keys of every sequence split over two calls: merged forward and per-call backward are exact."""
+    lengths = [(40, 300), (700, 800), (3, 5)]
+    q, k, v = _inputs(lengths, seed=1)
+    splits = [[(n, m // 3) for n, m in lengths], [(n, m - m // 3) for n, m in lengths]]
+    key_rows = [[], []]
+    offset = 0
+    for _, m in lengths:
+        key_rows[0].append(torch.arange(offset, offset + m // 3))
+        key_rows[1].append(torch.arange(offset + m // 3, offset + m))
+        offset += m
+    key_rows = [torch.cat(r) for r in key_rows]
+    out = torch.zeros(q.shape)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"))
+    calls = [_call(split, False) for split in splits]
+    for call, rows in zip(calls, key_rows):
+        part_out, part_lse, _ = backend.forward(q, k[rows], v[rows], call, 0.3)
+        merge_rows(out, lse, slice(0, q.shape[0]), part_out, part_lse)
+    ref_in = [t.double().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = _reference(*ref_in, lengths, False, 0.3)
+    assert (out.double() - ref_out).abs().max() < 1e-5 and (lse.double() - ref_lse).abs().max() < 1e-5
+    dout = torch.randn_like(q)
+    ref_out.backward(dout.double())
+    dq, dk, dv = torch.zeros(q.shape, dtype=torch.float64), torch.zeros(k.shape, dtype=torch.float64), None
+    dv = torch.zeros_like(dk)
+    for call, rows in zip(calls, key_rows):
+        g = backend.backward(dout, q, k[rows], v[rows], out, lse, call, 0.3, None)
+        dq += g[0].double()
+        dk[rows] += g[1].double()
+        dv[rows] += g[2].double()
+    for got, x in zip((dq, dk, dv), ref_in):
+        assert (got - x.grad).abs().max() / x.grad.abs().max() < 1e-5
+
+
+def test_merge_rows_is_branch_free_on_unseen_rows_and_gathers():
+    out, lse = torch.zeros(6, 2, 3), torch.full((2, 6), float("-inf"))
+    part = torch.randn(3, 2, 3)
+    part_lse = torch.randn(2, 3)
+    rows = torch.tensor([4, 0, 2])
+    merge_rows(out, lse, rows, part, part_lse)  # rows not seen yet take the part exactly
+    assert torch.equal(out[rows], part) and torch.equal(lse[:, rows], part_lse)
+    assert torch.isneginf(lse[:, [1, 3, 5]]).all() and not out[[1, 3, 5]].any()
+    merge_rows(out, lse, rows, part, part_lse)  # the same part twice: same output, lse + log 2
+    torch.testing.assert_close(out[rows], part)
+    torch.testing.assert_close(lse[:, rows], part_lse + np.log(2.0))
 
 
 def test_backend_selection_and_errors():
-    assert select_backend("auto", torch.device("cpu")).name == "sdpa_cpu"
-    assert select_backend("torch", torch.device("cpu")).name == "torch"
+    cpu = torch.device("cpu")
+    assert select_backend("auto", cpu, torch.float32).name == "sdpa_cpu"
+    assert select_backend("varlen_reference", cpu, torch.bfloat16).name == "varlen_reference"
     with pytest.raises(ValueError, match="unknown attention backend"):
-        select_backend("flash", torch.device("cpu"))
-    with pytest.raises(RuntimeError, match="'flex' needs CUDA"):
-        select_backend("flex", torch.device("cpu"))
+        select_backend("flex", cpu, torch.float32)
+    for name in ("flash", "flash_attn2", "flash_attn3"):
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            select_backend(name, cpu, torch.bfloat16)
+    assert gpu_backend_status("flash", torch.device("cuda"), torch.float32) == (
+        False,
+        "flash kernels take fp16/bf16, not torch.float32",
+    )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["flex", "torch"])
-def test_cuda_matches_dense(backend):
-    doc_ids = torch.tensor([[0] + [1] * 300 + [2] * 211 + [3] * 500])
-    q, k, v = (torch.randn(1012, 1, 4, 64, device="cuda", requires_grad=True) for _ in range(3))
-    out = anchor_cp_attention(q, k, v, doc_ids, backend=backend)
-    ref = dense_reference_attention(q, k, v, doc_ids)
-    assert (out.double() - ref).abs().max() / ref.abs().max() < 1e-4
+def test_torch_flash_op_contract_on_meta_tensors():
+    """The aten ops the GPU backend calls, as it calls them, on meta tensors: shapes, dtypes, GQA."""
+    assert aten_flash_supported() == (True, "")
+    q = torch.empty(300, 8, 64, dtype=torch.bfloat16, device="meta")
+    k, v = (torch.empty(500, 2, 64, dtype=torch.bfloat16, device="meta") for _ in range(2))
+    call = _call([(100, 200), (200, 300)], False)
+    call.cu_q, call.cu_k = call.cu_q.to("meta"), call.cu_k.to("meta")
+    out, lse, aux = AtenFlash().forward(q, k, v, call, 0.125)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert lse.shape == (8, 300) and lse.dtype == torch.float32 and len(aux) == 2
 
 
-def _inputs(seq_len=8, heads=4, heads_kv=2, dtype=torch.float32):
+def test_prebuilt_plan_and_errors():
+    doc_ids = torch.tensor([[0, 1, 1, 1, 2, 2, 2, 2]])
+    q = torch.randn(8, 1, 4, 16)
+    k = v = torch.randn(8, 1, 2, 16)
+    from megatron_anchor.attention import build_attention_plan
+
+    plan = build_attention_plan(doc_ids, "intra_doc")
+    out = anchor_cp_attention(q, k, v, plan=plan)
+    ref = dense_reference_attention(q, k, v, doc_ids, "intra_doc")
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="does not match the plan"):
+        anchor_cp_attention(q[:4], k[:4], v[:4], plan=plan)
+    with pytest.raises(ValueError, match="needs doc_ids"):
+        anchor_cp_attention(q, k, v)
+
+
+def _bad_inputs(seq_len=8, heads=4, heads_kv=2, dtype=torch.float32):
     q = torch.randn(seq_len, 1, heads, 16, dtype=dtype)
     k, v = (torch.randn(seq_len, 1, heads_kv, 16, dtype=dtype) for _ in range(2))
     return q, k, v, torch.tensor([[0, 1, 1, 1, 2, 2, 2, 2]])
@@ -94,7 +171,7 @@ def _inputs(seq_len=8, heads=4, heads_kv=2, dtype=torch.float32):
             "GQA",
         ),
         (lambda q, k, v, d: (q, k.double(), v.double(), d), "one floating dtype"),
-        (lambda q, k, v, d: (q[:4], k[:4], v[:4], d), "local length"),
+        (lambda q, k, v, d: (q[:4], k[:4], v[:4], d), "does not match the plan"),
         (lambda q, k, v, d: (q, k, v[:, :, :, :8], d), "expected q"),
         (lambda q, k, v, d: (q, k, v, d.int()), "int64"),
         (lambda q, k, v, d: (q, k, v, d + 1), "token 0 is the anchor"),
@@ -103,30 +180,24 @@ def _inputs(seq_len=8, heads=4, heads_kv=2, dtype=torch.float32):
 )
 def test_bad_inputs_raise(change, message):
     with pytest.raises(ValueError, match=message):
-        anchor_cp_attention(*change(*_inputs()))
+        anchor_cp_attention(*change(*_bad_inputs()))
 
 
-def test_unknown_mode_raises():
+def test_bad_layouts_raise():
+    q, k, v, doc_ids = _bad_inputs()
+    with pytest.raises(ValueError, match="cp_index must be int64"):
+        anchor_cp_attention(q, k, v, doc_ids, cp_index=torch.arange(8).view(1, 2, 4))
+    with pytest.raises(ValueError, match="exactly once"):
+        anchor_cp_attention(q, k, v, doc_ids, cp_index=torch.zeros(1, 1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown attention mode"):
-        anchor_cp_attention(*_inputs(), mode="sliding")
+        anchor_cp_attention(q, k, v, doc_ids, mode="sliding")
 
 
-def test_single_rank_without_group_matches_dense():
-    q, k, v, doc_ids = _inputs()
+def test_single_rank_any_order_matches_dense():
+    """One rank whose local order is a permutation of the sample: the output comes back in that order."""
+    q, k, v, doc_ids = _bad_inputs()
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
     for mode in ("causal", "intra_doc", "anchor"):
-        out = anchor_cp_attention(q, k, v, doc_ids, mode=mode)
-        ref = dense_reference_attention(q, k, v, doc_ids, mode)
+        out = anchor_cp_attention(q[perm], k[perm], v[perm], doc_ids, mode=mode, cp_index=perm.view(1, 1, 8))
+        ref = dense_reference_attention(q, k, v, doc_ids, mode)[perm]
         assert (out.double() - ref).abs().max() / ref.abs().max() < 1e-5
-
-
-def test_communicator_refuses_misuse():
-    from megatron_anchor.attention.comm import CPComm, Pending
-
-    comm = CPComm(None)
-    assert (comm.size, comm.rank, comm.peers(0)) == (1, 0, (0, 0))
-    with pytest.raises(ValueError, match="ring step"):
-        comm.exchange(1, torch.zeros(1), (1,), torch.zeros(1))
-    pending = Pending([], None, [])
-    pending.wait()
-    with pytest.raises(RuntimeError, match="twice"):
-        pending.wait()
