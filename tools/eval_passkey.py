@@ -39,6 +39,7 @@ from megatron_anchor.evaluation.loading import (  # noqa: E402
 )
 from megatron_anchor.evaluation.passkey import accuracy_table, build_prompt, run_passkey_grid  # noqa: E402
 from megatron_anchor.evaluation.report import plot_heatmap  # noqa: E402
+from megatron_anchor.parallel.cp_layout import CP_LAYOUTS  # noqa: E402
 from megatron_anchor.training import teardown_distributed  # noqa: E402
 from megatron_anchor.training.parallel import device_for_rank  # noqa: E402
 
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: digits + 3")
     g.add_argument("--micro-batch-size", type=int, default=1, help="prompts per forward")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast, as --bf16 training")
+    g.add_argument("--cp-layout", choices=CP_LAYOUTS, default="balanced", help="as in training")
     g.add_argument("--anchor-token-id", type=int, default=None, help="default: tokenizer BOS, else EOS")
     g.add_argument("--out-dir", type=Path, default=Path("passkey"))
     args = p.parse_args(argv)
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                 args.micro_batch_size,
                 cp_group=ps.get_context_parallel_group() if dims.cp > 1 else None,
                 progress=dims.rank == 0,
+                cp_layout=args.cp_layout,
             )
         elapsed = time.perf_counter() - start
     finally:

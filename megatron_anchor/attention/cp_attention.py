@@ -16,6 +16,7 @@ e.g. ``megatron_anchor.parallel.balanced_cp_index``), the plan built once per mi
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -42,6 +43,13 @@ def unpack(t: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
     return t.view(plan.batch, plan.local_len, *t.shape[1:]).transpose(0, 1)
 
 
+def _no_autocast(device: torch.device):
+    """Autocast switched off for ``device`` (a no-op context where autocast does not exist, e.g. meta)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
 class _AnchorCPAttention(torch.autograd.Function):
     """Saves the inputs and the plan, routes to ``ring_forward`` / ``ring_backward``.
 
@@ -51,7 +59,7 @@ class _AnchorCPAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, plan, comm, backend, scale, stats):
-        with torch.autocast(q.device.type, enabled=False):
+        with _no_autocast(q.device):
             out, lse, anchor, aux = ring_forward(
                 pack(q, plan), pack(k, plan), pack(v, plan), plan, comm, backend, scale, stats
             )
@@ -65,7 +73,7 @@ class _AnchorCPAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse, anchor = ctx.saved_tensors
         plan = ctx.plan
-        with torch.autocast(q.device.type, enabled=False):
+        with _no_autocast(q.device):
             dq, dk, dv = ring_backward(
                 pack(dout, plan), pack(q, plan), pack(k, plan), pack(v, plan), out, lse, anchor, ctx.aux,
                 plan, ctx.comm, ctx.backend, ctx.scale, ctx.stats,

@@ -2,7 +2,7 @@
 
 The prompt (the anchor token, an instruction, filler with the needle sentence inside, the question) has
 exactly the requested number of tokens. Decoding is greedy, recomputing the whole forward per new token.
-Under context parallelism every rank holds its load-balanced share of the (padded) sequence, and the
+Under context parallelism every rank holds its share of the (padded) sequence in the CP layout, and the
 logits of the last real token are summed from the rank that holds it, so every rank picks the same token.
 """
 
@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_anchor.data import slice_batch_for_cp
 from megatron_anchor.evaluation.loading import gather_vocab
-from megatron_anchor.model import AnchorLayout
-from megatron_anchor.parallel import cp_token_index, slice_for_cp_rank
+from megatron_anchor.model import AnchorCoreAttention, AnchorLayout
+from megatron_anchor.parallel.cp_layout import batch_cp_index
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -70,27 +71,38 @@ def extract_answer(text: str) -> str:
     return match.group(0) if match else ""
 
 
+def _attention_mode(model) -> str:
+    """The visibility rule the model's attention layers apply (the balanced layout balances its work)."""
+    return next(m.setup.mode for m in model.modules() if isinstance(m, AnchorCoreAttention))
+
+
 def last_token_logits(
-    model, tokens: torch.Tensor, cp_group: dist.ProcessGroup | None = None, pad_id: int = 0
+    model,
+    tokens: torch.Tensor,
+    cp_group: dist.ProcessGroup | None = None,
+    pad_id: int = 0,
+    cp_layout: str = "balanced",
 ) -> torch.Tensor:
     """fp32 full-vocabulary logits ``[b, v]`` of the last of ``tokens [b, n]`` (the whole sequence, on
-    every CP rank); the model sees this rank's load-balanced share of it, padded to a multiple of 2*cp."""
+    every CP rank); the model sees this rank's share of it in ``cp_layout``, padded to a multiple of 2*cp."""
     cp = dist.get_world_size(cp_group) if cp_group is not None else 1
     rank = dist.get_rank(cp_group) if cp_group is not None else 0
     b, n = tokens.shape
     multiple = 2 * cp if cp > 1 else 1
     seq = -(-n // multiple) * multiple
     # Padding goes after the last real token: under causal attention it cannot change that token's logits.
-    padded = F.pad(tokens, (0, seq - n), value=pad_id)  # [b, S]
+    padded = F.pad(tokens, (0, seq - n), value=pad_id).cpu()  # [b, S]
     doc_ids = torch.ones_like(padded)
     doc_ids[:, 0] = 0  # the anchor, then the prompt as one document
-    positions = torch.arange(seq, device=tokens.device).expand(b, seq)
-    layout = AnchorLayout(doc_ids=doc_ids, positions=slice_for_cp_rank(positions, 1, cp, rank))
-    logits = model(slice_for_cp_rank(padded, 1, cp, rank), None, layout)  # [b, S/cp, v/tp]
-    local = (cp_token_index(seq, cp, rank, device=tokens.device) == n - 1).nonzero().flatten()
+    positions = torch.arange(seq).expand(b, seq)
+    cp_index = batch_cp_index(doc_ids, cp, cp_layout, _attention_mode(model)) if cp > 1 else None
+    local = slice_batch_for_cp({"tokens": padded, "positions": positions}, cp, rank, cp_index)
+    layout = AnchorLayout(doc_ids=doc_ids, positions=local["positions"].to(tokens.device), cp_index=cp_index)
+    logits = model(local["tokens"].to(tokens.device), None, layout)  # [b, S/cp, v/tp]
+    held = local["positions"][0] == n - 1  # [S/cp]: where this rank holds the last real token, if it does
     out = torch.zeros(b, logits.shape[-1], dtype=torch.float32, device=tokens.device)  # [b, v/tp]
-    if local.numel():
-        out = logits[:, int(local[0])].float().contiguous()  # collectives need a contiguous tensor
+    if bool(held.any()):
+        out = logits[:, int(held.nonzero()[0])].float().contiguous()  # collectives need a contiguous tensor
     if cp > 1:
         dist.all_reduce(out, group=cp_group)  # only the owning rank contributes non-zeros
     return gather_vocab(out)  # [b, v]
@@ -98,13 +110,18 @@ def last_token_logits(
 
 @torch.no_grad()
 def greedy_generate(
-    model, prompts: torch.Tensor, new_tokens: int, cp_group=None, vocab_size: int | None = None
+    model,
+    prompts: torch.Tensor,
+    new_tokens: int,
+    cp_group=None,
+    vocab_size: int | None = None,
+    cp_layout: str = "balanced",
 ) -> torch.Tensor:
     """``new_tokens`` greedy continuations ``[b, new_tokens]`` of ``prompts [b, n]`` (full forward each);
     ids at or past ``vocab_size`` (the padding of the embedding table) are never chosen."""
     seq = prompts
     for _ in range(new_tokens):
-        logits = last_token_logits(model, seq, cp_group)[:, :vocab_size]  # [b, v]
+        logits = last_token_logits(model, seq, cp_group, cp_layout=cp_layout)[:, :vocab_size]  # [b, v]
         nxt = logits.argmax(dim=-1)  # [b]
         seq = torch.cat([seq, nxt[:, None]], dim=1)
     return seq[:, prompts.shape[1] :]
@@ -137,6 +154,7 @@ def run_passkey_grid(
     micro_batch: int = 1,
     cp_group=None,
     progress: bool = False,
+    cp_layout: str = "balanced",
 ) -> dict:
     """Every (length, depth, trial) prompt; returns the accuracy grid ``[length][depth]`` and records."""
     from tqdm import tqdm
@@ -155,7 +173,9 @@ def run_passkey_grid(
         for start in range(0, trials, micro_batch):
             batch = prompts[start : start + micro_batch]
             tokens = torch.tensor([p.tokens for p in batch], dtype=torch.long, device=device)  # [mb, length]
-            generated = greedy_generate(model, tokens, new_tokens, cp_group, tokenizer.vocab_size).tolist()
+            generated = greedy_generate(
+                model, tokens, new_tokens, cp_group, tokenizer.vocab_size, cp_layout
+            ).tolist()
             for t, (prompt, ids) in enumerate(zip(batch, generated, strict=True), start=start):
                 text = tokenizer.decode(ids)
                 answer = extract_answer(text)

@@ -70,19 +70,13 @@ class AnchorCoreAttention(MegatronModule):
             cp_group = ps.get_context_parallel_group()
         self.cp_group: dist.ProcessGroup | None = cp_group
 
-    def _attend(self, query, key, value, doc_ids, angles):
+    def _attend(self, query, key, value, plan, angles):
         # fp32 rotation of the first d_rot channels (the rest pass through), cast back to the input dtype.
         rope = dict(mscale=self.setup.mscale, interleaved=self.setup.interleaved)
         query = apply_rotary_angles(query, angles, **rope)  # [s, b, h, d]
         key = apply_rotary_angles(key, angles, **rope)  # [s, b, h_kv, d]
         out = anchor_cp_attention(
-            query,
-            key,
-            value,
-            doc_ids,
-            mode=self.setup.mode,
-            cp_group=self.cp_group,
-            softmax_scale=self.softmax_scale,
+            query, key, value, plan=plan, cp_group=self.cp_group, softmax_scale=self.softmax_scale
         )  # [s, b, h, d]
         return out.reshape(out.shape[0], out.shape[1], -1)  # [s, b, h*d]
 
@@ -97,7 +91,9 @@ class AnchorCoreAttention(MegatronModule):
         if positions.shape[1] != query.shape[0]:
             raise ValueError(f"positions cover {positions.shape[1]} tokens, the queries {query.shape[0]}")
         angles = packed_seq_params.rope_angles(self.setup.inv_freq)  # [b, s_local, d_rot/2] fp32
-        args = (query, key, value, packed_seq_params.doc_ids, angles)
+        # Built by the first layer of the micro-batch; every other layer and recompute reuse it.
+        plan = packed_seq_params.attention_plan(self.setup.mode, self.cp_group, query.device)
+        args = (query, key, value, plan, angles)
         if self.setup.recompute and self.training:
             return checkpoint(self._attend, *args, use_reentrant=False)
         return self._attend(*args)

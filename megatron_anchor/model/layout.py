@@ -3,7 +3,9 @@
 megatron-core hands ``GPTModel.forward(packed_seq_params=...)`` unchanged through the transformer block,
 each layer and ``SelfAttention`` down to ``core_attention(..., packed_seq_params=...)``. With
 ``qkv_format="sbhd"`` none of its ``thd``-only branches (squeezing the batch axis, cu_seqlens RoPE) run,
-so this subclass is the explicit path by which document ids and RoPE positions reach the attention.
+so this subclass is the explicit path by which document ids, the CP layout and RoPE positions reach the
+attention. It is made once per micro-batch, so it also caches what every layer shares: the attention plan
+(built on first use, reused by every layer and by recompute) and the RoPE angle table.
 """
 
 from __future__ import annotations
@@ -11,29 +13,47 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from megatron.core.packed_seq_params import PackedSeqParams
+
+from megatron_anchor.attention import AttentionPlan, build_attention_plan
+from megatron_anchor.rope import rotary_angles
 
 
 @dataclass
 class AnchorLayout(PackedSeqParams):
-    """Per-batch sample layout: the full sample's ``doc_ids [b, S]``, this rank's ``positions [b, s_local]``.
+    """Per-micro-batch sample layout.
 
-    ``positions`` are the RoPE positions of the tokens this CP rank holds, in its local (load-balanced)
-    order; ``doc_ids`` covers the whole sample on every rank (the attention needs every boundary).
+    ``doc_ids [b, S]``: the whole sample's document ids on every rank (keep them on the host: the plan is
+    built there); ``positions [b, s_local]``: the RoPE positions of this rank's tokens in local order;
+    ``cp_index [b, cp, S / cp]``: which global tokens each CP rank holds (None: megatron-core's layout).
     """
 
     doc_ids: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    cp_index: torch.Tensor | None = None
     _rope_angles: dict = field(default_factory=dict, repr=False, compare=False)
+    _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def rope_angles(self, inv_freq: torch.Tensor) -> torch.Tensor:
         """fp32 angles ``[b, s_local, d_rot/2]`` of ``positions``, built once and shared by every layer."""
-        from megatron_anchor.rope import rotary_angles
-
         key = (inv_freq.data_ptr(), inv_freq.numel())
         if key not in self._rope_angles:
             self._rope_angles[key] = rotary_angles(self.positions, inv_freq.to(self.positions.device))
         return self._rope_angles[key]
+
+    def attention_plan(
+        self, mode: str, cp_group: dist.ProcessGroup | None, device: torch.device
+    ) -> AttentionPlan:
+        """This rank's attention plan for the micro-batch: built on the first layer's call, then reused."""
+        key = (mode, id(cp_group), str(device))
+        if key not in self._plans:
+            cp_size = 1 if cp_group is None else dist.get_world_size(cp_group)
+            rank = 0 if cp_group is None else dist.get_rank(cp_group)
+            self._plans[key] = build_attention_plan(
+                self.doc_ids, mode, cp_size=cp_size, rank=rank, cp_index=self.cp_index, device=device
+            )
+        return self._plans[key]
 
     def __post_init__(self) -> None:
         self.qkv_format = "sbhd"
@@ -44,3 +64,6 @@ class AnchorLayout(PackedSeqParams):
                 f"doc_ids must be [b, S] and positions [b, s_local]; got {tuple(self.doc_ids.shape)} "
                 f"and {tuple(self.positions.shape)}"
             )
+        index = self.cp_index
+        if index is not None and (index.dim() != 3 or index.shape[0] != self.doc_ids.shape[0]):
+            raise ValueError(f"cp_index must be [b, cp, S / cp]; got {tuple(self.cp_index.shape)}")

@@ -1,7 +1,10 @@
-"""megatron-core's load-balanced context-parallel layout as pure index arithmetic.
+"""Context-parallel layouts as pure index arithmetic, and cutting tensors by them.
 
-The S tokens of a sample are cut into ``2*cp`` equal chunks; CP rank ``r`` holds chunks ``r`` and
-``2*cp-1-r``, concatenated in that order. Pairing an early chunk with a late one balances causal work.
+A layout is ``cp_index [b, cp, S / cp]``: the global token indices each CP rank holds, in local order.
+``megatron``: megatron-core's load-balanced layout: the S tokens of a sample are cut into ``2*cp`` equal
+chunks; CP rank ``r`` holds chunks ``r`` and ``2*cp-1-r``, concatenated in that order (pairing an early
+chunk with a late one balances causal work). ``balanced``: computed per sample from its documents so that
+every rank gets the same attention work (``balanced_layout``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def cp_token_index(seq_len: int, cp_size: int, cp_rank: int, device=None) -> tor
 def megatron_cp_index(seq_len: int, cp_size: int) -> torch.Tensor:
     """Every rank's global token indices ``[cp_size, seq_len // cp_size]`` in the load-balanced layout."""
     return torch.stack([cp_token_index(seq_len, cp_size, rank) for rank in range(cp_size)])
+
+
+CP_LAYOUTS = ("balanced", "megatron")
+
+
+def batch_cp_index(doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str = "anchor") -> torch.Tensor:
+    """``[b, cp, S / cp]`` int64 layout of every sample of ``doc_ids [b, S]`` (host tensors)."""
+    batch, seq_len = doc_ids.shape
+    if layout == "megatron":
+        return megatron_cp_index(seq_len, cp_size).expand(batch, cp_size, seq_len // cp_size)
+    if layout == "balanced":
+        from megatron_anchor.parallel.balanced_layout import balanced_cp_index
+
+        return torch.stack([balanced_cp_index(row, cp_size, mode) for row in doc_ids.cpu()])
+    raise ValueError(f"unknown CP layout {layout!r}; expected one of {CP_LAYOUTS}")
 
 
 def slice_for_cp_rank(tensor: torch.Tensor, dim: int, cp_size: int, cp_rank: int) -> torch.Tensor:

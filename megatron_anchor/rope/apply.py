@@ -8,6 +8,7 @@ on CUDA when TE imports) and a torch fp32 path (anywhere). ``backend=`` or the e
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -72,12 +73,23 @@ def te_rope_available(device: torch.device | str | None = None) -> tuple[bool, s
     return fn is not None, reason
 
 
-def resolve_backend(t: torch.Tensor, backend: str | None = None) -> str:
-    """``torch`` or ``te`` for tensor ``t`` from ``backend`` / ``$MEGATRON_ANCHOR_ROPE_BACKEND`` / auto."""
+def te_takes_interleaved() -> bool:
+    """Whether the installed TE's ``apply_rotary_pos_emb`` has ``interleaved`` (TE 2.3 and newer)."""
+    fn, _ = _te_apply()
+    return fn is not None and "interleaved" in inspect.signature(fn).parameters
+
+
+def resolve_backend(t: torch.Tensor, backend: str | None = None, interleaved: bool = False) -> str:
+    """``torch`` or ``te`` for tensor ``t`` from ``backend`` / ``$MEGATRON_ANCHOR_ROPE_BACKEND`` / auto.
+
+    TE before 2.3 rotates halves only: interleaved layouts take the torch path there.
+    """
     choice = backend or os.environ.get(BACKEND_ENV) or "auto"
     if choice not in BACKENDS:
         raise ValueError(f"RoPE backend {choice!r} (argument or ${BACKEND_ENV}) is not one of {BACKENDS}")
     ok, reason = te_rope_available(t.device)
+    if ok and interleaved and not te_takes_interleaved():
+        ok, reason = False, "this Transformer Engine's apply_rotary_pos_emb has no 'interleaved' (TE < 2.3)"
     if choice == "te" and not ok:
         raise RuntimeError(f"RoPE backend 'te' requested but unavailable: {reason}")
     if choice == "auto":
@@ -91,12 +103,13 @@ def _te_rotate(t: torch.Tensor, angles: torch.Tensor, mscale: float, interleaved
     # TE's freqs layout per channel: [a, a] halves, or each angle twice in a row when interleaved.
     freqs = angles.repeat_interleave(2, dim=-1) if interleaved else torch.cat([angles, angles], dim=-1)
     freqs = freqs[:, None, None, :].contiguous()  # [s, 1, 1, d_rot] fp32
+    layout = {"interleaved": True} if interleaved else {}  # TE < 2.3 has no such argument
     if mscale == 1.0:
-        return apply(t, freqs, tensor_format="sbhd", interleaved=interleaved, fused=True)
+        return apply(t, freqs, tensor_format="sbhd", fused=True, **layout)
     # The kernel has no mscale: scale the rotary channels in fp32 first so the result is still cast once.
     d_rot = freqs.shape[-1]
     scaled = torch.cat([t[..., :d_rot].float() * mscale, t[..., d_rot:].float()], dim=-1)
-    return apply(scaled, freqs, tensor_format="sbhd", interleaved=interleaved, fused=True).to(t.dtype)
+    return apply(scaled, freqs, tensor_format="sbhd", fused=True, **layout).to(t.dtype)
 
 
 def _check_shapes(t: torch.Tensor, positions: torch.Tensor, n_pairs: int) -> None:
@@ -125,11 +138,12 @@ def apply_rotary_angles(
     if angles.dtype != torch.float32:
         raise ValueError(f"angles must be fp32 (reduced modulo 2*pi by rotary_angles), got {angles.dtype}")
     angles = angles.to(t.device)
-    if resolve_backend(t, backend) == "torch":
+    if resolve_backend(t, backend, interleaved) == "torch":
         return rotate_fp32(t, angles, mscale, interleaved)
-    if angles.dim() == 2 or bool((angles == angles[:1]).all()):
+    if angles.dim() == 2 or angles.shape[0] == 1:
         return _te_rotate(t, angles if angles.dim() == 2 else angles[0], mscale, interleaved)
-    # TE's freqs are shared by the batch: per-sample positions (reset mode) take one call per sample.
+    # TE's freqs are shared by the batch: a batch of several samples takes one call per sample (comparing
+    # the samples' positions here would read the device).
     return torch.cat(
         [_te_rotate(t[:, i : i + 1], angles[i], mscale, interleaved) for i in range(t.shape[1])], dim=1
     )

@@ -9,6 +9,7 @@ import math
 
 from megatron_anchor.attention import ATTENTION_MODES
 from megatron_anchor.data import POSITION_MODES
+from megatron_anchor.parallel.cp_layout import CP_LAYOUTS
 from megatron_anchor.rope import add_rope_args
 
 
@@ -75,6 +76,13 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument(
+        "--cp-layout",
+        choices=CP_LAYOUTS,
+        default="balanced",
+        help="which tokens each CP rank holds: 'balanced' gives every rank the same attention work from the "
+        "documents (no padding); 'megatron' is megatron-core's 2*cp chunk layout",
+    )
     g.add_argument(
         "--use-distributed-optimizer",
         action="store_true",
@@ -143,9 +151,12 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     )
     s = args.seq_length
     _require(s > 0, "--seq-length must be positive")
+    # megatron-core's layout cuts 2*cp chunks; the balanced one needs S / cp tokens per rank.
+    multiple = 2 * cp if args.cp_layout == "megatron" else cp
     _require(
-        cp == 1 or s % (2 * cp) == 0,
-        f"--seq-length {s} must be divisible by 2 x --context-parallel-size = {2 * cp}",
+        cp == 1 or s % multiple == 0,
+        f"--seq-length {s} must be divisible by {multiple} for --context-parallel-size {cp} "
+        f"with --cp-layout {args.cp_layout}",
     )
     _validate_batch(args)
     _validate_schedule(args)

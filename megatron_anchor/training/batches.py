@@ -2,17 +2,20 @@
 
 A global batch is ``global_batch_size`` consecutive sample indices starting at ``step * global_batch_size``
 (so the data position is the step alone). Data-parallel rank ``d`` takes the d-th contiguous share and cuts
-it into micro-batches; each context-parallel rank then keeps its load-balanced share of the tokens.
+it into micro-batches; each context-parallel rank then keeps its share of the tokens in the CP layout.
 The batch content is therefore the same at every DP and CP size.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
 from megatron_anchor.data import position_ids_from_doc_ids, slice_batch_for_cp
 from megatron_anchor.model import AnchorLayout
+from megatron_anchor.parallel.cp_layout import batch_cp_index
 
 SAMPLE_KEYS = ("tokens", "labels", "loss_mask", "doc_ids", "position_ids")
 
@@ -96,24 +99,36 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in SAMPLE_KEYS}
 
 
-def to_model_inputs(batch: dict[str, torch.Tensor], cp_size: int, cp_rank: int, device) -> dict:
-    """CP-slice a collated ``[b, S]`` batch; returns tokens/labels/loss_mask ``[b, S/cp]`` and the layout."""
-    local = {k: v.to(device) for k, v in slice_batch_for_cp(batch, cp_size, cp_rank).items()}
-    layout = AnchorLayout(doc_ids=local["doc_ids"], positions=local["position_ids"])
-    return {
-        "tokens": local["tokens"],
-        "labels": local["labels"],
-        "loss_mask": local["loss_mask"],
-        "layout": layout,
-    }
+@dataclass(frozen=True)
+class CPSlicing:
+    """How a batch is cut over the CP group: its size, this rank, the layout and the mode it balances."""
+
+    size: int = 1
+    rank: int = 0
+    layout: str = "megatron"
+    mode: str = "anchor"
+
+
+def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> dict:
+    """CP-slice a collated ``[b, S]`` batch; returns tokens/labels/loss_mask ``[b, S/cp]`` and the layout.
+
+    The layout keeps ``doc_ids`` and ``cp_index`` on the host, where the attention plan is built.
+    """
+    cp_index = batch_cp_index(batch["doc_ids"], cp.size, cp.layout, cp.mode) if cp.size > 1 else None
+    local = slice_batch_for_cp(batch, cp.size, cp.rank, cp_index)
+    layout = AnchorLayout(
+        doc_ids=batch["doc_ids"], positions=local["position_ids"].to(device), cp_index=cp_index
+    )
+    inputs = {k: local[k].to(device) for k in ("tokens", "labels", "loss_mask")}
+    return {**inputs, "layout": layout}
 
 
 def micro_batches(
-    dataset: Dataset, indices: list[int], micro_batch_size: int, cp_size: int, cp_rank: int, device
+    dataset: Dataset, indices: list[int], micro_batch_size: int, cp: CPSlicing, device
 ) -> list[dict]:
     """This rank's micro-batches (model inputs) for the given sample indices."""
     out = []
     for start in range(0, len(indices), micro_batch_size):
         items = [dataset[i] for i in indices[start : start + micro_batch_size]]
-        out.append(to_model_inputs(collate(items), cp_size, cp_rank, device))
+        out.append(to_model_inputs(collate(items), cp, device))
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_anchor.training.batches import micro_batches, rank_sample_indices
+from megatron_anchor.training.batches import CPSlicing, micro_batches, rank_sample_indices
 from megatron_anchor.training.build import (
     Datasets,
     build_datasets,
@@ -91,6 +91,11 @@ def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     return t
 
 
+def _cp_slicing(run: Run) -> CPSlicing:
+    """How this rank cuts each sample: ``--cp-layout``, balancing ``--attention-mode``'s work."""
+    return CPSlicing(run.dims.cp, run.dims.cp_rank, run.args.cp_layout, run.args.attention_mode)
+
+
 def _autocast(run: Run):
     if not run.args.bf16:
         return contextlib.nullcontext()
@@ -125,7 +130,7 @@ def train_step(run: Run, step: int) -> dict:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     indices = rank_sample_indices(step, args.global_batch_size, dims.dp, dims.dp_rank, len(run.data.train))
-    micro = micro_batches(run.data.train, indices, args.micro_batch_size, dims.cp, dims.cp_rank, run.device)
+    micro = micro_batches(run.data.train, indices, args.micro_batch_size, _cp_slicing(run), run.device)
 
     # The loss is the mean over every valid token of the global batch: sum of token losses / N, with N
     # summed over DP x CP (CP ranks hold disjoint tokens of a sample; TP ranks hold the same tokens).
@@ -163,9 +168,7 @@ def evaluate(run: Run) -> float:
     totals = torch.zeros(2, device=run.device)  # [sum of token losses, valid tokens]
     for it in range(args.eval_iters):
         indices = rank_sample_indices(it, args.global_batch_size, dims.dp, dims.dp_rank, len(run.data.valid))
-        for mb in micro_batches(
-            run.data.valid, indices, args.micro_batch_size, dims.cp, dims.cp_rank, run.device
-        ):
+        for mb in micro_batches(run.data.valid, indices, args.micro_batch_size, _cp_slicing(run), run.device):
             with _autocast(run):
                 token_loss = run.model(mb["tokens"], mb["labels"], mb["layout"])  # [b, s_local]
             totals[0] += (token_loss.float() * mb["loss_mask"]).sum()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 
 from megatron_anchor.attention import dense_reference_attention
@@ -25,20 +21,6 @@ CFG = AnchorGPTConfig(
     vocab_size=128,
     seq_length=32,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_rank_groups():
-    """A real one-process gloo group with megatron-core's parallel state (TP = CP = 1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    ps.initialize_model_parallel(1, 1, context_parallel_size=1)
-    yield
-    ps.destroy_model_parallel()
-    dist.destroy_process_group()
 
 
 def _model(seed: int = 0, **changes):

@@ -175,6 +175,31 @@ def emulated_te_kernel(t, freqs, tensor_format="sbhd", interleaved=False, fused=
     return torch.cat([out.to(t.dtype), t[..., d2:]], dim=-1)
 
 
+def emulated_te22_kernel(t, freqs, tensor_format="sbhd", fused=False, cu_seqlens=None, cp_size=1, cp_rank=0):
+    """TE 1.10-2.2's signature: no ``interleaved`` (halves only)."""
+    return emulated_te_kernel(t, freqs, tensor_format=tensor_format, fused=fused)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_te_without_interleaved_takes_the_torch_path_for_interleaved(monkeypatch, interleaved: bool) -> None:
+    """TE 2.2 (NGC 25.04) has no ``interleaved=``: halves go to TE, interleaved layouts to the torch path."""
+    import megatron_anchor.rope.apply as apply_module
+
+    calls = []
+    kernel = lambda *a, **k: calls.append(1) or emulated_te22_kernel(*a, **k)  # noqa: E731
+    monkeypatch.setattr(apply_module, "_te_apply", lambda: (kernel, ""))
+    monkeypatch.setattr(apply_module, "te_rope_available", lambda device=None: (True, ""))
+    t = sample(d=64)
+    positions = far_positions(t.shape[0])
+    inv_freq, _ = compute_inv_freq(10000.0, 64)
+    out = apply_rotary_fp32(t, positions, inv_freq, interleaved=interleaved)
+    ref = reference_rope(t, positions, inv_freq, 1.0, interleaved=interleaved)
+    assert (out.double() - ref).abs().max() < 2e-6 and len(calls) == (0 if interleaved else 1)
+    if interleaved:
+        with pytest.raises(RuntimeError, match="no 'interleaved'"):
+            apply_rotary_fp32(t, positions, inv_freq, interleaved=True, backend="te")
+
+
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("batch_positions", [False, True])
 def test_te_backend_wiring(monkeypatch: pytest.MonkeyPatch, interleaved: bool, batch_positions: bool) -> None:

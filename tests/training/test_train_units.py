@@ -38,9 +38,14 @@ def _validate(extra: list[str], world_size: int = 1):
     "extra, world, message",
     [
         (
-            ["--context-parallel-size", "2", "--seq-length", "66"],
+            ["--context-parallel-size", "2", "--seq-length", "65"],
             2,
-            "divisible by 2 x --context-parallel-size",
+            "--seq-length 65 must be divisible by 2 for --context-parallel-size 2 with --cp-layout balanced",
+        ),
+        (
+            ["--context-parallel-size", "2", "--seq-length", "66", "--cp-layout", "megatron"],
+            2,
+            "--seq-length 66 must be divisible by 4 for --context-parallel-size 2 with --cp-layout megatron",
         ),
         (["--tensor-model-parallel-size", "3"], 3, "not divisible by TP size 3"),
         (["--num-query-groups", "3"], 1, "not divisible by --num-query-groups 3"),
@@ -80,8 +85,8 @@ def test_dry_run_prints_resolved_config_and_cli_errors_exit_2():
     ok = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert '"data_parallel_size": 2' in ok.stdout and '"attention_mode": "anchor"' in ok.stdout
-    bad = subprocess.run([*cmd, "--seq-length", "62"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "--seq-length 62 must be divisible by 2 x" in bad.stderr
+    bad = subprocess.run([*cmd, "--seq-length", "63"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--seq-length 63 must be divisible by 2" in bad.stderr
 
 
 def test_sample_length_must_be_seq_length_plus_one():
