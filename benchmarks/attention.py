@@ -3,12 +3,14 @@
     python benchmarks/attention.py            # S = 8K/16K timings, memory at 8K/16K/32K (minutes)
     python benchmarks/attention.py --quick    # small shapes, seconds
 
-Layout: log-normal document lengths (median ~1K tokens) around one document of S/2. The ideal anchor
-speed-up is causal's visible (query, key) pairs over anchor's; with CP, the load-balanced layout balances
-causal work but not documents, so the busiest rank's ratio is shown too (the ring waits for it). The FLOP
-floor is 4*h*d flops per pair forward and 10*h*d backward at the matmul rate measured here. Each CP size
-runs in its own gloo group (threads per rank = cores / cp). Timings are the minimum over ``--repeat``
-runs, slowest rank.
+Documents: log-normal lengths (median ~1K tokens) around one document of S/2. The ideal anchor speed-up is
+causal's visible (query, key) pairs over anchor's. With CP the anchor runs in each ``--layouts`` layout
+(causal always in megatron-core's, which balances causal work): megatron-core's layout does not balance
+documents, so the busiest rank's ideal is shown too (the ring waits for it); the balanced layout gives
+every rank the same work. The plan is built once per sample, outside the timing, as training builds it once
+per micro-batch for every layer. The FLOP floor is 4*h*d flops per pair forward and 10*h*d backward at the
+matmul rate measured here. Each CP size runs in its own gloo group (threads per rank = cores / cp).
+Timings are the minimum over ``--repeat`` runs, slowest rank.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatron_anchor.attention import AttentionStats, anchor_cp_attention
-from megatron_anchor.data import position_ids_from_doc_ids
-from megatron_anchor.parallel.cp_layout import cp_token_index, slice_for_cp_rank
-from megatron_anchor.training.metrics import visible_pairs
+from megatron_anchor.attention import (
+    AttentionStats,
+    anchor_cp_attention,
+    build_attention_plan,
+    visible_keys_per_query,
+)
+from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
 
 
 def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.Tensor:
@@ -42,16 +47,15 @@ def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.
     return torch.cat([torch.zeros(1, dtype=torch.long), ids])[None]
 
 
-def slowest_rank_pairs(doc_ids: torch.Tensor, mode: str, cp: int) -> int:
+def layout_of(doc_ids: torch.Tensor, mode: str, cp: int, layout: str) -> torch.Tensor:
+    """``[1, cp, S / cp]``: causal in megatron-core's layout, the anchor in ``layout``."""
+    return batch_cp_index(doc_ids, cp, "megatron" if mode == "causal" else layout, mode)
+
+
+def busiest_rank_pairs(doc_ids: torch.Tensor, mode: str, index: torch.Tensor) -> int:
     """Visible pairs of the busiest CP rank's queries: the ring waits for that rank at every step."""
-    if mode == "causal":
-        per_query = torch.arange(1, doc_ids.shape[1] + 1)
-    else:
-        # A query's reset position counts the keys of its own document it sees (the anchor sees itself).
-        per_query = position_ids_from_doc_ids(doc_ids[0], "reset").clamp(min=1)
-        if mode == "anchor":
-            per_query = per_query + (doc_ids[0] > 0).long()
-    return max(int(per_query[cp_token_index(doc_ids.shape[1], cp, r)].sum()) for r in range(cp))
+    per_query = visible_keys_per_query(doc_ids[0], mode)
+    return max(int(per_query[rank_index].sum()) for rank_index in index[0])
 
 
 def matmul_rate(dtype: torch.dtype, trials: int = 5) -> float:
@@ -78,65 +82,65 @@ def _timed(fn, repeat: int) -> float:
     return best
 
 
-def _inputs(doc_ids, args, rank: int, world: int, grad: bool):
+def _inputs(doc_ids, args, rank: int, index: torch.Tensor, grad: bool):
     gen = torch.Generator().manual_seed(1)
     seq_len = doc_ids.shape[1]
     shapes = [(seq_len, 1, args.heads, args.dim)] + [(seq_len, 1, args.heads_kv, args.dim)] * 2
     full = [torch.randn(s, generator=gen, dtype=getattr(torch, args.dtype)) for s in shapes]
-    return [slice_for_cp_rank(t, 0, world, rank).requires_grad_(grad) for t in full]
+    return [shard_for_cp(t, index, rank, seq_dim=0).requires_grad_(grad) for t in full]
 
 
 def _forward_backward(call) -> None:
     call().sum().backward()
 
 
-def time_modes(args, seq_len: int, rank: int, world: int) -> dict:
+def time_modes(args, seq_len: int, rank: int, world: int, layout: str) -> dict:
     """Forward and forward+backward seconds of causal and anchor at one S (same kernel, same inputs)."""
     doc_ids = realistic_doc_ids(seq_len)
-    q, k, v = _inputs(doc_ids, args, rank, world, grad=True)
     # The matmul rate all ranks get together, measured concurrently just before: the floor's yardstick.
     dist.barrier()
-    rate = torch.tensor([matmul_rate(q.dtype)])
+    rate = torch.tensor([matmul_rate(getattr(torch, args.dtype))])
     dist.all_reduce(rate)
     result = {"rate": rate.item()}
     for mode in ("causal", "anchor"):
+        index = layout_of(doc_ids, mode, world, layout)
+        q, k, v = _inputs(doc_ids, args, rank, index, grad=True)
+        start = time.perf_counter()
+        plan = build_attention_plan(doc_ids, mode, cp_size=world, rank=rank, cp_index=index)
+        plan_ms = 1e3 * (time.perf_counter() - start)
         stats = AttentionStats()
+        group = dist.group.WORLD
         call = functools.partial(
-            anchor_cp_attention,
-            q,
-            k,
-            v,
-            doc_ids,
-            mode=mode,
-            cp_group=dist.group.WORLD,
-            backend=args.backend,
-            stats=stats,
+            anchor_cp_attention, q, k, v, plan=plan, cp_group=group, backend=args.backend, stats=stats
         )
         with torch.no_grad():
             fwd = _timed(call, args.repeat)
         both = _timed(functools.partial(_forward_backward, call), args.repeat)
-        calls = 2 * args.repeat
-        counts = torch.tensor([stats.computed, stats.pairs_skipped, stats.rows_not_sent]) // calls
+        counts = torch.tensor([plan.stats.rows_sent, plan.stats.idle_steps, plan.stats.calls, plan_ms])
         dist.all_reduce(counts)
         result[mode] = {
             "fwd": fwd,
             "fwd_bwd": both,
-            "visible": visible_pairs(doc_ids, mode),
-            "slowest_rank": slowest_rank_pairs(doc_ids, mode, world),
-            "computed": counts[0].item(),
-            "pairs_skipped": counts[1].item(),
-            "rows_not_sent": counts[2].item(),
+            "visible": int(visible_keys_per_query(doc_ids, mode).sum()),
+            "busiest_rank": busiest_rank_pairs(doc_ids, mode, index),
+            "rows_sent": int(counts[0]),
+            "idle_steps": int(counts[1]),
+            "max_calls_per_step": max(len(step.calls) for step in plan.steps),
+            "plan_ms": float(counts[3]) / world,
         }
     return result
 
 
-def peak_memory(args, seq_len: int, rank: int, world: int) -> float:
+def peak_memory(args, seq_len: int, rank: int, world: int, layout: str) -> float:
     """Peak RSS (MiB) of this rank over one anchor forward+backward at ``seq_len``, above the RSS before."""
     doc_ids = realistic_doc_ids(seq_len)
     with open("/proc/self/statm") as f:  # resident pages now; ru_maxrss below is the peak since start
         before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    q, k, v = _inputs(doc_ids, args, rank, world, grad=True)
-    anchor_cp_attention(q, k, v, doc_ids, cp_group=dist.group.WORLD, backend=args.backend).sum().backward()
+    index = layout_of(doc_ids, "anchor", world, layout)
+    q, k, v = _inputs(doc_ids, args, rank, index, grad=True)
+    group = dist.group.WORLD
+    out = anchor_cp_attention(q, k, v, doc_ids, cp_group=group, cp_index=index, backend=args.backend)
+    out.sum().backward()
     grown = torch.tensor([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0])
     dist.all_reduce(grown, dist.ReduceOp.MAX)
     return grown.item()
@@ -146,10 +150,13 @@ def _worker(rank: int, world: int, port: int, args, path: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     result = {}
-    time_modes(args, 256 * world, rank, world)  # warm-up: thread pools, gloo connections
+    layouts = args.layouts if world > 1 else ["megatron"]
+    time_modes(args, 256 * world, rank, world, layouts[0])  # warm-up: thread pools, gloo connections
     if world in args.mem_cps:  # first, ascending S: ru_maxrss only grows, so each peak belongs to its own S
-        result["memory"] = {s: peak_memory(args, s, rank, world) for s in sorted(args.mem_seqs)}
-    result["time"] = {s: time_modes(args, s, rank, world) for s in args.seqs}
+        result["memory"] = {s: peak_memory(args, s, rank, world, layouts[-1]) for s in sorted(args.mem_seqs)}
+    result["time"] = {
+        name: {s: time_modes(args, s, rank, world, name) for s in args.seqs} for name in layouts
+    }
     if rank == 0:
         with open(path, "w") as f:
             json.dump(result, f)
@@ -177,39 +184,36 @@ def report(results: dict, args) -> None:
         f"floor from the matmul rate measured before each row (GFLOP/s, all ranks together)"
     )
     print(
-        f"\n{'S':>6} {'cp':>3} {'pass':>8} {'causal s':>9} {'anchor s':>9} {'speed-up':>9} {'ideal':>6} "
-        f"{'% ideal':>8} {'ideal(busiest rank)':>20} {'%':>5} {'GFLOP/s':>8} {'anchor floor s':>15} "
-        f"{'x floor':>8} {'x floor(tiles)':>15}"
+        f"\n{'S':>6} {'cp':>3} {'layout':>9} {'pass':>8} {'causal s':>9} {'anchor s':>9} {'speed-up':>9} "
+        f"{'ideal':>6} {'% ideal':>8} {'ideal(busiest rank)':>20} {'%':>5} {'GFLOP/s':>8} "
+        f"{'anchor floor s':>15} {'x floor':>8}"
     )
     for cp, res in results.items():
-        for s, by_mode in res["time"].items():
-            causal, anchor, rate = by_mode["causal"], by_mode["anchor"], by_mode["rate"]
-            ideal = causal["visible"] / anchor["visible"]
-            ideal_rank = causal["slowest_rank"] / anchor["slowest_rank"]
-            for key in ("fwd", "fwd_bwd"):
-                speedup = causal[key] / anchor[key]
-                floor = per_pair[key] * anchor["visible"] / rate
-                floor_tiles = per_pair[key] * anchor["computed"] / rate
+        for layout, by_seq in res["time"].items():
+            for s, by_mode in by_seq.items():
+                causal, anchor, rate = by_mode["causal"], by_mode["anchor"], by_mode["rate"]
+                ideal = causal["visible"] / anchor["visible"]
+                ideal_rank = causal["busiest_rank"] / anchor["busiest_rank"]
+                for key in ("fwd", "fwd_bwd"):
+                    speedup = causal[key] / anchor[key]
+                    floor = per_pair[key] * anchor["visible"] / rate
+                    print(
+                        f"{s:>6} {cp:>3} {layout:>9} {key:>8} {causal[key]:9.3f} {anchor[key]:9.3f} "
+                        f"{speedup:9.2f} {ideal:6.2f} {100 * speedup / ideal:7.0f}% {ideal_rank:20.2f} "
+                        f"{100 * speedup / ideal_rank:4.0f}% {rate / 1e9:8.0f} {floor:15.3f} "
+                        f"{anchor[key] / floor:8.2f}"
+                    )
+    print("\nanchor per ring step and per plan (all ranks together unless said)")
+    for cp, res in results.items():
+        for layout, by_seq in res["time"].items():
+            for s, by_mode in by_seq.items():
+                a = by_mode["anchor"]
                 print(
-                    f"{s:>6} {cp:>3} {key:>8} {causal[key]:9.3f} {anchor[key]:9.3f} {speedup:9.2f} "
-                    f"{ideal:6.2f} {100 * speedup / ideal:7.0f}% {ideal_rank:20.2f} "
-                    f"{100 * speedup / ideal_rank:4.0f}% {rate / 1e9:8.0f} {floor:15.3f} "
-                    f"{anchor[key] / floor:8.2f} "
-                    f"{anchor[key] / floor_tiles:15.2f}"
+                    f"  S={s:>6} cp={cp} {layout:>9}: {1e6 * a['fwd_bwd'] / int(s):7.1f} us/token fwd+bwd, "
+                    f"kernel calls per ring step <= {a['max_calls_per_step']}, "
+                    f"K/V rows sent {a['rows_sent']}, "
+                    f"idle ring steps {a['idle_steps']}, plan build {a['plan_ms']:.1f} ms per rank"
                 )
-    print(f"\nper-token anchor fwd+bwd time (us/token; all ranks together), cp = {list(results)}")
-    for s in args.seqs:
-        row = "  ".join(
-            f"cp={cp}: {1e6 * res['time'][str(s)]['anchor']['fwd_bwd'] / s:8.1f}"
-            for cp, res in results.items()
-        )
-        skipped = "  ".join(
-            f"cp={cp}: {res['time'][str(s)]['anchor']['pairs_skipped']} pairs skipped, "
-            f"{res['time'][str(s)]['anchor']['rows_not_sent']} rows not sent"
-            for cp, res in results.items()
-            if cp > 1
-        )
-        print(f"  S={s:>6}  {row}   ({skipped})")
     for cp, res in results.items():
         if "memory" in res:
             mem = "  ".join(f"S={s}: {mib:7.0f} MiB" for s, mib in res["memory"].items())
@@ -225,6 +229,7 @@ def main() -> None:
     parser.add_argument("--mem-seqs", type=int, nargs="+", default=[8192, 16384, 32768])
     parser.add_argument("--cps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--mem-cps", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layouts", nargs="+", default=["megatron", "balanced"], help="CP layouts at cp > 1")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--heads-kv", type=int, default=4)
     parser.add_argument("--dim", type=int, default=128)
