@@ -5,6 +5,11 @@ Megatron-LM's flags and file naming (``{output_prefix}_{key}_document.bin/.idx``
     python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --workers 8 \
         --seq-length 8192 --pack best-fit
+
+Inputs may be gzip-compressed (recognised by content, whatever the name). A run writes complete outputs or
+none: the output prefix is locked while it is written (a second run to it is refused), files are synced to
+disk before they take their final names, and a dead worker, damaged input, a full disk or a run that would
+write no documents ends with a one-line error and exit status 1.
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = run_preprocess(config)
-    except (PreprocessError, FileNotFoundError) as error:
+    except (PreprocessError, OSError) as error:  # input, flags, workers; files (missing, corrupt, full)
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(summary.format())

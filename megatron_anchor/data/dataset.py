@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from megatron_anchor.data.indexed_writer import check_indexed_pair
 from megatron_anchor.data.positions import POSITION_MODES, position_ids_from_doc_ids
 
 
@@ -37,6 +38,7 @@ class AnchorPackedDataset(torch.utils.data.Dataset):
         self.seq_length = seq_length
         self.position_ids = position_ids
         self.mask_cross_doc_labels = mask_cross_doc_labels
+        check_indexed_pair(path_prefix)  # megatron-core reads any .bin beside the .idx without a check
         self.indexed = IndexedDataset(path_prefix)
         self._sequence_lengths = self.indexed.sequence_lengths
         self._document_indices = self.indexed.document_indices

@@ -1,4 +1,4 @@
-"""Writing megatron-core ``MMIDIDX`` ``.bin/.idx`` pairs with numpy, under temporary names until complete.
+"""megatron-core ``MMIDIDX`` ``.bin/.idx`` pairs: writing them safely, and checking a pair before reading it.
 
 The bytes are exactly those of megatron-core's ``IndexedDatasetBuilder`` (tests compare them), and
 megatron-core's ``IndexedDataset`` reads the files unchanged. It is written here rather than imported
@@ -9,15 +9,25 @@ arrays, one per chunk of documents.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
+import shutil
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 
+from megatron_anchor.data.output_lock import OutputLock
+
 INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
 INDEX_VERSION = 1
+INDEX_PREAMBLE = struct.Struct("<9sQBQQ")  # header, version, dtype code, sequence count, document count
 # megatron.core.datasets.indexed_dataset.DType codes
 DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.uint16: 8}
+_ITEM_SIZES = {code: np.dtype(dtype).itemsize for dtype, code in DTYPE_CODES.items()}
+_TEMPORARY = r"\.(bin|idx)\.\d+-[0-9a-f]{8}\.tmp"  # after the prefix: .bin.{pid}-{random}.tmp
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -28,23 +38,32 @@ def token_dtype(vocab_size: int) -> type:
 class IndexedWriter:
     """Documents in, ``{prefix}.bin`` / ``{prefix}.idx`` out; nothing under the final names until ``commit``.
 
-    Writes go to ``{prefix}.bin.tmp``; ``commit`` writes ``{prefix}.idx.tmp`` and renames the ``.bin`` then
-    the ``.idx`` into place (a reader needs both). ``abort`` removes the temporary files, so a failed or
-    interrupted run leaves nothing that looks complete.
+    The writer holds ``{prefix}.lock`` from construction to ``commit`` or ``abort``, so a second writer of
+    the same prefix is refused (``OutputLockedError``); it then removes temporary files that killed runs
+    left. Writes go to ``{prefix}.bin.{pid}-{random}.tmp``; ``commit`` writes the index the same way, syncs
+    both to disk, and renames them into place. ``abort`` removes the temporary files, so a failed or
+    interrupted run leaves nothing that looks complete. Write errors name the file and the free space.
     """
 
     def __init__(self, prefix: str, dtype: type) -> None:
         if dtype not in DTYPE_CODES:
             raise ValueError(f"unsupported token dtype {dtype}")
-        directory = os.path.dirname(prefix)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        self.directory = os.path.dirname(prefix) or "."
+        os.makedirs(self.directory, exist_ok=True)
         self.prefix, self.dtype = prefix, dtype
-        self.tmp_bin, self.tmp_idx = prefix + ".bin.tmp", prefix + ".idx.tmp"
-        self._bin = open(self.tmp_bin, "wb")  # closed by commit or abort
+        self._lock = OutputLock(prefix)
+        try:
+            remove_stale_temporaries(prefix)
+            tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.tmp_bin, self.tmp_idx = f"{prefix}.bin.{tag}.tmp", f"{prefix}.idx.{tag}.tmp"
+            self._bin = open(self.tmp_bin, "xb")  # closed by commit or abort
+        except BaseException:
+            self._lock.release()
+            raise
         self._sequence_lengths: list[np.ndarray] = []
         self._document_ends: list[np.ndarray] = []
         self._sequences = 0
+        self.documents = 0
 
     def add_documents(
         self, tokens: np.ndarray, sequence_lengths: np.ndarray, sequences_per_document: np.ndarray
@@ -53,38 +72,120 @@ class IndexedWriter:
         consistent = int(np.sum(sequence_lengths)) == len(tokens)
         if not consistent or int(np.sum(sequences_per_document)) != len(sequence_lengths):
             raise ValueError("tokens, sequence lengths and sequences per document do not add up")
-        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        with self._naming(self.tmp_bin):
+            self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         self._sequence_lengths.append(np.asarray(sequence_lengths, dtype=np.int32))
         self._document_ends.append(self._sequences + np.cumsum(sequences_per_document, dtype=np.int64))
         self._sequences += len(sequence_lengths)
+        self.documents += len(sequences_per_document)
 
     def add_document(self, tokens: np.ndarray, sequence_lengths: list[int]) -> None:
         """Append one document ``tokens [n]`` made of sequences of the given lengths."""
         self.add_documents(tokens, np.asarray(sequence_lengths), np.array([len(sequence_lengths)]))
 
     def commit(self) -> tuple[str, str]:
-        """Write the index and move both files to their final names; return ``(bin, idx)`` paths."""
-        self._bin.close()
+        """Write the index, sync both files, move them to their final names; return ``(bin, idx)`` paths."""
+        with self._naming(self.tmp_bin):
+            _sync_and_close(self._bin)
         lengths = np.concatenate([np.zeros(0, np.int32), *self._sequence_lengths])  # [sequences] int32
         pointers = np.zeros(len(lengths), dtype=np.int64)  # byte offset of each sequence
         np.cumsum(lengths[:-1].astype(np.int64) * np.dtype(self.dtype).itemsize, out=pointers[1:])
         document_indices = np.concatenate([np.zeros(1, np.int64), *self._document_ends])  # [docs + 1]
-        with open(self.tmp_idx, "wb") as idx:
-            idx.write(INDEX_HEADER)
-            idx.write(struct.pack("<Q", INDEX_VERSION))
-            idx.write(struct.pack("<B", DTYPE_CODES[self.dtype]))
-            idx.write(struct.pack("<Q", len(lengths)))
-            idx.write(struct.pack("<Q", len(document_indices)))
+        with self._naming(self.tmp_idx), open(self.tmp_idx, "xb") as idx:
+            code = DTYPE_CODES[self.dtype]
+            idx.write(
+                INDEX_PREAMBLE.pack(INDEX_HEADER, INDEX_VERSION, code, len(lengths), len(document_indices))
+            )
             for array in (lengths, pointers, document_indices):
                 idx.write(array.tobytes(order="C"))
+            _sync_and_close(idx)
         final_bin, final_idx = self.prefix + ".bin", self.prefix + ".idx"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(final_idx)  # so that no moment pairs an earlier run's .idx with the new .bin
         os.replace(self.tmp_bin, final_bin)
         os.replace(self.tmp_idx, final_idx)
+        with self._naming(self.directory):
+            _sync_directory(self.directory)  # the renames themselves
+        self._lock.release()
         return final_bin, final_idx
 
     def abort(self) -> None:
-        """Close and delete the temporary files."""
-        self._bin.close()
+        """Close and delete the temporary files; release the output."""
+        with contextlib.suppress(OSError):
+            self._bin.close()
         for path in (self.tmp_bin, self.tmp_idx):
-            if os.path.exists(path):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def _naming(self, path: str) -> Iterator[None]:
+        """Re-raise an ``OSError`` of a write (which names no file) naming ``path`` and the free space."""
+        try:
+            yield
+        except OSError as error:
+            if error.filename is not None or error.errno is None:
+                raise
+            free = shutil.disk_usage(self.directory).free
+            raise OSError(error.errno, f"{error.strerror} ({free / 1e6:,.1f} MB free there)", path) from error
+
+
+def _sync_and_close(stream) -> None:
+    stream.flush()
+    os.fsync(stream.fileno())
+    stream.close()
+
+
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(prefix: str) -> list[str]:
+    """Delete temporary files of ``prefix`` that killed runs left; call it only while holding its lock."""
+    directory, base = os.path.dirname(prefix) or ".", os.path.basename(prefix)
+    pattern = re.compile(re.escape(base) + _TEMPORARY)
+    stale = [os.path.join(directory, name) for name in os.listdir(directory) if pattern.fullmatch(name)]
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return stale
+
+
+def check_indexed_pair(prefix: str) -> None:
+    """Refuse a ``.bin/.idx`` pair whose ``.bin`` size is not the one its ``.idx`` describes, or an empty one.
+
+    A mismatched pair (files of two runs, a truncated copy) would otherwise read as wrong tokens.
+    """
+    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+    with open(idx_path, "rb") as idx:
+        preamble = idx.read(INDEX_PREAMBLE.size)
+        if len(preamble) < INDEX_PREAMBLE.size or not preamble.startswith(INDEX_HEADER):
+            raise ValueError(f"{idx_path}: not a megatron-core MMIDIDX index (truncated or another format)")
+        _, version, code, sequences, documents = INDEX_PREAMBLE.unpack(preamble)
+        # int32 lengths and int64 pointers per sequence, then int64 document offsets
+        idx_bytes = INDEX_PREAMBLE.size + 12 * sequences + 8 * documents
+        if version != INDEX_VERSION or code not in _ITEM_SIZES or os.path.getsize(idx_path) != idx_bytes:
+            raise ValueError(
+                f"{idx_path}: corrupt index (version {version}, dtype code {code}, {sequences:,} sequences "
+                f"and {documents:,} document offsets need {idx_bytes:,} bytes, the file has "
+                f"{os.path.getsize(idx_path):,})"
+            )
+        expected = 0
+        if sequences:
+            idx.seek(INDEX_PREAMBLE.size + 4 * (sequences - 1))
+            last_length = int(np.frombuffer(idx.read(4), np.int32)[0])
+            idx.seek(INDEX_PREAMBLE.size + 4 * sequences + 8 * (sequences - 1))
+            last_pointer = int(np.frombuffer(idx.read(8), np.int64)[0])
+            expected = last_pointer + last_length * _ITEM_SIZES[code]
+    actual = os.path.getsize(bin_path)
+    if actual != expected:
+        raise ValueError(
+            f"{bin_path} has {actual:,} bytes but {idx_path} describes {expected:,}: the two files are from "
+            "different runs or one is incomplete; preprocess again"
+        )
+    if expected == 0:
+        raise ValueError(f"{idx_path}: the dataset holds no tokens; preprocess a non-empty corpus")

@@ -6,18 +6,21 @@ import glob
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 DEFAULT_CHUNK_BYTES = 1 << 21  # lines per worker task: large chunks amortise the inter-process hop
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class Chunk(NamedTuple):
     """Consecutive whole lines of one input file: the byte range ``[start, end)``, or the lines themselves.
 
     Uncompressed files travel as byte ranges, so the main process neither reads nor pickles the text; each
-    worker reads its own range. Compressed files are decompressed by the main process and sent as lines.
+    worker reads its own range. Compressed files (gzip, known by its magic bytes, whatever the file's name)
+    are decompressed by the main process and sent as lines.
     """
 
     path: str
@@ -59,10 +62,8 @@ def find_input_files(spec: str) -> list[str]:
 def read_chunks(paths: list[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
     """Chunks of about ``chunk_bytes`` of whole lines, in file and line order."""
     for path in paths:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as stream:
-                while lines := stream.readlines(chunk_bytes):
-                    yield Chunk(path, -1, -1, lines)
+        if is_gzip(path):
+            yield from _gzip_chunks(path, chunk_bytes)
             continue
         size = os.path.getsize(path)
         with open(path, "rb") as stream:
@@ -72,6 +73,22 @@ def read_chunks(paths: list[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Ite
                 stream.readline()  # on to the end of the line
                 yield Chunk(path, start, stream.tell())
                 start = stream.tell()
+
+
+def is_gzip(path: str) -> bool:
+    """Whether the file starts with gzip's magic bytes (its name is neither needed nor trusted)."""
+    with open(path, "rb") as stream:
+        return stream.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _gzip_chunks(path: str, chunk_bytes: int) -> Iterator[Chunk]:
+    """A gzip file's lines in chunks; damage anywhere in it is an error naming the file."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while lines := stream.readlines(chunk_bytes):
+                yield Chunk(path, -1, -1, lines)
+    except (OSError, EOFError, zlib.error) as error:  # what gzip raises for bad headers, data and endings
+        raise gzip.BadGzipFile(f"{path}: corrupt or truncated gzip file ({error})") from None
 
 
 def _split_on_newlines(data: bytes) -> list[bytes]:

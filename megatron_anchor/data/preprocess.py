@@ -1,18 +1,22 @@
 """Corpus preprocessing: jsonl in, megatron-core indexed datasets out, plain or packed with anchors.
 
-The main process cuts the input into chunks of whole lines (byte ranges; ``.gz`` files it decompresses) and
+The main process cuts the input into chunks of whole lines (byte ranges; gzip files it decompresses) and
 writes; a process pool reads, parses and tokenizes the chunks. Results are consumed in input order, so the
 output does not depend on the number of workers. Packed mode streams: only the packer's window of documents
 is held, as numpy token arrays.
+
+A run either writes complete outputs or none: the outputs are locked while written (``IndexedWriter``), a
+worker that dies (the out-of-memory killer's SIGKILL) ends the run at once, and a run that would write no
+documents is an error. Errors are ``PreprocessError`` (input, flags, workers) or ``OSError`` (files), each
+with a one-line message naming the file, line or flag.
 """
 
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -31,12 +35,13 @@ from megatron_anchor.data.jsonl import (
 from megatron_anchor.data.packed_writer import KeyStats, PackedStream, plain_stats
 from megatron_anchor.data.packing import PACKERS
 from megatron_anchor.data.tokenizers import build_tokenizer, default_anchor_id
+from megatron_anchor.data.worker_pool import OrderedPool, WorkerDied
 
 PUNKT_TRAINING_BYTES = 8 << 20  # input text used to train punkt parameters when no punkt data is installed
 
 
 class PreprocessError(ValueError):
-    """Bad input or flags; the message names the file and line or the flag."""
+    """A run that cannot complete: bad input or flags, nothing to write, or a dead worker (one line)."""
 
 
 @dataclass
@@ -82,14 +87,17 @@ class PreprocessSummary:
         """A human-readable report."""
         counts = self.counts
         lines = [f"records used: {counts['records']:,} (input read: {counts['bytes'] / 1e6:.1f} MB)"]
-        lines += [
-            f"{name}: {n:,}" for name, n in sorted(counts.items()) if name.startswith(("skipped", "empty"))
-        ]
+        lines += [f"{name}: {n:,}" for name, n in skip_counts(counts)]
         for key, stats in self.keys.items():
             lines += stats.format(key, self.pack, self.seq_length)
         rate = self.tokens / self.wall_s if self.wall_s > 0 else 0.0
         lines.append(f"wall time {self.wall_s:.2f} s, {rate / 1e6:.2f} M tokens/s")
         return "\n".join(lines)
+
+
+def skip_counts(counts: Counter) -> list[tuple[str, int]]:
+    """The counters of records and texts that were skipped, by reason."""
+    return [(name, n) for name, n in sorted(counts.items()) if name.startswith(("skipped", "empty"))]
 
 
 def output_prefix(config: PreprocessConfig, key: str) -> str:
@@ -99,6 +107,8 @@ def output_prefix(config: PreprocessConfig, key: str) -> str:
 
 def resolve_pack_mode(config: PreprocessConfig) -> str:
     """The packing mode: ``none`` without ``--seq-length``, ``greedy`` by default with it."""
+    if config.seq_length is not None and config.seq_length < 1:
+        raise PreprocessError(f"--seq-length must be positive, got {config.seq_length}")
     mode = config.pack or ("greedy" if config.seq_length else "none")
     if mode != "none" and mode not in PACKERS:
         raise PreprocessError(f"--pack {mode!r}: expected none, {', '.join(PACKERS)}")
@@ -106,8 +116,6 @@ def resolve_pack_mode(config: PreprocessConfig) -> str:
         raise PreprocessError(f"--pack {mode} needs --seq-length")
     if mode == "none" and config.seq_length:
         raise PreprocessError("--pack none writes unpacked documents: drop --seq-length, or choose a packer")
-    if config.seq_length is not None and config.seq_length < 1:
-        raise PreprocessError(f"--seq-length must be positive, got {config.seq_length}")
     if config.partial_sample not in ("pad", "drop"):
         raise PreprocessError(f"--partial-sample {config.partial_sample!r}: expected pad or drop")
     return mode
@@ -129,33 +137,60 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     notes: list[str] = []
     splitter = _sentence_splitter(config, paths, notes) if config.split_sentences else None
     counts: Counter = Counter()
-    context = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
-    with context.Pool(
-        config.workers, initializer=init_worker, initargs=(tokenizer, splitter, options)
-    ) as pool:
-        chunks = read_chunks(paths, config.chunk_bytes)
-        results = _checked(_ordered_map(pool, encode_chunk, chunks, 2 * config.workers), counts, config)
-        writers = [IndexedWriter(output_prefix(config, key), dtype) for key in config.json_keys]
-        try:
-            if mode == "none":
-                stats = _write_plain(results, writers)
-            else:
-                stats = _write_packed(
-                    results, writers, anchor, config.seq_length, mode, config.partial_sample
-                )
-            for writer in writers:
-                writer.commit()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
+    try:
+        with OrderedPool(config.workers, encode_chunk, init_worker, (tokenizer, splitter, options)) as pool:
+            # Opened (and locked) once the workers exist, so that they do not inherit the lock: it must end
+            # with this process. Nothing has been read yet: a locked or unwritable output costs no work.
+            chunk_results = pool.map(read_chunks(paths, config.chunk_bytes))
+            stats = _write_outputs(config, chunk_results, counts, dtype, (mode, anchor))
+    except WorkerDied as error:
+        raise PreprocessError(
+            f"a tokenizer {error}; nothing was written. If memory is short (the out-of-memory killer sends "
+            "SIGKILL), run again with fewer --workers"
+        ) from None
     summary = PreprocessSummary(
         counts, dict(zip(config.json_keys, stats)), mode, config.seq_length, notes=notes
     )
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def _write_outputs(config: PreprocessConfig, chunk_results, counts: Counter, dtype: type, packing: tuple):
+    """Write every key's documents, plain or packed (``packing``: mode, anchor); commit all or abort all."""
+    writers: list[IndexedWriter] = []
+    try:
+        for key in config.json_keys:
+            writers.append(IndexedWriter(output_prefix(config, key), dtype))
+        results = _checked(chunk_results, counts, config)
+        mode, anchor = packing
+        if mode == "none":
+            stats = _write_plain(results, writers)
+        else:
+            stats = _write_packed(results, writers, anchor, config.seq_length, mode, config.partial_sample)
+        _check_written(config, writers, stats, counts)
+        for writer in writers:
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return stats
+
+
+def _check_written(config: PreprocessConfig, writers: list[IndexedWriter], stats: list[KeyStats], counts):
+    """Refuse to finish a run that wrote no documents for some key (its dataset could not be read)."""
+    for key, writer, key_stats in zip(config.json_keys, writers, stats):
+        if writer.documents:
+            continue
+        if key_stats.tokens:  # packed, and the partial sample was dropped
+            reason = (
+                f"its {key_stats.tokens:,} tokens do not fill one sample of --seq-length {config.seq_length} "
+                "and --partial-sample drop dropped them"
+            )
+        else:
+            skipped = "".join(f"; {name}: {n:,}" for name, n in skip_counts(counts))
+            reason = f"no text in {counts['records']:,} records used{skipped}"
+        raise PreprocessError(f"--input {config.input}: no documents to write for key {key!r}: {reason}")
 
 
 def _anchor_id(config: PreprocessConfig, tokenizer, dtype: type) -> int:
@@ -200,19 +235,6 @@ def _leading_texts(paths: list[str], keys: Iterable[str], budget: int) -> Iterat
             budget -= len(raw)
             if budget <= 0:
                 return
-
-
-def _ordered_map(pool, fn, items: Iterable, in_flight: int) -> Iterator[tuple]:
-    """``(item, fn(item))`` in order, like ``pool.imap`` but with at most ``in_flight`` tasks queued."""
-    pending: deque = deque()
-    for item in items:
-        pending.append((item, pool.apply_async(fn, (item,))))
-        if len(pending) >= in_flight:
-            item, result = pending.popleft()
-            yield item, result.get()
-    while pending:
-        item, result = pending.popleft()
-        yield item, result.get()
 
 
 def _checked(

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
+# A Hugging Face tokenizer directory holds at least one of these (fast, config, or a slow vocabulary).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 class SentencePieceTokenizer:
@@ -24,7 +26,10 @@ class SentencePieceTokenizer:
         import sentencepiece
 
         self.model_path = model_path
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+        except (RuntimeError, OSError) as error:  # sentencepiece's parse errors are RuntimeErrors
+            raise OSError(f"--tokenizer-model {model_path}: not a SentencePiece model ({error})") from None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text (no BOS/EOS added)."""
@@ -71,10 +76,21 @@ class HuggingFaceTokenizer:
     def __init__(self, tokenizer_dir: str) -> None:
         if not os.path.isdir(tokenizer_dir):
             raise FileNotFoundError(f"--tokenizer-model: no tokenizer directory at {tokenizer_dir}")
+        if not any(os.path.isfile(os.path.join(tokenizer_dir, name)) for name in HF_TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"--tokenizer-model {tokenizer_dir}: no Hugging Face tokenizer files in this directory "
+                f"(expected one of {', '.join(HF_TOKENIZER_FILES)})"
+            )
         from transformers import AutoTokenizer
 
         self.tokenizer_dir = tokenizer_dir
-        self._tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # transformers' errors span these
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OSError(f"--tokenizer-model {tokenizer_dir}: cannot load a tokenizer ({reason})") from None
+        if len(self._tok) <= len(self._tok.all_special_ids):  # e.g. a config whose vocabulary file is missing
+            raise OSError(f"--tokenizer-model {tokenizer_dir}: no vocabulary beyond the special tokens")
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text; the tokenizer's own special tokens are not added (the anchor is)."""

@@ -94,3 +94,50 @@ def hf_tokenizer_dir(directory: Path, vocab_size: int, with_bos: bool):
         tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", **bos
     ).save_pretrained(directory)
     return backend
+
+
+def tool_command(*args) -> list[str]:
+    """The command line of the tool in a fresh interpreter, with the session's SentencePiece model."""
+    import sys
+
+    tokenizer = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model()]
+    return [
+        sys.executable,
+        str(REPO / "tools" / "preprocess_data.py"),
+        *tokenizer,
+        "--no-progress",
+        *map(str, args),
+    ]
+
+
+def big_corpus(path: Path, repeats: int = 12) -> Path:
+    """A ~20 MB jsonl file: enough work that a run can be stopped or killed while it writes."""
+    lines = [json.dumps({"text": t}) + "\n" for t in corpus_texts(1200)]
+    path.write_text("".join(lines) * repeats, encoding="utf-8")
+    return path
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from ``/proc``)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as stream:
+                    fields = stream.read().rsplit(")", 1)[1].split()  # after "(command)": state, ppid, ...
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)

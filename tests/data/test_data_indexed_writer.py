@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -11,7 +12,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
 
-from megatron_anchor.data.indexed_writer import DTYPE_CODES, IndexedWriter
+from megatron_anchor.data.indexed_writer import DTYPE_CODES, IndexedWriter, check_indexed_pair
+from megatron_anchor.data.output_lock import OutputLockedError
 
 
 def random_documents(seed: int, n: int, high: int) -> list[list[np.ndarray]]:
@@ -56,10 +58,95 @@ def test_dtype_codes_are_megatrons():
 def test_nothing_final_before_commit_and_after_abort(tmp_path):
     writer = IndexedWriter(str(tmp_path / "out"), np.uint16)
     writer.add_document(np.arange(5), [5])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [os.path.basename(writer.tmp_bin), "out.lock"]
+    )
     writer.abort()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="do not add up"):
         IndexedWriter(str(tmp_path / "x"), np.uint16).add_documents(
             np.arange(5), np.array([4]), np.array([1])
         )
+
+
+def test_second_writer_of_a_prefix_is_refused_until_the_first_ends(tmp_path):
+    """The output is locked while written; temporary names differ between runs; the lock file goes away."""
+    prefix = str(tmp_path / "out")
+    first = IndexedWriter(prefix, np.uint16)
+    with pytest.raises(OutputLockedError, match=rf"out\.lock: another run \(pid {os.getpid()} on "):
+        IndexedWriter(prefix, np.uint16)
+    first.abort()
+    second = IndexedWriter(prefix, np.uint16)
+    assert second.tmp_bin != first.tmp_bin and second.tmp_idx != first.tmp_idx
+    second.add_document(np.arange(5), [5])
+    second.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.idx"]
+    IndexedWriter(prefix, np.uint16).abort()  # and it can be written again
+
+
+def test_stale_temporaries_are_removed_by_the_next_writer(tmp_path):
+    """A killed run's temporary files go when the prefix is next locked; other files stay."""
+    stale = ["out.bin.123-0a1b2c3d.tmp", "out.idx.123-0a1b2c3d.tmp"]
+    kept = ["out.bin", "out.notes.tmp", "out_other.bin.123-0a1b2c3d.tmp", "outx.bin.123-0a1b2c3d.tmp"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    writer = IndexedWriter(str(tmp_path / "out"), np.uint16)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {*kept, "out.lock", os.path.basename(writer.tmp_bin)}
+    writer.abort()
+
+
+def test_files_are_synced_before_the_renames(tmp_path, monkeypatch):
+    """Both files reach the disk before either is renamed, and the directory after the renames."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", os.path.basename(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    writer = IndexedWriter(str(tmp_path / "out"), np.uint16)
+    writer.add_document(np.arange(5), [5])
+    writer.commit()
+    tmp_bin, tmp_idx = (os.path.basename(path) for path in (writer.tmp_bin, writer.tmp_idx))
+    assert events == [
+        ("fsync", tmp_bin),
+        ("fsync", tmp_idx),
+        ("rename", "out.bin"),
+        ("rename", "out.idx"),
+        ("fsync", tmp_path.name),
+    ]
+
+
+def test_pair_check_refuses_mismatched_incomplete_and_empty_pairs(tmp_path):
+    """check_indexed_pair against files written by megatron-core's own builder."""
+    for name, n in (("a", 30), ("b", 20)):
+        builder = IndexedDatasetBuilder(str(tmp_path / f"{name}.bin"), dtype=np.uint16)
+        for doc in random_documents(n, n, 1000):
+            builder.add_document(np.concatenate(doc), [len(s) for s in doc])
+        builder.finalize(str(tmp_path / f"{name}.idx"))
+    check_indexed_pair(str(tmp_path / "a"))
+    a_size, b_size = (os.path.getsize(tmp_path / f"{name}.bin") for name in "ab")
+    (tmp_path / "mixed.idx").write_bytes((tmp_path / "a.idx").read_bytes())
+    (tmp_path / "mixed.bin").write_bytes((tmp_path / "b.bin").read_bytes())
+    message = rf"mixed\.bin has {b_size:,} bytes but .*mixed\.idx describes {a_size:,}"
+    with pytest.raises(ValueError, match=message):
+        check_indexed_pair(str(tmp_path / "mixed"))
+    (tmp_path / "mixed.bin").write_bytes((tmp_path / "a.bin").read_bytes()[:-2])  # a truncated copy
+    with pytest.raises(ValueError, match=rf"has {a_size - 2:,} bytes but"):
+        check_indexed_pair(str(tmp_path / "mixed"))
+    (tmp_path / "mixed.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"mixed\.idx: corrupt index"):
+        check_indexed_pair(str(tmp_path / "mixed"))
+    (tmp_path / "mixed.idx").write_bytes(b"MMIDIDX")
+    with pytest.raises(ValueError, match=r"mixed\.idx: not a megatron-core MMIDIDX index"):
+        check_indexed_pair(str(tmp_path / "mixed"))
+    IndexedWriter(str(tmp_path / "empty"), np.uint16).commit()
+    with pytest.raises(ValueError, match=r"empty\.idx: the dataset holds no tokens"):
+        check_indexed_pair(str(tmp_path / "empty"))

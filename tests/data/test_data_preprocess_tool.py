@@ -207,44 +207,35 @@ def test_failure_after_writing_started_leaves_nothing(tmp_path):
 
 
 def test_killed_run_leaves_no_complete_looking_output(tmp_path):
-    """SIGKILL while writing: only temporary names exist, never a .bin/.idx pair."""
+    """SIGKILL while writing: only temporary names exist, never a .bin/.idx pair; the next run cleans up."""
     import os
     import signal
     import subprocess
-    import sys
-    import time
 
-    from anchor_data_helpers import REPO
+    from anchor_data_helpers import big_corpus, tool_command, wait_for
 
-    lines = [json.dumps({"text": t}) + "\n" for t in corpus_texts(1200)]
-    (tmp_path / "in.jsonl").write_text("".join(lines) * 12, encoding="utf-8")  # ~20 MB
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "preprocess_data.py"),
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--output-prefix",
-        str(tmp_path / "out"),
-        "--tokenizer-type",
-        "SentencePieceTokenizer",
-        "--tokenizer-model",
-        sp_model(),
-        "--no-progress",
-        "--seq-length",
-        "512",
-    ]
+    big_corpus(tmp_path / "in.jsonl")
+    command = tool_command(
+        "--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out", "--seq-length", 512
+    )
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    temporary = tmp_path / "out_text_document.bin.tmp"
-    deadline = time.time() + 120
-    while not (temporary.exists() and temporary.stat().st_size > 0) and time.time() < deadline:
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)  # the tool and its pool workers
-    process.wait()
-    assert temporary.exists(), "the run ended before it could be interrupted"
+    temporaries = lambda: list(tmp_path.glob("out_text_document.bin.*tmp"))
+    try:
+        wait_for(lambda: any(path.stat().st_size for path in temporaries()), "the run to write")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the tool and its pool workers
+        process.wait()
     assert not (tmp_path / "out_text_document.bin").exists()
     assert not (tmp_path / "out_text_document.idx").exists()
+    # The killed run's lock died with it: a new run to the prefix is not refused, and removes its temporaries.
+    write_jsonl(tmp_path / "small.jsonl", corpus_texts(5))
+    assert run_tool("--input", tmp_path / "small.jsonl", "--output-prefix", tmp_path / "out") == 0
+    assert sorted(path.name for path in tmp_path.glob("out*")) == [
+        "out_text_document.bin",
+        "out_text_document.idx",
+    ]
 
 
 def test_several_json_keys_packed(tmp_path):
