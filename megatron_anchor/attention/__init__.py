@@ -1,15 +1,22 @@
-"""Anchor-aware context-parallel attention."""
+"""Anchor-aware context-parallel attention.
 
-from megatron_anchor.attention.backends import BACKENDS
-from megatron_anchor.attention.cp_attention import anchor_cp_attention
-from megatron_anchor.attention.plan import AttentionStats
-from megatron_anchor.attention.reference import ATTENTION_MODES, dense_reference_attention, visibility_mask
+Names are imported on first use (PEP 562), so that ``ATTENTION_MODES`` is available without torch.
+"""
 
-__all__ = [
-    "anchor_cp_attention",
-    "AttentionStats",
-    "BACKENDS",
-    "dense_reference_attention",
-    "visibility_mask",
-    "ATTENTION_MODES",
-]
+from __future__ import annotations
+
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "anchor_cp_attention": "cp_attention",
+    "AttentionStats": "plan",
+    "BACKENDS": "backends",
+    "dense_reference_attention": "reference",
+    "visibility_mask": "reference",
+    "ATTENTION_MODES": "modes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
