@@ -200,10 +200,12 @@ def _exit_due(args: argparse.Namespace, done: int) -> bool:
     return bool(args.exit_interval) and done % args.exit_interval == 0 and done < args.train_iters
 
 
-def _release_memory(args: argparse.Namespace, level: int) -> None:
-    """Megatron's --manual-gc and --empty-unused-memory-level after a step (level 1) or an evaluation (2)."""
-    if args.manual_gc and level == 2:
-        gc.collect()  # with the collector off, Megatron collects after each evaluation
+def _release_memory(args: argparse.Namespace, level: int, done: int = 0) -> None:
+    """Megatron's --manual-gc and --empty-unused-memory-level after step ``done`` (level 1) or an
+    evaluation (level 2)."""
+    interval = args.manual_gc_interval
+    if args.manual_gc and (level == 2 or (interval and done % interval == 0)):
+        gc.collect()  # with the collector off: every --manual-gc-interval steps and after evaluations
     if args.empty_unused_memory_level >= level and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -250,9 +252,7 @@ def train(run: Run, started_at: float | None = None) -> list[float]:
             profiler.after_step(step)
             losses.append(out["loss"])
             done, first = step + 1, step == run.start_step
-            if args.manual_gc and args.manual_gc_interval and done % args.manual_gc_interval == 0:
-                gc.collect()
-            _release_memory(args, level=1)
+            _release_memory(args, level=1, done=done)
             exiting = _exit_due(args, done)
             if _log_due(args, done, first, exiting):
                 logger.log_train(train_record(done, window, out, args, peak, peak_memory_gib()))
@@ -271,4 +271,6 @@ def train(run: Run, started_at: float | None = None) -> list[float]:
     finally:
         profiler.stop()
         logger.close()
+        if args.manual_gc:
+            gc.enable()
     return losses

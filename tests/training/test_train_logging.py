@@ -160,3 +160,36 @@ def test_profiler_traces_the_requested_steps(logged_run):
     assert len(traces) == 1  # rank 0 only (--profile-ranks 0)
     events = json.loads(open(traces[0]).read())["traceEvents"]
     assert any(e.get("name", "").startswith("aten::") for e in events)
+
+
+def test_tensorboard_gets_megatron_tags_and_their_vs_samples_twins(monkeypatch, tmp_path):
+    """A stand-in for torch.utils.tensorboard (the tensorboard package is not installed here)."""
+    import argparse
+    import types
+
+    from megatron_anchor.training.step_log import StepLogger
+
+    scalars: list[tuple[str, float, int]] = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            assert log_dir == str(tmp_path)
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def close(self):
+            scalars.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+    args = argparse.Namespace(
+        train_iters=10, log_jsonl=None, tensorboard_dir=str(tmp_path), wandb_project=None
+    )
+    logger = StepLogger(args, enabled=True)
+    logger.log_eval(step=5, loss=2.0, consumed_samples=40)
+    logger.close()
+    assert ("lm loss validation", 2.0, 5) in scalars and ("lm loss validation vs samples", 2.0, 40) in scalars
+    ppl = [value for tag, value, _ in scalars if tag == "lm loss validation ppl"]
+    assert ppl == [pytest.approx(7.389056)] and scalars[-1][0] == "closed"
