@@ -126,3 +126,16 @@ def test_a_run_stops_on_a_blocked_log_path_before_any_process_group(tmp_path, mo
         err.strip()
         == f"error: --log-jsonl {tmp_path}/a_file/l.jsonl: {tmp_path}/a_file is a file, not a directory"
     )
+
+
+def test_the_model_vocabulary_follows_vocab_size_over_the_tokenizer(inputs):
+    """A checkpoint's embedding may be larger than its tokenizer (Qwen2's is): --vocab-size decides."""
+    from megatron_anchor.training.build import build_model_config, resolve_vocab_size
+
+    hf = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", inputs["tokenizer"], "--mock-data"]
+    parse = lambda extra: validate_args(build_parser().parse_args([*TINY.split(), *hf, *extra]), 1)  # noqa: E731
+    assert resolve_vocab_size(parse(["--make-vocab-size-divisible-by", "8"])) == 56  # the tokenizer's 50
+    assert resolve_vocab_size(parse(["--vocab-size", "60", "--make-vocab-size-divisible-by", "8"])) == 64
+    use_te = [build_model_config(parse(impl), 64).use_te for impl in ([], ["--transformer-impl", "local"])]
+    assert use_te == [None, False]  # default: TE's layers when TE imports; local: never
+    assert build_model_config(parse(["--transformer-impl", "transformer_engine"]), 64).use_te is True
