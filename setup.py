@@ -18,7 +18,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "transformers", "safetensors", "matplotlib"],
+        "test": ["pytest", "ruff", "transformers", "safetensors", "matplotlib", "wandb==0.22.3"],
         "plot": ["matplotlib"],
         "hf": ["transformers", "safetensors"],
     },

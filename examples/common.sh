@@ -2,7 +2,8 @@
 #
 # Environment (set by hand on each node, or by slurm_train.sbatch):
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE
-# DRY_RUN=1 validates the flags on this machine (no GPU needed), prints the resolved configuration and exits.
+# DRY_RUN=1 checks the flags, data and output paths on this machine (no GPU needed), prints the resolved
+# configuration and exits.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NNODES=${NNODES:-1}
@@ -38,7 +39,6 @@ recipe_flags() {  # fills the array RECIPE
         --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 --seed 1234
         --load "$(resume_or_start "$SAVE" "$CKPT")" --save "$SAVE" --save-interval 100
         --eval-interval 100 --eval-iters 4 --log-interval 1 --log-jsonl "$SAVE/train_log.jsonl"
-        --peak-tflops 989
     )
     local tensorboard=${TENSORBOARD_DIR-$SAVE/tensorboard}
     if [[ -n "$tensorboard" ]]; then RECIPE+=(--tensorboard-dir "$tensorboard"); fi

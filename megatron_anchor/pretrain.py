@@ -14,38 +14,84 @@ One node with 8 GPUs, TP=2 x CP=4, a packed dataset (``tools/preprocess_data.py`
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model ...
 
 Several nodes: the same flags with ``torchrun --nnodes N --node-rank R --rdzv-endpoint HOST:PORT``.
+Add ``--dry-run`` (no torchrun needed; ``WORLD_SIZE`` sets the world size) to check the flags, tokenizer,
+data and output paths and print the resolved configuration.
+
+Only the flag parser is imported up front, so ``--help`` and flag errors come back at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import time
 
-from megatron_anchor.training import (
-    build_run,
-    format_config,
-    init_distributed,
-    parse_args,
-    teardown_distributed,
-)
-from megatron_anchor.training import train as train_loop
+from megatron_anchor.training.arguments import format_config, parse_args
+
+
+def _notes(args: argparse.Namespace, fallbacks: str | None) -> list[str]:
+    notes = []
+    if args.restated_flags:
+        given = ", ".join(args.restated_flags)
+        notes.append(f"Megatron flags that restate this build (README, Megatron-LM flags): {given}")
+    if fallbacks:
+        notes.append(fallbacks)
+    return notes
+
+
+def _dry_run(args: argparse.Namespace, findings, notes: list[str]) -> None:
+    """Print the findings and the resolved configuration; exit 1 if any check failed."""
+    print(
+        f"dry run: {args.world_size} processes = TP {args.tensor_model_parallel_size} x CP "
+        f"{args.context_parallel_size} x DP {args.data_parallel_size}; {args.train_iters:,} steps of "
+        f"{args.global_batch_size} x {args.seq_length:,} tokens"
+    )
+    print("\n".join(line for line in [findings.report(), *[f"note: {n}" for n in notes]] if line))
+    print("resolved configuration:\n" + format_config(args), flush=True)
+    if findings.errors:
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    """Parse, validate, set up the groups, train; returns this rank's per-step losses."""
+    """Parse, check, set up the groups, train; returns this rank's per-step losses."""
+    started = time.perf_counter()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    args = parse_args(argv, world_size)
     rank = int(os.environ.get("RANK", "0"))
+    args = parse_args(argv, world_size)
+
+    from megatron_anchor.training.startup import import_training_stack, silence_inapplicable_warnings
+
+    fallbacks = import_training_stack(uses_wandb=args.wandb_project is not None)
+    silence_inapplicable_warnings()
+    from megatron_anchor.training.preflight import preflight
+
+    findings = preflight(args, dry_run=args.dry_run)
+    notes = _notes(args, fallbacks)
     if args.dry_run:
         if rank == 0:
-            print(format_config(args))
+            _dry_run(args, findings, notes)
         return []
+    if findings.errors:
+        if rank == 0 or os.environ.get("LOCAL_RANK") == "0":  # once per node: its files may differ
+            print("\n".join(f"error: {e}" for e in findings.errors), file=sys.stderr, flush=True)
+        sys.exit(1)
+    return _train(args, notes, started)
+
+
+def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[float]:
+    from megatron_anchor.training.loop import build_run, train
+    from megatron_anchor.training.parallel import init_distributed, teardown_distributed
+    from megatron_anchor.training.startup import write_config
+    from megatron_anchor.training.summary import startup_summary
+
     dims = init_distributed(args.tensor_model_parallel_size, args.context_parallel_size)
     try:
-        if dims.rank == 0:
-            print(format_config(args), flush=True)
+        config_path = write_config(args) if dims.rank == 0 else None
         run = build_run(args, dims)
-        losses = train_loop(run)
+        if dims.rank == 0:
+            print(startup_summary(run, notes, config_path), flush=True)
+        losses = train(run, started_at=started)
     finally:
         teardown_distributed()
     return losses

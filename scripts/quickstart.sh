@@ -17,7 +17,7 @@ OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc-per-node 2 --master-addr 
   --num-layers 2 --hidden-size 128 --ffn-hidden-size 384 --num-attention-heads 4 --num-query-groups 2 \
   --seq-length 1024 --context-parallel-size 2 --attention-mode anchor \
   --micro-batch-size 1 --global-batch-size 4 --train-iters 100 \
-  --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 10 --lr-decay-style cosine \
+  --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 10 --lr-decay-style cosine --adam-beta2 0.95 \
   --data-path "$OUT/corpus_text_document" --split 95,5,0 \
   --tokenizer-type SentencePieceTokenizer --tokenizer-model "$OUT/tok.model" \
   --log-interval 10 --eval-interval 50 --eval-iters 2 \

@@ -12,7 +12,7 @@ Prints the delta1 sweep (D against delta2 = 16) and the first-token deviation D_
 bf16 with this project's fp32 RoPE, bf16 with megatron-core's unfused RoPE, and fp32, in ``causal`` and
 ``anchor`` attention; writes ``rope_deviation_sweep.png``, ``rope_deviation_growth.png`` and
 ``rope_deviation.json`` under ``--out-dir``. Each sequence is the anchor token followed by
-``--num-documents`` documents (with one document the two attention modes coincide).
+``--num-documents`` documents (4 by default: with one document the two attention modes coincide).
 """
 
 from __future__ import annotations
@@ -69,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated delta1 values (default 0..22,50,100,...,2000)",
     )
     g.add_argument("--batch-size", type=int, default=2, help="sequences per forward")
-    g.add_argument("--num-documents", type=int, default=1, help="documents after the anchor per sequence")
+    g.add_argument(
+        "--num-documents",
+        type=int,
+        default=4,
+        help="documents after the anchor per sequence (with 1, anchor and causal attention coincide)",
+    )
     g.add_argument(
         "--modes",
         default="causal,anchor",

@@ -83,6 +83,14 @@ def rope_override(args: argparse.Namespace) -> RopeOverride | None:
     return RopeOverride(args.rotary_base, scaling)
 
 
+def tokenizer_flags(hf_dir: str) -> list[str]:
+    """The trainer's tokenizer flags for a HF directory that holds tokenizer files (else none)."""
+    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    if not any(os.path.isfile(os.path.join(hf_dir, name)) for name in names):
+        return []
+    return ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", hf_dir]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one conversion; errors are printed as one line naming the file, tensor or flag."""
     parser = build_parser()
@@ -95,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.hf_dir, args.save, tp, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
                 dtype=args.dtype, rope=rope, progress=not args.quiet,
             )
-            flags = trainer_flags(meta["model"], meta["rope"], tp) + ["--load", args.save]
-            print("trainer flags for this checkpoint:\n    " + format_flags(flags))
+            flags = trainer_flags(meta["model"], meta["rope"], tp) + tokenizer_flags(args.hf_dir)
+            print("trainer flags for this checkpoint:\n    " + format_flags(flags + ["--load", args.save]))
+            if "--tokenizer-model" not in flags:
+                print(f"note: {args.hf_dir} has no tokenizer files: add --tokenizer-type/--tokenizer-model")
         else:
             files = export_hf_checkpoint(
                 args.load, args.hf_dir, hf_source=args.hf_source, dtype=args.dtype, rope=rope,

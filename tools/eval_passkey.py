@@ -39,7 +39,7 @@ from megatron_anchor.evaluation.loading import (  # noqa: E402
 )
 from megatron_anchor.evaluation.passkey import accuracy_table, build_prompt, run_passkey_grid  # noqa: E402
 from megatron_anchor.evaluation.report import plot_heatmap  # noqa: E402
-from megatron_anchor.parallel.cp_layout import CP_LAYOUTS  # noqa: E402
+from megatron_anchor.parallel.layout_names import CP_LAYOUTS  # noqa: E402
 from megatron_anchor.training import teardown_distributed  # noqa: E402
 from megatron_anchor.training.parallel import device_for_rank  # noqa: E402
 

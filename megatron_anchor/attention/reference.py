@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-ATTENTION_MODES = ("causal", "intra_doc", "anchor")
+from megatron_anchor.attention.modes import ATTENTION_MODES
 
 
 def visibility_mask(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:

@@ -13,10 +13,10 @@ Names are imported on first use (PEP 562), so that preprocessing workers never i
 
 from __future__ import annotations
 
-import importlib
+from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
-    "POSITION_MODES": "positions",
+    "POSITION_MODES": "position_modes",
     "position_ids_from_doc_ids": "positions",
     "build_tokenizer": "tokenizers",
     "train_sentencepiece": "tokenizers",
@@ -42,13 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -88,11 +88,14 @@ def build_train_valid_test_datasets(
     num_samples: tuple[int, int, int],
     position_ids: str = "global",
     mask_cross_doc_labels: bool = False,
+    path_to_cache: str | None = None,
 ) -> tuple:
     """``(train, valid, test)`` datasets for Megatron's ``--data-path`` and ``--split``; None where empty.
 
     ``data_path`` is ``["prefix"]`` or weighted ``["0.7", "prefixA", "0.3", "prefixB"]``; ``num_samples``
-    is the number of samples each split must provide (epochs repeat, reshuffled). Call it on every rank.
+    is the number of samples each split must provide (epochs repeat, reshuffled). ``path_to_cache``
+    (``--data-cache-path``) keeps megatron-core's blend indices between runs (rank 0 writes them, so a
+    process group must exist). Call it on every rank.
     """
     config = AnchorDatasetConfig(
         random_seed=seed,
@@ -101,6 +104,7 @@ def build_train_valid_test_datasets(
         split=split,
         position_ids=position_ids,
         mask_cross_doc_labels=mask_cross_doc_labels,
+        path_to_cache=path_to_cache,
     )
     builder = BlendedMegatronDatasetBuilder(AnchorSplitDataset, list(num_samples), lambda: True, config)
     datasets = builder.build()

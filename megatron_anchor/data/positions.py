@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-POSITION_MODES = ("global", "reset")
+from megatron_anchor.data.position_modes import POSITION_MODES
 
 
 def position_ids_from_doc_ids(doc_ids: torch.Tensor, mode: str = "global") -> torch.Tensor:

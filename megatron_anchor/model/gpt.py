@@ -92,6 +92,7 @@ def transformer_config(cfg: AnchorGPTConfig, tp_size: int, cp_size: int) -> Tran
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,
+        cuda_graph_scope=[],  # the whole layer; megatron-core's default "full" says the same but warns
         **cfg.extra,
     )
 

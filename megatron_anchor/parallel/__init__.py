@@ -1,11 +1,25 @@
-"""Parallel layout helpers shared by the data pipeline and the attention."""
+"""Context-parallel layouts (which tokens each CP rank holds) and loopback ports, as index arithmetic.
 
-from megatron_anchor.parallel.cp_layout import (
-    cp_chunk_ids,
-    cp_token_index,
-    gather_from_cp_layout,
-    slice_for_cp_rank,
-)
-from megatron_anchor.parallel.ports import free_port
+Names are imported on first use (PEP 562), so ``CP_LAYOUTS`` is available without torch.
+"""
 
-__all__ = ["cp_chunk_ids", "cp_token_index", "slice_for_cp_rank", "gather_from_cp_layout", "free_port"]
+from __future__ import annotations
+
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "CP_LAYOUTS": "layout_names",
+    "batch_cp_index": "cp_layout",
+    "cp_chunk_ids": "cp_layout",
+    "cp_token_index": "cp_layout",
+    "gather_from_cp_layout": "cp_layout",
+    "megatron_cp_index": "cp_layout",
+    "shard_for_cp": "cp_layout",
+    "slice_for_cp_rank": "cp_layout",
+    "unshard_from_cp": "cp_layout",
+    "free_port": "ports",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

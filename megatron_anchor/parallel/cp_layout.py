@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from megatron_anchor.parallel.layout_names import CP_LAYOUTS
+
 
 def cp_chunk_ids(cp_size: int, cp_rank: int) -> tuple[int, int]:
     """The two global chunk indices held by ``cp_rank`` (in local order)."""
@@ -47,9 +49,6 @@ def cp_token_index(seq_len: int, cp_size: int, cp_rank: int, device=None) -> tor
 def megatron_cp_index(seq_len: int, cp_size: int) -> torch.Tensor:
     """Every rank's global token indices ``[cp_size, seq_len // cp_size]`` in the load-balanced layout."""
     return torch.stack([cp_token_index(seq_len, cp_size, rank) for rank in range(cp_size)])
-
-
-CP_LAYOUTS = ("balanced", "megatron")
 
 
 def batch_cp_index(doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str = "anchor") -> torch.Tensor:

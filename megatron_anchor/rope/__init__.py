@@ -11,47 +11,38 @@ or, building the fp64-reduced angle table once per step and reusing it for q and
 
     angles = rotary_angles(positions, inv_freq)  # [s, d_rot/2] or [b, s, d_rot/2] fp32
     q = apply_rotary_angles(q, angles, mscale, interleaved=args.rotary_interleaved)
+
+Names are imported on first use (PEP 562): the flags (``add_rope_args``) and ``RopeScaling`` need no torch.
 """
 
-from megatron_anchor.rope.apply import (
-    BACKEND_ENV,
-    apply_rotary_angles,
-    apply_rotary_fp32,
-    resolve_backend,
-    rotary_angles,
-    rotate_fp32,
-    te_rope_available,
-)
-from megatron_anchor.rope.args import add_rope_args, parse_rope_scaling, rope_scaling_from_args
-from megatron_anchor.rope.dprope import (
-    DPROPE_EPS,
-    angle_distribution,
-    choose_interpolated_pairs,
-    pair_disturbance,
-    rope_distribution_report,
-)
-from megatron_anchor.rope.frequencies import compute_inv_freq, default_inv_freq, rotary_dim_for
-from megatron_anchor.rope.scaling import ROPE_TYPES, RopeScaling
+from __future__ import annotations
 
-__all__ = [
-    "BACKEND_ENV",
-    "DPROPE_EPS",
-    "ROPE_TYPES",
-    "RopeScaling",
-    "add_rope_args",
-    "angle_distribution",
-    "apply_rotary_angles",
-    "apply_rotary_fp32",
-    "choose_interpolated_pairs",
-    "compute_inv_freq",
-    "default_inv_freq",
-    "pair_disturbance",
-    "parse_rope_scaling",
-    "resolve_backend",
-    "rope_distribution_report",
-    "rope_scaling_from_args",
-    "rotary_angles",
-    "rotary_dim_for",
-    "rotate_fp32",
-    "te_rope_available",
-]
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "BACKEND_ENV": "apply",
+    "apply_rotary_angles": "apply",
+    "apply_rotary_fp32": "apply",
+    "resolve_backend": "apply",
+    "rotary_angles": "apply",
+    "rotate_fp32": "apply",
+    "te_rope_available": "apply",
+    "add_rope_args": "args",
+    "parse_rope_scaling": "args",
+    "rope_scaling_from_args": "args",
+    "DPROPE_EPS": "dprope",
+    "angle_distribution": "dprope",
+    "choose_interpolated_pairs": "dprope",
+    "pair_disturbance": "dprope",
+    "rope_distribution_report": "dprope",
+    "compute_inv_freq": "frequencies",
+    "default_inv_freq": "frequencies",
+    "rotary_dim_for": "frequencies",
+    "ROPE_TYPES": "scaling",
+    "RopeScaling": "scaling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

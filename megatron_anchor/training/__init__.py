@@ -1,22 +1,30 @@
-"""The distributed training loop of the anchor GPT model (entry: ``python -m megatron_anchor.pretrain``)."""
+"""The distributed training loop of the anchor GPT model (entry: ``python -m megatron_anchor.pretrain``).
 
-from megatron_anchor.training.arguments import build_parser, format_config, parse_args, validate_args
-from megatron_anchor.training.loop import Run, build_run, evaluate, train, train_step
-from megatron_anchor.training.parallel import ParallelDims, init_distributed, teardown_distributed
-from megatron_anchor.training.schedule import get_lr
+Names are imported on first use (PEP 562): the flag parser (``build_parser``, ``parse_args``) loads without
+torch or megatron-core, so that ``--help`` and flag errors are immediate.
+"""
 
-__all__ = [
-    "ParallelDims",
-    "Run",
-    "build_parser",
-    "build_run",
-    "evaluate",
-    "format_config",
-    "get_lr",
-    "init_distributed",
-    "parse_args",
-    "teardown_distributed",
-    "train",
-    "train_step",
-    "validate_args",
-]
+from __future__ import annotations
+
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "ParallelDims": "parallel",
+    "Run": "loop",
+    "build_parser": "arguments",
+    "build_run": "loop",
+    "evaluate": "loop",
+    "format_config": "arguments",
+    "get_lr": "schedule",
+    "init_distributed": "parallel",
+    "parse_args": "arguments",
+    "teardown_distributed": "parallel",
+    "train": "loop",
+    "train_step": "loop",
+    "validate_args": "validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,81 +1,214 @@
-"""Command-line flags (Megatron's names where Megatron has the flag) and their up-front validation."""
+"""Command-line flags of the trainer: Megatron's names and meanings (see ``megatron_flags`` for the table of
+every Megatron flag), short errors, defaults in ``--help``. Imports neither torch nor megatron-core."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import difflib
 import json
-import math
+import sys
 
-from megatron_anchor.attention import ATTENTION_MODES
-from megatron_anchor.data import POSITION_MODES
-from megatron_anchor.parallel.cp_layout import CP_LAYOUTS
-from megatron_anchor.rope import add_rope_args
+from megatron_anchor.attention.modes import ATTENTION_MODES
+from megatron_anchor.data.position_modes import POSITION_MODES
+from megatron_anchor.parallel.layout_names import CP_LAYOUTS
+from megatron_anchor.rope.args import add_rope_args
+from megatron_anchor.training.megatron_flags import add_restated_args, refused_reason
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every valued flag's default in ``--help`` (unless None or the help already states it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is argparse.SUPPRESS or action.nargs == 0 or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class TrainerArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line each (no usage block), that names the reason for a
+    refused Megatron flag and suggests the nearest known flag for a misspelt one."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print ``prog: error: message`` and exit 2."""
+        sys.stderr.write(f"{self.prog}: error: {message}\n(see --help)\n")
+        sys.exit(2)
+
+    def option_names(self) -> list[str]:
+        """Every long option string the parser knows."""
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Parse after refusing unknown and refused flags, all of them at once, one line each."""
+        argv = sys.argv[1:] if args is None else list(args)
+        problems = flag_problems(argv, self.option_names())
+        if problems:
+            self.error("\n  ".join([f"{len(problems)} flag(s) not accepted:", *problems]))
+        return super().parse_args(argv, namespace)
+
+
+def flag_problems(argv: list[str], known: list[str]) -> list[str]:
+    """One line per flag of ``argv`` that is refused (with the reason) or unknown (with a suggestion)."""
+    known_set, problems = set(known), []
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        if name in known_set:
+            continue
+        reason = refused_reason(name)
+        if reason is not None:
+            problems.append(f"{name}: {reason}")
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        problems.append(f"{name}: unknown flag" + (f"; did you mean {close[0]}?" if close else ""))
+    return problems
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model-shape flags (Megatron's names), shared by the trainer and the evaluation tools."""
     g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, required=True)
-    g.add_argument("--hidden-size", type=int, required=True)
+    g.add_argument("--num-layers", type=int, required=True, help="transformer layers")
+    g.add_argument("--hidden-size", type=int, required=True, help="model width")
     g.add_argument(
-        "--ffn-hidden-size", type=int, default=None, help="default: 4 x hidden (Megatron's default)"
+        "--ffn-hidden-size",
+        type=int,
+        default=None,
+        help="MLP width; default 4 x hidden, or with --swiglu Megatron's int(8/3 x hidden / 64) x 64",
     )
-    g.add_argument("--num-attention-heads", type=int, required=True)
-    g.add_argument("--num-query-groups", type=int, default=None, help="key/value heads (GQA)")
+    g.add_argument("--num-attention-heads", type=int, required=True, help="query heads")
+    g.add_argument("--num-query-groups", type=int, default=None, help="key/value heads (GQA); default: heads")
     g.add_argument("--add-qkv-bias", action="store_true", help="Qwen2-style bias on the qkv projection")
     g.add_argument(
         "--share-embeddings-and-output-weights",
         dest="untie_embeddings_and_output_weights",
         action="store_false",
-        help="tie input and output embeddings (untied by default, as in Llama)",
+        help="tie input and output embeddings (untied by default, as in Llama; Megatron ties by default)",
     )
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--attention-mode", choices=ATTENTION_MODES, default="anchor")
-    g.add_argument("--recompute-granularity", choices=("full", "selective"), default=None)
+    g.add_argument("--init-method-std", type=float, default=0.02, help="std of the initial weights")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="RMSNorm epsilon")
+    g.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=128,
+        help="pad the vocabulary to a multiple (x TP)",
+    )
+    g.add_argument("--attention-mode", choices=ATTENTION_MODES, default="anchor", help="visibility rule")
+    g.add_argument(
+        "--recompute-granularity",
+        choices=("full", "selective"),
+        default=None,
+        help="full: recompute whole layers in backward; selective: the attention only",
+    )
+    g.add_argument(
+        "--transformer-impl",
+        choices=("local", "transformer_engine"),
+        default=None,
+        help="layer implementation; default: Transformer Engine's when it imports, else megatron-core's "
+        "local layers (Megatron: transformer_engine)",
+    )
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="+", default=None, help="[weight] prefix ... of packed datasets")
     g.add_argument("--mock-data", action="store_true", help="synthetic packed samples (tests, benchmarks)")
-    g.add_argument("--split", default="969,30,1")
+    g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
     g.add_argument(
         "--seq-length", type=int, required=True, help="S: input tokens per sample (files hold S+1)"
     )
-    g.add_argument("--position-ids", choices=POSITION_MODES, default="global")
-    g.add_argument("--mask-cross-doc-labels", action="store_true")
-    g.add_argument("--tokenizer-type", default=None)
-    g.add_argument("--tokenizer-model", default=None)
-    g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size without a tokenizer")
+    g.add_argument("--position-ids", choices=POSITION_MODES, default="global", help="RoPE positions")
+    g.add_argument(
+        "--reset-position-ids",
+        dest="position_ids",
+        action="store_const",
+        const="reset",
+        help="Megatron's name for --position-ids reset",
+    )
+    g.add_argument(
+        "--mask-cross-doc-labels",
+        "--eod-mask-loss",
+        action="store_true",
+        help="no loss on a label that starts the next document (the token after a document's EOD)",
+    )
+    g.add_argument(
+        "--tokenizer-type",
+        default=None,
+        help="SentencePieceTokenizer, HuggingFaceTokenizer, or NullTokenizer (no tokenizer: --vocab-size)",
+    )
+    g.add_argument(
+        "--tokenizer-model", default=None, help="SentencePiece .model file or HF tokenizer directory"
+    )
+    g.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary without a tokenizer; with one, the model's vocabulary (must hold every token id)",
+    )
+    g.add_argument(
+        "--data-cache-path", default=None, help="directory for megatron-core's cached blend indices"
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1)
-    g.add_argument("--global-batch-size", type=int, default=None, help="default: micro * data-parallel")
-    g.add_argument("--train-iters", type=int, required=True)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-decay-style", choices=("cosine", "linear", "constant"), default="cosine")
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--micro-batch-size", type=int, default=1, help="samples per forward on a DP rank")
+    g.add_argument("--global-batch-size", type=int, default=None, help="default: micro x data-parallel size")
+    g.add_argument("--train-iters", type=int, default=None, help="optimizer steps (or --train-samples)")
+    g.add_argument("--train-samples", type=int, default=None, help="samples to train on (or --train-iters)")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (Megatron requires it)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay")
+    g.add_argument(
+        "--lr-decay-style",
+        choices=("linear", "cosine", "constant"),
+        default="linear",
+        help="decay after warmup",
+    )
     g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=1.0, help="0 disables clipping")
+    g.add_argument("--lr-decay-samples", type=int, default=None, help="with --train-samples")
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup steps")
+    g.add_argument("--lr-warmup-samples", type=int, default=0, help="with --train-samples")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None, help="warmup as a fraction of the decay")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on 1-D params)")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
+    g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2 (Llama recipes use 0.95)")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 master weights")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=int, default=1234, help="initialisation and data order")
+    g.add_argument(
+        "--recompute-method",
+        choices=("uniform", "block"),
+        default=None,
+        help="with --recompute-granularity full: uniform (every layer) or block (the first N layers)",
+    )
+    g.add_argument("--recompute-num-layers", type=int, default=None, help="uniform: 1; block: N")
+    g.add_argument(
+        "--exit-interval", type=int, default=None, help="save (with --save) and stop at a multiple"
+    )
+    g.add_argument(
+        "--manual-gc", action="store_true", help="disable Python's automatic GC; collect explicitly"
+    )
+    g.add_argument(
+        "--manual-gc-interval", type=int, default=0, help="steps between collections (0: only at eval)"
+    )
+    g.add_argument(
+        "--empty-unused-memory-level",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="1: empty the CUDA cache after each step; 2: also after evaluation",
+    )
 
 
 def _parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="1 only")
+    g.add_argument("--context-parallel-size", type=int, default=1, help="CP")
     g.add_argument(
         "--cp-layout",
         choices=CP_LAYOUTS,
@@ -90,127 +223,64 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _io_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("checkpointing and logging")
-    g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
-    g.add_argument("--eval-interval", type=int, default=None)
-    g.add_argument("--eval-iters", type=int, default=10)
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--log-jsonl", default=None, help="append one JSON object per logged step")
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
-    g.add_argument("--dry-run", action="store_true", help="validate, print the resolved config, exit")
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--save", default=None, help="checkpoint directory to write")
+    g.add_argument("--load", default=None, help="checkpoint directory to resume or start from")
+    g.add_argument("--save-interval", type=int, default=None, help="steps between checkpoints")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _logging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-interval", type=int, default=None, help="steps between validations")
+    g.add_argument("--eval-iters", type=int, default=100, help="global batches per validation")
+    g.add_argument("--log-interval", type=int, default=100, help="steps per log line (the first step too)")
+    g.add_argument("--log-throughput", action="store_true", help="no effect: throughput is always logged")
+    g.add_argument("--log-jsonl", default=None, help="append one JSON object per log line")
+    g.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files (Megatron's tags)")
+    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases (needs wandb)")
+    g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
+    g.add_argument("--wandb-save-dir", default=None, help="W&B files; default: SAVE/wandb")
+    g.add_argument("--wandb-entity", default=None, help="the W&B team or user")
+    g.add_argument("--peak-tflops", type=float, default=None, help="per-GPU peak for MFU; default: GPU table")
+    g.add_argument("--profile", action="store_true", help="profile steps [start, end) on --profile-ranks")
+    g.add_argument("--use-pytorch-profiler", action="store_true", help="torch.profiler instead of nsys")
+    g.add_argument("--profile-step-start", type=int, default=10, help="first profiled step (0-based)")
+    g.add_argument("--profile-step-end", type=int, default=12, help="profiling stops before this step")
+    g.add_argument("--profile-ranks", type=int, nargs="+", default=[0], help="global ranks to profile")
+    g.add_argument("--dry-run", action="store_true", help="check flags, tokenizer, data, paths; then exit")
+
+
+def build_parser() -> TrainerArgumentParser:
     """The pretraining argument parser."""
-    p = argparse.ArgumentParser(
+    p = TrainerArgumentParser(
         prog="python -m megatron_anchor.pretrain",
-        description="AnchorAttention long-context pretraining on megatron-core",
+        usage="[torchrun ...] %(prog)s --num-layers N --hidden-size H --num-attention-heads A "
+        "--seq-length S (--train-iters I | --train-samples N) (--data-path ... | --mock-data) [flags]",
+        description="AnchorAttention long-context pretraining on megatron-core, with Megatron-LM's flags.",
+        epilog="Megatron-LM flags for features this project lacks (FP8, fp16, pipeline stages, ...) stop the "
+        "run with their reason; the README's flag table lists every Megatron flag.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
     )
-    for add in (add_model_args, add_rope_args, _data_args, _train_args, _parallel_args, _io_args):
+    for add in (
+        add_model_args,
+        add_rope_args,
+        _data_args,
+        _train_args,
+        _parallel_args,
+        _checkpoint_args,
+        _logging_args,
+        add_restated_args,
+    ):
         add(p)
     return p
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check the flags against each other and the world size; fill derived values. Raises ValueError."""
-    tp, cp, pp = (
-        args.tensor_model_parallel_size,
-        args.context_parallel_size,
-        args.pipeline_model_parallel_size,
-    )
-    _require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
-    _require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
-    _require(
-        world_size % (tp * cp) == 0,
-        f"world size {world_size} is not divisible by TP {tp} x CP {cp}",
-    )
-    args.data_parallel_size = world_size // (tp * cp)
-    args.world_size = world_size
-    heads = args.num_attention_heads
-    args.num_query_groups = args.num_query_groups or heads
-    _require(
-        args.hidden_size % heads == 0, f"--hidden-size {args.hidden_size} not divisible by heads {heads}"
-    )
-    _require(heads % tp == 0, f"--num-attention-heads {heads} not divisible by TP size {tp}")
-    _require(
-        heads % args.num_query_groups == 0,
-        f"--num-attention-heads {heads} not divisible by --num-query-groups {args.num_query_groups}",
-    )
-    _require(
-        args.num_query_groups % tp == 0,
-        f"--num-query-groups {args.num_query_groups} not divisible by TP size {tp}",
-    )
-    s = args.seq_length
-    _require(s > 0, "--seq-length must be positive")
-    # megatron-core's layout cuts 2*cp chunks; the balanced one needs S / cp tokens per rank.
-    multiple = 2 * cp if args.cp_layout == "megatron" else cp
-    _require(
-        cp == 1 or s % multiple == 0,
-        f"--seq-length {s} must be divisible by {multiple} for --context-parallel-size {cp} "
-        f"with --cp-layout {args.cp_layout}",
-    )
-    _validate_batch(args)
-    _validate_schedule(args)
-    _require(
-        args.mock_data or args.data_path,
-        "give --data-path PREFIX (packed dataset) or --mock-data",
-    )
-    _require(
-        not (args.mock_data and args.mask_cross_doc_labels),
-        "--mask-cross-doc-labels applies to --data-path datasets; --mock-data has no such labels to mask",
-    )
-    _require(
-        args.tokenizer_model is not None or args.vocab_size is not None,
-        "give --tokenizer-type/--tokenizer-model or --vocab-size",
-    )
-    _require(args.save_interval is None or args.save, "--save-interval needs --save DIR")
-    _require(
-        args.tensorboard_dir is None or importlib.util.find_spec("tensorboard") is not None,
-        "--tensorboard-dir needs the tensorboard package (pip install tensorboard)",
-    )
-    if args.ffn_hidden_size is None:
-        args.ffn_hidden_size = 4 * args.hidden_size
-    return args
-
-
-def _validate_batch(args: argparse.Namespace) -> None:
-    mbs, dp = args.micro_batch_size, args.data_parallel_size
-    _require(mbs >= 1, "--micro-batch-size must be >= 1")
-    if args.global_batch_size is None:
-        args.global_batch_size = mbs * dp
-    gbs = args.global_batch_size
-    _require(
-        gbs % (mbs * dp) == 0,
-        f"--global-batch-size {gbs} must be a multiple of --micro-batch-size {mbs} x data-parallel size {dp}",
-    )
-    args.num_micro_batches = gbs // (mbs * dp)
-
-
-def _validate_schedule(args: argparse.Namespace) -> None:
-    _require(args.train_iters > 0, "--train-iters must be positive")
-    args.lr_decay_iters = args.lr_decay_iters or args.train_iters
-    _require(
-        0 <= args.lr_warmup_iters <= args.lr_decay_iters,
-        f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, lr-decay-iters {args.lr_decay_iters}]",
-    )
-    _require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
-    for flag in ("log_interval", "eval_interval", "save_interval"):
-        value = getattr(args, flag)
-        _require(value is None or value > 0, f"--{flag.replace('_', '-')} must be positive")
-    _require(math.isfinite(args.lr), "--lr must be finite")
-
-
 def parse_args(argv: list[str] | None, world_size: int) -> argparse.Namespace:
-    """Parse and validate; errors name the flag and exit with argparse's usage message."""
+    """Parse and validate; an error prints one line naming the flag and exits 2."""
+    from megatron_anchor.training.validation import validate_args
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -221,5 +291,5 @@ def parse_args(argv: list[str] | None, world_size: int) -> argparse.Namespace:
 
 
 def format_config(args: argparse.Namespace) -> str:
-    """The resolved configuration as sorted JSON (printed at start-up and by --dry-run)."""
+    """The resolved configuration as sorted JSON (written at start-up, printed by --dry-run)."""
     return json.dumps({k: v for k, v in sorted(vars(args).items())}, indent=1, default=str)

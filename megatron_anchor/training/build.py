@@ -16,13 +16,18 @@ from megatron_anchor.training.parallel import ParallelDims
 
 
 def resolve_vocab_size(args: argparse.Namespace) -> int:
-    """The tokenizer's vocabulary size (or ``--vocab-size``), padded as Megatron does."""
-    if args.tokenizer_model is not None:
+    """``--vocab-size`` (else the tokenizer's vocabulary size), padded as Megatron does.
+
+    ``--vocab-size`` wins over the tokenizer because a model's embedding may be larger than its
+    tokenizer (Qwen2's config holds 151,936 rows for 151,665 tokens); ``preflight`` checks every token
+    id fits.
+    """
+    if args.vocab_size is not None:
+        vocab = args.vocab_size
+    else:
         from megatron_anchor.data import build_tokenizer
 
         vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
-    else:
-        vocab = args.vocab_size
     return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
 
 
@@ -46,6 +51,7 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         init_method_std=args.init_method_std,
         norm_epsilon=args.norm_epsilon,
         recompute_attention=args.recompute_granularity == "selective",
+        use_te={"local": False, "transformer_engine": True}.get(getattr(args, "transformer_impl", None)),
     )
 
 
@@ -99,6 +105,7 @@ def build_datasets(args: argparse.Namespace, padded_vocab_size: int) -> Datasets
             num_samples=[n_train, n_valid, 0],
             position_ids=args.position_ids,
             mask_cross_doc_labels=args.mask_cross_doc_labels,
+            path_to_cache=args.data_cache_path,
         )
     check_sample_length(train, args.seq_length, "train")
     if valid is not None and len(valid) > 0:

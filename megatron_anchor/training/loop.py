@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megatron_anchor.attention.reference import visible_pairs
 from megatron_anchor.training.batches import CPSlicing, micro_batches, rank_sample_indices
 from megatron_anchor.training.build import (
     Datasets,
@@ -22,7 +24,12 @@ from megatron_anchor.training.build import (
     resolve_vocab_size,
 )
 from megatron_anchor.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from megatron_anchor.training.metrics import StepLogger, peak_memory_gib, step_flops, visible_pairs
+from megatron_anchor.training.metrics import (
+    peak_memory_gib,
+    peak_tflops,
+    readable_duration,
+    step_flops,
+)
 from megatron_anchor.training.parallel import (
     ParallelDims,
     clip_grad_norm_,
@@ -31,7 +38,9 @@ from megatron_anchor.training.parallel import (
     parallelize,
     tensor_parallel_param_names,
 )
+from megatron_anchor.training.profiling import StepProfiler
 from megatron_anchor.training.schedule import get_lr
+from megatron_anchor.training.step_log import LogWindow, StepLogger, train_record
 
 
 @dataclass
@@ -62,6 +71,7 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
         dims,
         recompute_full=args.recompute_granularity == "full",
         distributed_optimizer=args.use_distributed_optimizer,
+        recompute_num_layers=args.recompute_num_layers,
     )
     run = Run(
         args,
@@ -181,49 +191,89 @@ def evaluate(run: Run) -> float:
 def _save(run: Run, step: int, logger: StepLogger) -> None:
     meta = {"consumed_samples": step * run.args.global_batch_size, "seq_length": run.args.seq_length}
     path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, meta)
-    logger.log({"step": step, "saved": path})
+    logger.log_event(step, f"saved checkpoint {path}", saved=path)
 
 
-def train(run: Run) -> list[float]:
-    """Run from ``run.start_step`` to ``--train-iters``; returns this run's per-step losses."""
+def _log_due(args: argparse.Namespace, done: int, first: bool, exiting: bool) -> bool:
+    """Log after the run's first step (start-up cost shows), every --log-interval, and at the end."""
+    return first or exiting or done % args.log_interval == 0 or done == args.train_iters
+
+
+def _exit_due(args: argparse.Namespace, done: int) -> bool:
+    return bool(args.exit_interval) and done % args.exit_interval == 0 and done < args.train_iters
+
+
+def _release_memory(args: argparse.Namespace, level: int, done: int = 0) -> None:
+    """Megatron's --manual-gc and --empty-unused-memory-level after step ``done`` (level 1) or an
+    evaluation (level 2)."""
+    interval = args.manual_gc_interval
+    if args.manual_gc and (level == 2 or (interval and done % interval == 0)):
+        gc.collect()  # with the collector off: every --manual-gc-interval steps and after evaluations
+    if args.empty_unused_memory_level >= level and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _evaluate_and_save(run: Run, done: int, logger: StepLogger, exiting: bool) -> None:
+    args = run.args
+    if (
+        args.eval_interval
+        and run.data.valid is not None
+        and (done % args.eval_interval == 0 or done == args.train_iters)
+    ):
+        logger.log_eval(done, evaluate(run), done * args.global_batch_size)
+        _release_memory(args, level=2)
+    at_interval = args.save_interval and done % args.save_interval == 0
+    if args.save and (at_interval or exiting or done == args.train_iters):
+        _save(run, done, logger)
+
+
+def train(run: Run, started_at: float | None = None) -> list[float]:
+    """Run from ``run.start_step`` to ``--train-iters`` (or an ``--exit-interval``); returns this run's
+    per-step losses. ``started_at`` (``time.perf_counter()`` at start-up) times the first step."""
     args, dims = run.args, run.dims
-    logger = StepLogger(dims.rank == 0, args.log_jsonl, args.tensorboard_dir)
+    logger = StepLogger(args, dims.rank == 0)
+    profiler = StepProfiler(args, dims.rank)
+    peak = peak_tflops(args.peak_tflops, args.bf16)[0]
     tokens_per_step = args.global_batch_size * args.seq_length
     losses: list[float] = []
-    window_start, window_flops, window_steps = time.perf_counter(), 0.0, 0
-    for step in range(run.start_step, args.train_iters):
-        out = train_step(run, step)
-        losses.append(out["loss"])
-        window_flops += step_flops(
-            run.dense_params, tokens_per_step, out["pairs"], args.num_layers, args.hidden_size
-        )
-        window_steps += 1
-        done = step + 1
-        if done % args.log_interval == 0 or done == args.train_iters:
-            elapsed = time.perf_counter() - window_start
-            tflops = window_flops / elapsed / dims.world / 1e12
-            logger.log(
-                {
-                    "step": done,
-                    "loss": out["loss"],
-                    "lr": out["lr"],
-                    "grad_norm": out["grad_norm"],
-                    "tokens_per_s": window_steps * tokens_per_step / elapsed,
-                    "tflops_per_gpu": tflops,
-                    "mfu": tflops / args.peak_tflops if args.peak_tflops else None,
-                    "mem": peak_memory_gib(),
-                }
+    window = LogWindow()
+    if args.manual_gc:
+        gc.disable()  # collections only where _release_memory runs them, at the same step on every rank
+        gc.collect()
+    try:
+        for step in range(run.start_step, args.train_iters):
+            profiler.before_step(step)
+            tick = time.perf_counter()
+            out = train_step(run, step)
+            window.add(
+                out["loss"],
+                time.perf_counter() - tick,
+                step_flops(
+                    run.dense_params, tokens_per_step, out["pairs"], args.num_layers, args.hidden_size
+                ),
             )
-            window_start, window_flops, window_steps = time.perf_counter(), 0.0, 0
-        if (
-            args.eval_interval
-            and run.data.valid is not None
-            and (done % args.eval_interval == 0 or done == args.train_iters)
-        ):
-            logger.log({"step": done, "eval_loss": evaluate(run)})
-        if args.save and (
-            (args.save_interval and done % args.save_interval == 0) or done == args.train_iters
-        ):
-            _save(run, done, logger)
-    logger.close()
+            profiler.after_step(step)
+            losses.append(out["loss"])
+            done, first = step + 1, step == run.start_step
+            _release_memory(args, level=1, done=done)
+            exiting = _exit_due(args, done)
+            if _log_due(args, done, first, exiting):
+                logger.log_train(train_record(done, window, out, args, peak, peak_memory_gib()))
+                window = LogWindow()
+            if first and started_at is not None:
+                elapsed = time.perf_counter() - started_at
+                logger.log_event(
+                    done,
+                    f"first step done {readable_duration(elapsed)} after start-up began",
+                    time_to_first_step_s=elapsed,
+                )
+            _evaluate_and_save(run, done, logger, exiting)
+            if exiting:
+                logger.log_event(done, f"stopping: --exit-interval {args.exit_interval}", exit_interval=done)
+                break
+    finally:
+        profiler.stop()
+        logger.close()
+        if args.manual_gc:
+            gc.enable()
     return losses

@@ -1,13 +1,24 @@
-"""Throughput arithmetic (model FLOPs of the masked attention) and the step log (stdout, JSONL, TB)."""
+"""Throughput arithmetic (model FLOPs of the masked attention, MFU peaks, memory) and readable numbers."""
 
 from __future__ import annotations
 
-import json
 import resource
 
 import torch
 
-from megatron_anchor.attention.reference import visible_pairs  # noqa: F401  (re-exported)
+# Dense bf16 tensor-core peaks per GPU (TFLOP/s, no sparsity), from NVIDIA's data sheets; the first name
+# found in ``torch.cuda.get_device_name()`` wins, so variants come before their family.
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+)
 
 
 def dense_params_per_token(
@@ -25,6 +36,25 @@ def step_flops(dense_params: int, tokens: int, pairs: int, num_layers: int, hidd
     return 6.0 * dense_params * tokens + 12.0 * num_layers * hidden * pairs
 
 
+def peak_tflops(explicit: float | None, bf16: bool) -> tuple[float | None, str]:
+    """The per-GPU peak MFU is measured against, and where it comes from (for the start-up summary).
+
+    ``--peak-tflops`` when given; else the bf16 dense peak of a known GPU, for bf16 runs only (an fp32
+    run against the bf16 peak would understate its MFU by the fp32/bf16 ratio).
+    """
+    if explicit is not None:
+        return explicit, f"{explicit:g} TFLOP/s per GPU (--peak-tflops)"
+    if not torch.cuda.is_available():
+        return None, "not shown (no GPU; --peak-tflops sets a peak)"
+    name = torch.cuda.get_device_name()
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in name:
+            if not bf16:
+                return None, f"not shown for an fp32 run ({name}'s table peak is bf16; use --peak-tflops)"
+            return peak, f"{peak:g} TFLOP/s per GPU ({name}, bf16 dense)"
+    return None, f"not shown ({name} is not in the peak table; use --peak-tflops)"
+
+
 def peak_memory_gib() -> float:
     """Peak device memory (GPU) or peak resident memory of this process (CPU), GiB."""
     if torch.cuda.is_available():
@@ -32,38 +62,23 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-class StepLogger:
-    """Rank 0's log: a line per logged step on stdout, a JSON object per line in ``--log-jsonl``."""
+def readable(value: float, digits: int = 3) -> str:
+    """``12345 -> '12.3K'``, ``2.1e9 -> '2.1B'``: ``digits`` significant digits and a K/M/B/T suffix."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"
 
-    def __init__(self, enabled: bool, jsonl_path: str | None, tensorboard_dir: str | None) -> None:
-        self.enabled = enabled
-        self.jsonl = open(jsonl_path, "a") if enabled and jsonl_path else None  # noqa: SIM115
-        self.tb = None
-        if enabled and tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-            self.tb = SummaryWriter(tensorboard_dir)
-
-    def log(self, record: dict) -> None:
-        """Emit one record (keys: step, loss, lr, grad_norm, tokens_per_s, ...)."""
-        if not self.enabled:
-            return
-        parts = [
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {'-' if v is None else v}"
-            for k, v in record.items()
-        ]
-        print(" | ".join(parts), flush=True)
-        if self.jsonl:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
-        if self.tb:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        """Flush and close the files."""
-        if self.jsonl:
-            self.jsonl.close()
-        if self.tb:
-            self.tb.close()
+def readable_duration(seconds: float) -> str:
+    """``4000 -> '1h 06m'``, ``75 -> '1m 15s'``, ``3.2 -> '3.2s'``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"

@@ -91,15 +91,22 @@ def tensor_parallel_param_names(model: torch.nn.Module) -> set[str]:
 
 
 def parallelize(
-    model: torch.nn.Module, dims: ParallelDims, *, recompute_full: bool, distributed_optimizer: bool
+    model: torch.nn.Module,
+    dims: ParallelDims,
+    *,
+    recompute_full: bool,
+    distributed_optimizer: bool,
+    recompute_num_layers: int | None = None,
 ) -> torch.nn.Module:
-    """Apply full activation recompute, then DDP or FSDP2 over the DP x CP group (torchtitan's order)."""
+    """Apply full activation recompute (every layer, or the first ``recompute_num_layers``), then DDP or
+    FSDP2 over the DP x CP group (torchtitan's order)."""
     if recompute_full:
         # torch's checkpoint wrapper per layer: megatron-core's recompute uses the CUDA RNG tracker.
+        limit = model.config.num_layers if recompute_num_layers is None else recompute_num_layers
         apply_activation_checkpointing(
             model,
             checkpoint_wrapper_fn=checkpoint_wrapper,
-            check_fn=lambda m: isinstance(m, TransformerLayer),
+            check_fn=lambda m: isinstance(m, TransformerLayer) and m.layer_number <= limit,
         )
     group = dims.dp_cp_group
     device = next(model.parameters()).device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from megatron_anchor.convert.hf_config import model_meta, rope_meta, trainer_fla
 from megatron_anchor.convert.hf_mapping import shape_from_hf_config
 from megatron_anchor.model import pad_vocab_size
 from megatron_anchor.training import build_parser
+from tests.training.packed_data import write_packed
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -66,9 +68,20 @@ SHAPE_FIELDS = (
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    # TENSORBOARD_DIR="": the trainer refuses --tensorboard-dir where the tensorboard package is missing.
-    full_env = dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS="ignore", TENSORBOARD_DIR="", **env)
+    full_env = dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS="ignore", **env)
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def _config(stdout: str) -> dict:
+    """The resolved configuration a dry run prints last."""
+    return json.loads(stdout.split("resolved configuration:\n", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> dict[int, str]:
+    """A packed dataset at each recipe's sequence length (the dry run opens it and checks its samples)."""
+    work = tmp_path_factory.mktemp("examples")
+    return {s: write_packed(work / f"s{s}_text_document", seq_length=s, samples=2) for s in (65536, 131072)}
 
 
 SCRIPTS = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".sh", ".sbatch"))
@@ -81,10 +94,19 @@ def test_script_parses(script: str) -> None:
 
 
 @pytest.mark.parametrize("script,nodes,hf_config,expected", RUNS)
-def test_launch_flags_pass_the_trainer_dry_run(script: str, nodes: int, hf_config: dict, expected) -> None:
-    proc = _run(["bash", f"examples/{script}"], {"DRY_RUN": "1", "NNODES": str(nodes), "GPUS_PER_NODE": "8"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = json.loads(proc.stdout)
+def test_launch_flags_pass_the_trainer_dry_run(
+    script: str, nodes: int, hf_config: dict, expected, packed, tmp_path: Path
+) -> None:
+    seq = expected[0]
+    env = {"DRY_RUN": "1", "NNODES": str(nodes), "GPUS_PER_NODE": "8", "DATA": packed[seq]}
+    env.update(SAVE=str(tmp_path / "run"), CKPT=str(tmp_path / "converted"))
+    proc = _run(["bash", f"examples/{script}"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # TensorBoard's default directory is kept: a machine without the package gets a warning, not a failure.
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "warning: --tensorboard-dir needs the tensorboard package" in proc.stdout
+    assert f"ok: data {packed[seq]}: 2 samples of {seq + 1:,} tokens" in proc.stdout
+    config = _config(proc.stdout)
     seq, base, tp, cp = expected
     assert (config["seq_length"], config["rotary_base"]) == (seq, base)
     assert (config["tensor_model_parallel_size"], config["context_parallel_size"]) == (tp, cp)
@@ -103,7 +125,7 @@ def test_launch_flags_pass_the_trainer_dry_run(script: str, nodes: int, hf_confi
         assert config[field] == converted[field], field
 
 
-def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path) -> None:
+def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path, packed) -> None:
     # Stand-ins for Slurm's commands: scontrol lists two hosts, srun runs its command as node 0.
     (tmp_path / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n")
     (tmp_path / "srun").write_text(
@@ -116,9 +138,11 @@ def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path) -> None:
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_NODELIST": "gpu-[a-b]",
         "DRY_RUN": "1",
+        "DATA": packed[131072],
+        "SAVE": str(tmp_path / "run"),
     }
     script = ["bash", "examples/slurm_train.sbatch", "examples/llama3_8b_128k.sh", "--train-iters", "70"]
     proc = _run(script, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    config = json.loads(proc.stdout)
+    config = _config(proc.stdout)
     assert config["world_size"] == 16 and config["train_iters"] == 70

@@ -10,7 +10,8 @@ from train_harness import TINY, assert_losses_close, reference_run, run_pretrain
 def test_checkpoint_layout_is_complete_and_atomic():
     ckpt, _, stdout, _ = reference_run()
     assert (ckpt / "latest").read_text().strip() == "iter_0000006"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["iter_0000003", "iter_0000006", "latest"]
+    listing = sorted(p.name for p in ckpt.iterdir())
+    assert listing == ["iter_0000003", "iter_0000006", "latest", "train_config.json"]
     meta = json.loads((ckpt / "iter_0000003" / "meta.json").read_text())
     assert meta["step"] == 3 and meta["consumed_samples"] == 12 and meta["dp"] == 1
     assert (ckpt / "iter_0000003" / "rng" / "rank0.pt").is_file()

@@ -93,7 +93,7 @@ def test_packed_corpus_trains_with_context_parallel_2(packed_corpus, tmp_path):
     assert first > 5.5 and last < first - 1.5, (first, last)  # starts near ln(512) = 6.2
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert len(evals) == 2 and evals[1] < evals[0]
-    for key in ("lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "mfu", "mem"):
+    for key in ("lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "mfu", "mem_gib"):
         assert key in records[0]
 
 

@@ -1,0 +1,158 @@
+"""What the flags point at, checked before any process group or model exists: the tokenizer loads (and fits
+``--vocab-size``), every ``--data-path`` prefix is a packed dataset of ``--seq-length``, every output path
+can be written, the packages the requested logging needs are installed.
+
+``--dry-run`` prints the findings; a training run stops on the first start-up with any error. Packages
+and GPUs are checked on the machine where the check runs, so for a dry run on a login node their absence
+is a warning (the training nodes may have them) and for a training run an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+from megatron_anchor.training.profiling import trace_dir
+from megatron_anchor.training.step_log import wandb_dir
+
+
+@dataclass
+class Findings:
+    """Errors (the run cannot work), warnings (it may not), facts (what was found)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        """One line per finding: errors, then warnings, then facts."""
+        return "\n".join(
+            [f"error: {e}" for e in self.errors]
+            + [f"warning: {w}" for w in self.warnings]
+            + [f"ok: {f}" for f in self.facts]
+        )
+
+
+def preflight(args: argparse.Namespace, dry_run: bool) -> Findings:
+    """Every check of this module on the validated ``args``."""
+    found = Findings()
+    _check_tokenizer(args, found)
+    _check_data(args, found)
+    _check_outputs(args, found)
+    _check_checkpoints(args, found)
+    _check_machine(args, found, dry_run)
+    return found
+
+
+def _check_tokenizer(args: argparse.Namespace, found: Findings) -> None:
+    if args.tokenizer_model is None:
+        return
+    from megatron_anchor.data import build_tokenizer
+
+    try:
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
+        found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
+        return
+    size = tokenizer.vocab_size
+    if args.vocab_size is not None and args.vocab_size < size:
+        found.errors.append(
+            f"--vocab-size {args.vocab_size} is smaller than the {size} ids of --tokenizer-model "
+            f"{args.tokenizer_model}"
+        )
+    found.facts.append(f"tokenizer {args.tokenizer_type} {args.tokenizer_model}: {size:,} ids")
+
+
+def _data_prefixes(data_path: list[str]) -> list[str]:
+    """The prefixes of Megatron's ``--data-path [weight] prefix ...``."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    prefixes, _ = get_blend_from_list(data_path)
+    return prefixes
+
+
+def _check_data(args: argparse.Namespace, found: Findings) -> None:
+    if not args.data_path:
+        return
+    from megatron_anchor.data import AnchorPackedDataset
+
+    try:
+        prefixes = _data_prefixes(args.data_path)
+    except (ValueError, AssertionError) as err:
+        found.errors.append(f"--data-path {' '.join(args.data_path)}: {err}")
+        return
+    for prefix in prefixes:
+        missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+        if missing:
+            found.errors.append(f"--data-path {prefix}: no file {missing[0]}")
+            continue
+        try:
+            samples = len(AnchorPackedDataset(prefix, seq_length=args.seq_length))
+        except (ValueError, AssertionError, OSError) as err:
+            found.errors.append(f"--data-path {prefix}: {err}")
+            continue
+        found.facts.append(f"data {prefix}: {samples:,} samples of {args.seq_length + 1:,} tokens")
+
+
+def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
+    """Why ``path`` cannot be written (a directory, or a file in one), or None: it exists and is writable,
+    or its nearest existing ancestor is a writable directory (the run creates the rest)."""
+    target = os.path.abspath(path)
+    if is_file:
+        if os.path.isdir(target):
+            return f"{flag} {path} is a directory"
+        target = os.path.dirname(target)
+    probe = target
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{flag} {path}: {probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {probe} is not writable"
+    return None
+
+
+def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
+    outputs = [
+        ("--log-jsonl", args.log_jsonl, True),
+        ("--tensorboard-dir", args.tensorboard_dir, False),
+        ("--data-cache-path", args.data_cache_path, False),
+        ("--wandb-save-dir", wandb_dir(args) if args.wandb_project else None, False),
+        ("--profile", trace_dir(args) if args.profile and args.use_pytorch_profiler else None, False),
+    ]
+    for flag, path, is_file in outputs:
+        problem = writable_problem(flag, path, is_file) if path else None
+        if problem:
+            found.errors.append(problem)
+
+
+def _check_checkpoints(args: argparse.Namespace, found: Findings) -> None:
+    """``--save`` and ``--load``; the checkpoint contract's checks (metadata against flags) belong here."""
+    problem = writable_problem("--save", args.save) if args.save else None
+    if problem:
+        found.errors.append(problem)
+
+
+def _check_machine(args: argparse.Namespace, found: Findings, dry_run: bool) -> None:
+    """Optional packages and devices the flags need on the machine that trains."""
+    needs = []
+    if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        needs.append("--tensorboard-dir needs the tensorboard package (pip install tensorboard)")
+    if args.wandb_project and importlib.util.find_spec("wandb") is None:
+        needs.append("--wandb-project needs the wandb package (pip install wandb)")
+    if getattr(args, "transformer_impl", None) == "transformer_engine":
+        from megatron_anchor.model import transformer_engine_available
+
+        if not transformer_engine_available():
+            needs.append("--transformer-impl transformer_engine: Transformer Engine does not import here")
+    if args.profile and not args.use_pytorch_profiler:
+        import torch
+
+        if not torch.cuda.is_available():
+            needs.append("--profile without --use-pytorch-profiler drives nsys, which needs a GPU")
+    if dry_run:
+        found.warnings += [f"{n}; this machine lacks it (the training nodes must have it)" for n in needs]
+    else:
+        found.errors += needs

@@ -1,0 +1,37 @@
+"""Hand-built inputs for flag and dry-run tests: a packed anchor dataset and a tiny Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from megatron_anchor.data.indexed_writer import IndexedWriter
+
+
+def write_packed(prefix: Path, seq_length: int, samples: int, vocab: int = 100, docs: int = 3) -> str:
+    """``samples`` packed samples of ``seq_length + 1`` tokens: the anchor (id 0), then ``docs`` documents."""
+    rng = np.random.default_rng(0)
+    writer = IndexedWriter(str(prefix), np.int32)
+    body = seq_length // docs
+    lengths = [1, *[body] * (docs - 1), seq_length - body * (docs - 1)]
+    for _ in range(samples):
+        tokens = np.concatenate([[0], rng.integers(1, vocab, seq_length)]).astype(np.int32)
+        writer.add_document(tokens, lengths)
+    writer.commit()
+    return str(prefix)
+
+
+def write_hf_tokenizer(directory: Path, vocab: int = 64) -> str:
+    """A word-level Hugging Face tokenizer of ``vocab`` ids (``<s>`` 0, ``</s>`` 1, ``<unk>`` 2, ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<s>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.save_pretrained(directory)
+    return str(directory)
