@@ -24,22 +24,12 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention
 from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.parallel.cp_layout import cp_token_index, slice_for_cp_rank
 from megatron_anchor.training.metrics import visible_pairs
-
-
-def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.Tensor:
-    """doc_ids ``[1, S]``: anchor, then log-normal documents (median ``median``) and one of S/2."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = (torch.randn(seq_len // 16 + 8, generator=gen) * 0.7).exp().mul(median).long().clamp_min(1)
-    keep = int((lengths.cumsum(0) < seq_len // 2).sum()) + 1
-    lengths = lengths[:keep].tolist()
-    lengths.insert(int(torch.randint(0, keep + 1, (1,), generator=gen)), seq_len // 2)
-    ids = torch.repeat_interleave(torch.arange(1, len(lengths) + 1), torch.tensor(lengths))[: seq_len - 1]
-    return torch.cat([torch.zeros(1, dtype=torch.long), ids])[None]
 
 
 def slowest_rank_pairs(doc_ids: torch.Tensor, mode: str, cp: int) -> int:
