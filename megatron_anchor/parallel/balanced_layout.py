@@ -10,20 +10,23 @@ the ranks holding the rest of it).
    *folded*: its tokens are read head and tail alternately (0, n-1, 1, n-2, ...), so every stretch of the
    folded order has the document's mean work per token, and a rank taking a stretch holds one head piece
    and the mirrored tail piece (megatron-core's head-tail split, sized by work).
-2. Items are laid end to end by length (the *arranged order*), so work per token grows along it. The
-   lighter items (little work each, and at least ``LIGHT_TOKENS`` of the tokens) come first.
-3. Ranks are filled in order, the last taking what is left. A rank takes whole heavy items from the top
-   and makes up the rest from both ends of the light items: the bottom end (the lightest) and the top end
-   (where items are small enough to fine-tune the work), choosing, among the splits whose work keeps the
-   running total within ``TOLERANCE`` of the ideal, the one cutting the cheapest items. When no whole-item
-   take fits (or the heaviest item is folded, hence shared anyway), it takes the two ends of everything
-   left, cut wherever balance needs.
+2. Items are laid end to end by length (the *arranged order*), so work per token grows along it: first
+   the light items (little work each, and at least ``LIGHT_TOKENS`` of the tokens), then the heavy ones.
+3. Ranks are filled one by one, the last taking what is left. A rank takes whole heavy items from the
+   top and makes up the rest from both ends of the light items: the bottom (the lightest, to dilute) and
+   the top (items small enough to fine-tune the work). Among the splits whose work keeps the running
+   total within ``TOLERANCE`` of the ideal, it picks the one whose cuts send the fewest rows (an item
+   boundary is free, a cut document costs its prefix). When no such take exists, or a folded item tops
+   the heavy ones (it is shared by several ranks anyway), it takes the two ends of everything left.
+4. Ranks are filled from the last to the first, so a cut document's later part usually sits on rank r
+   and its prefix on rank r - 1 (the top stretches take suffixes): the prefix travels at ring step 1,
+   behind the local step's compute. Only cuts of the lightest items at the bottom travel backwards.
 
-Every rank holds at most one contiguous stretch of each unfolded document except that its two light
-stretches may hold a prefix and a suffix of one, or nested head-tail pieces of a folded one (two stretches
-of one folded item are never given to one rank), so it needs one prefix of each document from each other
-rank: one kernel call per (rank, source) (``SampleGeometry.full_calls() <= 1``). In ``causal`` mode the
-sample is one folded document: megatron-core's layout when S divides by ``2 * cp``.
+Every rank holds at most one stretch of each unfolded document (or a prefix and a suffix of it, from its
+two light stretches), or nested head-tail pieces of a folded one (two stretches of one folded item never
+go to one rank), so it needs one prefix of each document from each other rank: one kernel call per
+(rank, source) (``SampleGeometry.full_calls() <= 1``). In ``causal`` mode the sample is one folded
+document: megatron-core's layout when S divides by ``2 * cp``.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ def _arrange(docs: np.ndarray, work: np.ndarray, cp_size: int) -> _Arranged:
     # Cutting an unfolded document sends its prefix to the holder of the rest; a folded one is shared
     # by several ranks whatever the cut, so every cut inside it is priced alike (its length).
     cut_cost = np.append(offset, 0)
+    light_items = max(
+        int((doc_work <= LIGHT * share).sum()), int(np.searchsorted(ends, LIGHT_TOKENS * seq_len))
+    )
     folded_item = np.full(seq_len, -1, dtype=np.int64)
     for item in np.flatnonzero(folded):  # at most 2 * cp of them
         first, n, span = starts[item], lengths[item], slice(item_start[item], ends[item])
@@ -118,9 +124,6 @@ def _arrange(docs: np.ndarray, work: np.ndarray, cp_size: int) -> _Arranged:
         token[span] = first + _fold_order(n)
         cut_cost[item_start[item] + 1 : ends[item]] = n
         folded_item[span] = item
-    light_items = max(
-        int((doc_work <= LIGHT * share).sum()), int(np.searchsorted(ends, LIGHT_TOKENS * seq_len))
-    )
     return _Arranged(
         token=token,
         work_before=np.concatenate([[0], np.cumsum(work[token])]),
@@ -173,8 +176,8 @@ class _Left:
         """Work of virtual positions ``[0, p)`` for ``p`` in ``[start, stop]``."""
         light = self.a1 - self.a0
         cumulative = self.values(before, start, stop + 1) - before[self.a0]
-        if stop > light:  # the heavy stretch's part skips the positions already placed
-            cumulative[max(light + 1 - start, 0) :] -= before[self.b0] - before[self.a1]
+        if stop >= light:  # from the junction on, skip the positions already placed between a1 and b0
+            cumulative[max(light - start, 0) :] -= before[self.b0] - before[self.a1]
         return cumulative
 
     def ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
@@ -196,18 +199,20 @@ class _Left:
         self.b0 += bottom - from_light
         if self.a0 == self.a1:  # light items used up: the heavy ones become the two-ended stretch
             self.a0, self.a1, self.b0 = self.b0, self.b1, self.b1
+        if self.b0 == self.b1:  # an empty heavy stretch sits at the junction
+            self.b0 = self.b1 = self.a1
 
 
 def _fill(arranged: _Arranged, cp_size: int) -> np.ndarray:
-    """Owner rank ``[S]`` of each arranged position, ranks filled in order, the last taking what is left."""
+    """Owner rank ``[S]`` of each arranged position: filled from the last rank, rank 0 taking the rest."""
     seq_len = len(arranged.token)
     local_len = seq_len // cp_size
     share = arranged.work_before[-1] / cp_size
     owner = np.empty(seq_len, dtype=np.int32)
     left = _Left(0, arranged.heavy_start, arranged.heavy_start, seq_len)
     left.take(0, 0, 0)
-    surplus = 0.0  # work placed so far beyond ``rank`` shares
-    for rank in range(cp_size - 1):
+    surplus = 0.0  # work placed so far beyond the shares of the ranks filled
+    for rank in range(cp_size - 1, 0, -1):
         bottom, knob, top, work = _choose(arranged, left, local_len, share - surplus, TOLERANCE * share)
         size, light = left.size, left.a1 - left.a0
         for start, stop in [(0, bottom), (light - knob, light), (size - top, size)]:
@@ -216,27 +221,51 @@ def _fill(arranged: _Arranged, cp_size: int) -> np.ndarray:
         left.take(bottom, knob, top)
         surplus += work - share
     for i, j in left.ranges(0, left.size):
-        owner[i:j] = cp_size - 1
+        owner[i:j] = 0
     return owner
 
 
 def _choose(
     arranged: _Arranged, left: _Left, count: int, want: float, slack: float
 ) -> tuple[int, int, int, int]:
-    """``(bottom, knob, top, work)``: tokens of one rank from the light bottom, light top and heavy top."""
-    before, folded = arranged.work_before, arranged.folded_item
-    # Only unfolded heavy items are worth keeping whole: a folded one is shared by several ranks anyway.
-    if left.a1 > left.a0 and left.b1 > left.b0 and folded[left.b1 - 1] < 0:
-        top = _heavy_take(arranged, left, count, want, slack)
-        if top is not None:
-            top_work = int(before[left.b1] - before[left.b1 - top])
-            knob, light_work, miss = _two_ends(
-                arranged, left.light_only(), count - top, want - top_work, slack
-            )
-            if miss <= slack:
-                return count - top - knob, knob, top, top_work + light_work
+    """``(bottom, knob, top, work)``: tokens of one rank from the light bottom, light top and heavy top.
+
+    Whole heavy items with the light ends making up the rest where an unfolded item tops the heavy ones
+    (a folded one is shared by several ranks anyway); else the two ends of everything left; else (the ends
+    alone cannot reach ``want``) the three stretches whatever tops the heavy items; else the closest.
+    """
+    three = left.a1 > left.a0 and left.b1 > left.b0
+    unfolded_top = three and arranged.folded_item[left.b1 - 1] < 0
+    attempts = [_three_stretches] if unfolded_top else []
+    attempts += [_two_stretches] + ([_three_stretches] if three and not unfolded_top else [])
+    best = None
+    for attempt in attempts:
+        choice = attempt(arranged, left, count, want, slack)
+        if choice is not None and (best is None or abs(choice[3] - want) < abs(best[3] - want)):
+            best = choice
+        if best is not None and abs(best[3] - want) <= slack:
+            break
+    return best
+
+
+def _two_stretches(
+    arranged: _Arranged, left: _Left, count: int, want: float, slack: float
+) -> tuple[int, int, int, int]:
+    """The two ends of everything left."""
     top, work, _ = _two_ends(arranged, left, count, want, slack)
     return count - top, 0, top, work
+
+
+def _three_stretches(
+    arranged: _Arranged, left: _Left, count: int, want: float, slack: float
+) -> tuple[int, int, int, int] | None:
+    """Heavy items from the top, ending on an item boundary, and the two ends of the light ones."""
+    top = _heavy_take(arranged, left, count, want, slack)
+    if top is None:
+        return None
+    top_work = int(arranged.work_before[left.b1] - arranged.work_before[left.b1 - top])
+    knob, light_work, _ = _two_ends(arranged, left.light_only(), count - top, want - top_work, slack)
+    return count - top - knob, knob, top, top_work + light_work
 
 
 def _heavy_take(arranged: _Arranged, left: _Left, count: int, want: float, slack: float) -> int | None:
@@ -246,16 +275,20 @@ def _heavy_take(arranged: _Arranged, left: _Left, count: int, want: float, slack
     before = arranged.work_before
     # Every array below is indexed by x - first.
     heavy_work = before[left.b1] - before[left.b1 - last : left.b1 - first + 1][::-1]
-    light_min = before[left.a0 + count - last : left.a0 + count - first + 1][::-1] - before[left.a0]
-    light_max = before[left.a1] - before[left.a1 - count + first : left.a1 - count + last + 1]
+    from_bottom = before[left.a0 + count - last : left.a0 + count - first + 1][::-1] - before[left.a0]
+    from_top = before[left.a1] - before[left.a1 - count + first : left.a1 - count + last + 1]
     rest = want - heavy_work
-    margin = np.minimum(rest - light_min, light_max - rest)  # >= 0: the light ends can give ``rest``
-    margin[arranged.cut_cost[left.b1 - last : left.b1 - first + 1][::-1] > 0] = -np.inf
+    # >= 0: the light ends can give ``rest`` (one end is usually lighter; which one depends on the cuts)
+    margin = np.minimum(rest - np.minimum(from_bottom, from_top), np.maximum(from_bottom, from_top) - rest)
+    # A new cut inside an unfolded heavy document sends its prefix; folded ones are shared anyway.
+    x = np.arange(first, last + 1)
+    position = left.b1 - x
+    cut = (arranged.cut_cost[position] > 0) & (x > 0)
+    margin[cut & (arranged.folded_item[np.minimum(position, left.b1 - 1)] < 0)] = -np.inf
     if margin.max() < -slack:
         return None
     # Comfortably reachable takes nearest the rank's fair part of the heavy tokens (later ranks keep a
     # mix), else the most reachable one.
-    x = np.arange(first, last + 1)
     if margin.max() >= slack:
         fair = count * heavy / (light + heavy)
         return int(x[np.argmin(np.where(margin >= slack, np.abs(x - fair), np.inf))])
@@ -288,5 +321,5 @@ def _two_ends(
     close = miss <= slack
     if close.any():  # the cheapest cuts among the splits within tolerance, then the closest
         miss = np.where(close & (cuts == cuts[close].min()), miss, np.inf)
-    top = int(np.argmin(miss))
+    top = count - int(np.argmin(miss[::-1]))  # ties: the most from the top
     return top, int(work[top]), float(miss[top])
