@@ -93,7 +93,7 @@ class _Arranged:
     token: np.ndarray  # [S] global token index at each arranged position
     work_before: np.ndarray  # [S + 1] int64: work of the arranged positions before each one
     cut_cost: np.ndarray  # [S + 1] K/V rows a cut just before each position makes some rank receive
-    folded_item: np.ndarray  # [S] id of the folded item at each position, -1 for unfolded documents
+    folded_item: np.ndarray  # [S + 1] id of the folded item at each position, -1 unfolded (and at S)
     heavy_start: int  # first position after the light items
 
 
@@ -117,7 +117,7 @@ def _arrange(docs: np.ndarray, work: np.ndarray, cp_size: int) -> _Arranged:
     light_items = max(
         int((doc_work <= LIGHT * share).sum()), int(np.searchsorted(ends, LIGHT_TOKENS * seq_len))
     )
-    folded_item = np.full(seq_len, -1, dtype=np.int64)
+    folded_item = np.full(seq_len + 1, -1, dtype=np.int64)
     for item in np.flatnonzero(folded):  # at most 2 * cp of them
         first, n, span = starts[item], lengths[item], slice(item_start[item], ends[item])
         # Folded order 0, n-1, 1, n-2, ...: even offsets walk the head forwards, odd ones the tail back.
@@ -281,14 +281,15 @@ def _heavy_take(arranged: _Arranged, left: _Left, count: int, want: float, slack
     # >= 0: the light ends can give ``rest`` (one end is usually lighter; which one depends on the cuts)
     margin = np.minimum(rest - np.minimum(from_bottom, from_top), np.maximum(from_bottom, from_top) - rest)
     # A new cut inside an unfolded heavy document sends its prefix; folded ones are shared anyway.
-    x = np.arange(first, last + 1)
-    position = left.b1 - x
-    cut = (arranged.cut_cost[position] > 0) & (x > 0)
-    margin[cut & (arranged.folded_item[np.minimum(position, left.b1 - 1)] < 0)] = -np.inf
+    ends = slice(left.b1 - last, left.b1 - first + 1)  # reversed below: position b1 - x
+    cut = arranged.cut_cost[ends][::-1] > 0
+    cut[0] &= first > 0  # x = 0 leaves the heavy stretch whole
+    margin[cut & (arranged.folded_item[ends][::-1] < 0)] = -np.inf
     if margin.max() < -slack:
         return None
     # Comfortably reachable takes nearest the rank's fair part of the heavy tokens (later ranks keep a
     # mix), else the most reachable one.
+    x = np.arange(first, last + 1)
     if margin.max() >= slack:
         fair = count * heavy / (light + heavy)
         return int(x[np.argmin(np.where(margin >= slack, np.abs(x - fair), np.inf))])
@@ -313,7 +314,7 @@ def _two_ends(
     )
     cuts[-1] -= arranged.cut_cost[left.a0]  # y = count: no bottom stretch, no cut there
     cuts[0] = cuts[0] - left.values(arranged.cut_cost, size, size + 1)[0]  # y = 0: no top stretch
-    miss = np.abs(work - want).astype(np.float64)
+    miss = np.abs(work - want)  # float64
     # Two stretches of one folded item on one rank would need two kernel calls per source.
     last_bottom = left.values(arranged.folded_item, 0, count - 1)[::-1]  # y = 1 .. count - 1
     first_top = left.values(arranged.folded_item, size - count + 1, size)[::-1]
