@@ -26,6 +26,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
 from megatron_anchor.attention import (
     AttentionStats,
@@ -34,17 +35,6 @@ from megatron_anchor.attention import (
     visible_keys_per_query,
 )
 from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
-
-
-def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.Tensor:
-    """doc_ids ``[1, S]``: anchor, then log-normal documents (median ``median``) and one of S/2."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = (torch.randn(seq_len // 16 + 8, generator=gen) * 0.7).exp().mul(median).long().clamp_min(1)
-    keep = int((lengths.cumsum(0) < seq_len // 2).sum()) + 1
-    lengths = lengths[:keep].tolist()
-    lengths.insert(int(torch.randint(0, keep + 1, (1,), generator=gen)), seq_len // 2)
-    ids = torch.repeat_interleave(torch.arange(1, len(lengths) + 1), torch.tensor(lengths))[: seq_len - 1]
-    return torch.cat([torch.zeros(1, dtype=torch.long), ids])[None]
 
 
 def layout_of(doc_ids: torch.Tensor, mode: str, cp: int, layout: str) -> torch.Tensor:

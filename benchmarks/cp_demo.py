@@ -14,7 +14,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from attention import realistic_doc_ids  # benchmarks/attention.py, beside this file
+from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
 from megatron_anchor.parallel.cp_layout import gather_from_cp_layout, slice_for_cp_rank

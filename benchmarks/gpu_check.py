@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from doc_mixes import realistic_doc_ids  # noqa: E402  (benchmarks/doc_mixes.py, beside this file)
 
 from megatron_anchor.attention import (  # noqa: E402
     anchor_cp_attention,
@@ -38,17 +39,6 @@ from megatron_anchor.attention import (  # noqa: E402
 )
 from megatron_anchor.attention.flash import GPU_BACKENDS, gpu_backend_status  # noqa: E402
 from megatron_anchor.parallel import free_port  # noqa: E402
-
-# Dense bf16 peak (TFLOP/s) of known GPUs, for MFU.
-PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def realistic_doc_ids(seq_len: int, seed: int = 0, median: int = 1024) -> torch.Tensor:
-    """doc_ids ``[1, S]``: anchor, then log-normal documents (median ``median``) and one of S/2."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from attention import realistic_doc_ids as make  # benchmarks/attention.py owns the document mix
-
-    return make(seq_len, seed, median)
 
 
 def log(out_dir: Path | None, text: str) -> None:
@@ -160,14 +150,8 @@ def training_step(out_dir: Path | None, smoke: bool) -> dict:
         return {"error": (proc.stderr or proc.stdout)[-600:]}
     records = [json.loads(line) for line in log_path.read_text().splitlines() if '"loss"' in line]
     last = records[-1]
-    tokens = last.get("tokens_per_s") or last.get("tokens_per_sec") or 0.0
-    tflops = last.get("tflops_per_gpu") or 0.0
-    return {"tokens_per_s": tokens, "tflops_per_gpu": tflops, "loss": last.get("loss")}
-
-
-def _peak(device: torch.device) -> float | None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+    tokens, tflops = last["tokens_per_s"], last["tflops_per_gpu"]
+    return {"tokens_per_s": tokens, "tflops_per_gpu": tflops, "mfu": last.get("mfu"), "loss": last.get("loss")}
 
 
 def _speed_rows(results: dict, rate: float) -> list[str]:
@@ -198,7 +182,7 @@ def final_table(results: dict) -> str:
     if "error" in step:
         lines.append(f"training step: failed: {step['error']}")
     else:
-        mfu = f"{100 * step['tflops_per_gpu'] / results['peak']:.1f}%" if results["peak"] else "-"
+        mfu = "-" if step["mfu"] is None else f"{100 * step['mfu']:.1f}%"  # the trainer's own peak table
         rate_line = f"{step['tokens_per_s']:.0f} tokens/s, {step['tflops_per_gpu']:.1f} TFLOP/s"
         lines.append(f"training step: {rate_line}, MFU {mfu}")
     return "\n".join(lines)
@@ -233,7 +217,6 @@ def main() -> None:
         results["speed"][seq_len] = attention_speed(seq_len, device, best, heads, heads_kv, args.repeat)
         log(args.out, f"S={seq_len}: {results['speed'][seq_len]}")
     results["training_step"] = training_step(args.out, args.cpu_smoke)
-    results["peak"] = _peak(device)
     results["seconds"] = time.perf_counter() - start
     if args.out is not None:
         (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))

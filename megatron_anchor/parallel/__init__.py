@@ -9,6 +9,7 @@ from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
     "CP_LAYOUTS": "layout_names",
+    "balanced_cp_index": "balanced_layout",
     "batch_cp_index": "cp_layout",
     "cp_chunk_ids": "cp_layout",
     "cp_token_index": "cp_layout",
