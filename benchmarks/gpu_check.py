@@ -150,8 +150,7 @@ def training_step(out_dir: Path | None, smoke: bool) -> dict:
         return {"error": (proc.stderr or proc.stdout)[-600:]}
     records = [json.loads(line) for line in log_path.read_text().splitlines() if '"loss"' in line]
     last = records[-1]
-    tokens, tflops = last["tokens_per_s"], last["tflops_per_gpu"]
-    return {"tokens_per_s": tokens, "tflops_per_gpu": tflops, "mfu": last.get("mfu"), "loss": last.get("loss")}
+    return {key: last[key] for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "loss")}
 
 
 def _speed_rows(results: dict, rate: float) -> list[str]:
