@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from megatron_anchor.attention.geometry import SampleGeometry, concat_ranges
-from megatron_anchor.attention.reference import check_mode
+from megatron_anchor.attention.reference import check_doc_ids, check_mode
 from megatron_anchor.parallel.cp_layout import megatron_cp_index
 
 
@@ -177,16 +177,6 @@ def _anchor_fold(geoms: list[SampleGeometry], rank: int, device: torch.device) -
         owned=_to_device(owned, device, torch.float32),
         rows=_to_device(rows, device, torch.bool),
     )
-
-
-def check_doc_ids(doc_ids: torch.Tensor) -> None:
-    """Raise unless ``doc_ids [b, S]`` is int64, starts with the anchor (0) and never decreases."""
-    if doc_ids.dtype != torch.int64 or doc_ids.dim() != 2:
-        raise ValueError(f"doc_ids must be int64 [b, S]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
-    if bool((doc_ids[:, 0] != 0).any()):
-        raise ValueError("doc_ids[:, 0] must be 0: token 0 is the anchor (document 0)")
-    if bool((doc_ids[:, 1:] < doc_ids[:, :-1]).any()):
-        raise ValueError("doc_ids must be non-decreasing along the sample (documents are contiguous)")
 
 
 def check_cp_index(cp_index: torch.Tensor, batch: int, seq_len: int, cp_size: int) -> None:

@@ -36,30 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_anchor.attention.reference import check_mode, visible_keys_per_query
+from megatron_anchor.attention.reference import check_doc_ids, check_mode, visible_keys_per_query
 
 TOLERANCE = 0.01  # the running work total stays within this fraction of a share: busiest rank <= 1.02x
 LIGHT = 0.01  # items with at most this fraction of a share of work are light (fine-tuning material)
 LIGHT_TOKENS = 0.7  # and at least this fraction of the tokens is light (dilution material)
-
-
-def check_doc_row(doc_row: torch.Tensor) -> None:
-    """Raise unless ``doc_row [S]`` is int64, starts with the anchor's document 0 and never decreases."""
-    if not isinstance(doc_row, torch.Tensor) or doc_row.dtype != torch.int64 or doc_row.dim() != 1:
-        got = (
-            f"{doc_row.dtype} {list(doc_row.shape)}" if hasattr(doc_row, "shape") else type(doc_row).__name__
-        )
-        raise ValueError(f"doc_row must be a 1-D int64 tensor of document ids; got {got}")
-    if doc_row.numel() == 0 or int(doc_row[0]) != 0:
-        first = int(doc_row[0]) if doc_row.numel() else "an empty row"
-        raise ValueError(f"doc_row[0] must be 0 (token 0 is the anchor, document 0); got {first}")
-    drops = torch.nonzero(doc_row[1:] < doc_row[:-1])
-    if len(drops):
-        i = int(drops[0]) + 1
-        raise ValueError(
-            f"doc_row must be non-decreasing (documents are contiguous); "
-            f"doc_row[{i}] = {int(doc_row[i])} follows {int(doc_row[i - 1])}"
-        )
 
 
 def balanced_cp_index(doc_row: torch.Tensor, cp_size: int, mode: str = "anchor") -> torch.Tensor:
@@ -68,7 +49,7 @@ def balanced_cp_index(doc_row: torch.Tensor, cp_size: int, mode: str = "anchor")
     ``doc_row [S]``: one sample's document ids; ``mode``: the attention mode whose work is balanced.
     Deterministic: every rank computes the same layout from the same ``doc_row``.
     """
-    check_doc_row(doc_row)
+    check_doc_ids(doc_row, "doc_row", dim=1)
     check_mode(mode)
     seq_len = doc_row.shape[0]
     if not isinstance(cp_size, int) or cp_size < 1 or seq_len % cp_size:

@@ -12,7 +12,12 @@ import torch.multiprocessing as mp
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
 from megatron_anchor.parallel import free_port
-from megatron_anchor.parallel.cp_layout import megatron_cp_index, shard_for_cp, unshard_from_cp
+from megatron_anchor.parallel.cp_layout import (
+    batch_cp_index,
+    megatron_cp_index,
+    shard_for_cp,
+    unshard_from_cp,
+)
 
 
 def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
@@ -41,11 +46,13 @@ def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.long), ids])
 
 
-def make_cp_index(name: str, doc_ids: torch.Tensor, cp: int, seed: int) -> torch.Tensor | None:
-    """``[b, cp, S / cp]`` layout of each sample: None for megatron-core's (the default path), or a random
-    permutation of the sample cut into equal parts."""
+def make_cp_index(name: str, doc_ids: torch.Tensor, cp: int, seed: int, mode: str) -> torch.Tensor | None:
+    """``[b, cp, S / cp]`` layout of each sample: None for megatron-core's (the default path), the
+    balanced layout of ``mode``, or a random permutation of the sample cut into equal parts."""
     if name == "megatron":
         return None
+    if name == "balanced":
+        return batch_cp_index(doc_ids, cp, "balanced", mode)
     batch, seq_len = doc_ids.shape
     gen = torch.Generator().manual_seed(1000 + seed)
     if name == "random":
@@ -93,6 +100,14 @@ def cases_for(cp: int) -> list[Case]:
                     Case(f"{mode}-varlen-{dtype}", mode, ("lognormal", "tiny"), dtype=dtype,
                          backend="varlen_reference", seed=6)
                 )  # fmt: skip
+        if cp in (2, 4):  # the balanced layout of the documents
+            cases += [
+                Case(f"{mode}-balanced-gqa", mode, ("lognormal", "sparse"), cp_layout="balanced", seed=9),
+                Case(f"{mode}-balanced-bf16", mode, ("tiny", "off_edges"), dtype="bfloat16",
+                     cp_layout="balanced", seed=10),
+                Case(f"{mode}-balanced-varlen", mode, ("lognormal", "one_doc"), backend="varlen_reference",
+                     cp_layout="balanced", seed=11),
+            ]  # fmt: skip
         if cp > 1:  # any layout: random permutations of the sample cut into equal parts
             cases += [
                 Case(f"{mode}-random-gqa", mode, ("lognormal", "sparse"), cp_layout="random", seed=7),
@@ -142,7 +157,7 @@ def run_case(case: Case, rank: int, world: int) -> dict | None:
     k, v = (
         torch.randn(case.seq_len, batch, case.heads_kv, case.dim, generator=gen).to(dtype) for _ in range(2)
     )
-    cp_index = make_cp_index(case.cp_layout, doc_ids, world, case.seed)
+    cp_index = make_cp_index(case.cp_layout, doc_ids, world, case.seed, case.mode)
     index = layout_index(cp_index, batch, case.seq_len, world)
     local = [shard_for_cp(t, index, rank, seq_dim=0).detach().requires_grad_() for t in (q, k, v)]
     stats = AttentionStats()
@@ -167,7 +182,7 @@ def run_stats(rank: int, world: int, mode: str, cp_layout: str) -> dict | None:
     """Counters summed over ranks on a sparse 2-sample layout; rank 0 returns them with doc_ids and index."""
     seq_len = 32 * 2 * world
     doc_ids = torch.stack([layout("sparse", seq_len, 7), layout("lognormal", seq_len, 8)])
-    cp_index = make_cp_index(cp_layout, doc_ids, world, 3)
+    cp_index = make_cp_index(cp_layout, doc_ids, world, 3, mode)
     q = torch.randn(seq_len // world, 2, 2, 8)
     stats = AttentionStats()
     anchor_cp_attention(
@@ -211,7 +226,7 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
     for case in cases_for(world):
         results["cases"][case.name] = run_case(case, rank, world)
     for mode in ("intra_doc", "anchor", "causal"):
-        for cp_layout in ("megatron", "random") if world > 1 else ("megatron",):
+        for cp_layout in ("megatron", "balanced", "random") if world > 1 else ("megatron",):
             results["stats"][f"{mode}-{cp_layout}"] = run_stats(rank, world, mode, cp_layout)
     if world > 1:
         results["errors"] = run_errors(rank, world)
