@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import json
 import math
+import os
+import sys
 
 from megatron_anchor.attention import ATTENTION_MODES
 from megatron_anchor.data import POSITION_MODES
@@ -67,6 +69,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--clip-grad", type=float, default=1.0, help="0 disables clipping")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 master weights")
+    g.add_argument(
+        "--grad-reduce-in-bf16",
+        action="store_true",
+        help="with --bf16: reduce gradients across data-parallel ranks in bf16 (default fp32)",
+    )
     g.add_argument("--seed", type=int, default=1234)
 
 
@@ -79,6 +86,11 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
         "--use-distributed-optimizer",
         action="store_true",
         help="shard gradients and optimizer state over data parallel ranks (FSDP2, ZeRO-2-like)",
+    )
+    g.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with TP: shard norms, residuals and embeddings along the sequence within each TP group",
     )
 
 
@@ -149,6 +161,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     )
     _validate_batch(args)
     _validate_schedule(args)
+    _validate_precision_and_sequence_parallel(args)
     _require(
         args.mock_data or args.data_path,
         "give --data-path PREFIX (packed dataset) or --mock-data",
@@ -182,6 +195,24 @@ def _validate_batch(args: argparse.Namespace) -> None:
         f"--global-batch-size {gbs} must be a multiple of --micro-batch-size {mbs} x data-parallel size {dp}",
     )
     args.num_micro_batches = gbs // (mbs * dp)
+
+
+def _validate_precision_and_sequence_parallel(args: argparse.Namespace) -> None:
+    _require(
+        args.bf16 or not args.grad_reduce_in_bf16,
+        "--grad-reduce-in-bf16 applies to --bf16 training; without --bf16 gradients are fp32 and reduced so",
+    )
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    if args.sequence_parallel and tp == 1:
+        # As Megatron: SP without TP is switched off with a notice (nothing to shard over).
+        if os.environ.get("RANK", "0") == "0":
+            print("notice: --sequence-parallel disabled: --tensor-model-parallel-size is 1", file=sys.stderr)
+        args.sequence_parallel = False
+    _require(
+        not args.sequence_parallel or (args.seq_length // cp) % tp == 0,
+        f"--sequence-parallel: each CP rank's {args.seq_length // cp} tokens (--seq-length / "
+        f"--context-parallel-size) must divide by --tensor-model-parallel-size {tp}",
+    )
 
 
 def _validate_schedule(args: argparse.Namespace) -> None:

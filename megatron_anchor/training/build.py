@@ -46,6 +46,7 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         init_method_std=args.init_method_std,
         norm_epsilon=args.norm_epsilon,
         recompute_attention=args.recompute_granularity == "selective",
+        sequence_parallel=getattr(args, "sequence_parallel", False),  # the evaluation tools have no such flag
     )
 
 

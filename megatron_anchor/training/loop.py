@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -25,10 +24,13 @@ from megatron_anchor.training.checkpoint import find_checkpoint, load_checkpoint
 from megatron_anchor.training.metrics import StepLogger, peak_memory_gib, step_flops, visible_pairs
 from megatron_anchor.training.parallel import (
     ParallelDims,
+    autocast_for,
     clip_grad_norm_,
     device_for_rank,
     gradient_sync,
     parallelize,
+    reduce_sequence_parallel_grads,
+    sequence_parallel_param_names,
     tensor_parallel_param_names,
 )
 from megatron_anchor.training.schedule import get_lr
@@ -48,6 +50,7 @@ class Run:
     data: Datasets
     dense_params: int
     start_step: int = 0
+    sp_names: set[str] = field(default_factory=set)
 
 
 def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
@@ -57,11 +60,14 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
     cfg = build_model_config(args, vocab)
     raw = build_model(cfg, dims, device, args.seed)
     tp_names = tensor_parallel_param_names(raw)
+    sp_names = sequence_parallel_param_names(raw)
     model = parallelize(
         raw,
         dims,
         recompute_full=args.recompute_granularity == "full",
         distributed_optimizer=args.use_distributed_optimizer,
+        bf16=args.bf16,
+        grad_reduce_in_bf16=args.grad_reduce_in_bf16,
     )
     run = Run(
         args,
@@ -73,6 +79,7 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
         tp_names,
         build_datasets(args, vocab),
         model_dense_params(cfg),
+        sp_names=sp_names,
     )
     path = find_checkpoint(args.load) if args.load else None
     if path is not None:
@@ -92,9 +99,9 @@ def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
 
 
 def _autocast(run: Run):
-    if not run.args.bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=torch.bfloat16)
+    return autocast_for(
+        run.device, bf16=run.args.bf16, distributed_optimizer=run.args.use_distributed_optimizer
+    )
 
 
 def _stop_if_not_finite(run: Run, loss: float, grad_norm: float, local_sum: torch.Tensor, step: int) -> None:
@@ -145,6 +152,7 @@ def train_step(run: Run, step: int) -> dict:
             mb_sum = (token_loss.float() * mb["loss_mask"]).sum()
             (mb_sum * scale).backward()
         local_sum += mb_sum.detach()
+    reduce_sequence_parallel_grads(run.raw_model, run.sp_names, dims)
     loss = _all_reduce_sum(local_sum.clone(), dims.dp_cp_group).item() / max(n_tokens, 1.0)
     grad_norm = clip_grad_norm_(
         run.raw_model, run.tp_names, args.clip_grad, dims, sharded=args.use_distributed_optimizer
