@@ -66,8 +66,10 @@ def test_fsdp2_bf16_checkpoint_is_fp32_and_resumes_exactly(tmp_path):
     assert step_losses(records) == {s: v for s, v in losses.items() if s > 5}
 
 
-def test_ddp_bf16_with_bf16_gradient_reduction_tracks_fp32(tmp_path):
-    records, _ = run_pretrain(2, [*TEN_STEPS, "--bf16", "--grad-reduce-in-bf16"], tmp_path)
+def test_ddp_bf16_with_bf16_gradient_reduction_and_sequence_parallel_tracks_fp32(tmp_path):
+    """DDP (autocast) at DP=2 x TP=2 with SP, gradients averaged in bf16."""
+    flags = ["--bf16", "--grad-reduce-in-bf16", "--tensor-model-parallel-size", "2", "--sequence-parallel"]
+    records, _ = run_pretrain(4, [*TEN_STEPS, *flags], tmp_path)
     want_losses, want_norms = fp32_run()
     assert_losses_close(step_losses(records), want_losses, rel=BF16_TOLERANCE)
     assert_losses_close(step_losses(records, "grad_norm"), want_norms, rel=BF16_TOLERANCE)
