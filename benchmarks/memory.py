@@ -165,11 +165,11 @@ def _split(snapshot: dict) -> dict:
     return out
 
 
-def _activations_at(stats, names: tuple[str, ...]) -> int:
-    """Activation bytes in a module's snapshot at the first of ``names`` it recorded, in its first call."""
+def _snapshot_at(stats, names: tuple[str, ...]) -> dict:
+    """A module's snapshot (one device) at the first of ``names`` it recorded, in its first call."""
     for state, snaps in stats.snapshots.items():
         if state.value in names:
-            return next(iter(snaps[0].values()))["Activation"]
+            return next(iter(snaps[0].values()))
     raise KeyError(names)
 
 
@@ -193,11 +193,11 @@ def measure_step(run, log: list) -> dict:
         train_step(run, 0)
     result = _split(next(iter(tracker.get_tracker_snapshot("peak").values())))
     root = tracker.memory_tracking[run.raw_model]
-    result["kept"] = _activations_at(root, ("Post-Forward", "After Post-Forward"))
-    if not fsdp:  # the decoder's forward growth per layer (single layers' deltas jitter with frees)
+    result["kept"] = _snapshot_at(root, ("Post-Forward", "After Post-Forward"))["Activation"]
+    if not fsdp:  # the decoder's forward growth per layer; in totals (AC moves tensors between categories)
         layers = [tracker.memory_tracking[m] for m in _transformer_layers(run.raw_model)]
-        before = _activations_at(layers[0], ("Pre-Forward",))
-        result["per_layer"] = (_activations_at(layers[-1], ("Post-Forward",)) - before) / len(layers)
+        before = _snapshot_at(layers[0], ("Pre-Forward",))["Total"]
+        result["per_layer"] = (_snapshot_at(layers[-1], ("Post-Forward",))["Total"] - before) / len(layers)
     traffic = defaultdict(int)
     for name, nbytes, ranks in log:
         traffic[f"{name} {_group_name(ranks)}"] += nbytes
