@@ -17,7 +17,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_anchor.model.core_attention import AnchorAttentionSetup
 from megatron_anchor.model.layout import AnchorLayout
-from megatron_anchor.model.spec import anchor_layer_spec
+from megatron_anchor.model.sequence_parallel import use_host_sequence_parallel
+from megatron_anchor.model.spec import anchor_block_spec
 from megatron_anchor.rope import RopeScaling, compute_inv_freq, rotary_dim_for
 
 
@@ -46,10 +47,12 @@ class AnchorGPTConfig:
     norm_epsilon: float = 1e-5
     recompute_attention: bool = False
     """Selective recompute: the core attention is recomputed in backward."""
+    sequence_parallel: bool = False
+    """Shard norms, residuals and embeddings along the sequence inside each TP group (needs TP > 1)."""
     use_te: bool | None = None
     """Transformer Engine layers: None picks them when TE imports."""
     extra: dict = field(default_factory=dict)
-    """Further TransformerConfig fields (advanced; e.g. sequence_parallel)."""
+    """Further TransformerConfig fields (advanced)."""
 
     @property
     def head_dim(self) -> int:
@@ -83,6 +86,7 @@ def transformer_config(cfg: AnchorGPTConfig, tp_size: int, cp_size: int) -> Tran
         init_method_std=cfg.init_method_std,
         tensor_model_parallel_size=tp_size,
         context_parallel_size=cp_size,
+        sequence_parallel=cfg.sequence_parallel,
         # CPU initialisation draws the full weight then splits it: the same model at every TP size.
         use_cpu_initialization=not torch.cuda.is_available(),
         bias_activation_fusion=False,
@@ -125,15 +129,18 @@ def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -
         interleaved=cfg.rotary_interleaved,
         recompute=cfg.recompute_attention,
     )
-    return AnchorGPTModel(
+    model = AnchorGPTModel(
         config=transformer_config(cfg, tp_size, cp_size),
-        transformer_layer_spec=anchor_layer_spec(setup, cfg.use_te),
+        transformer_layer_spec=anchor_block_spec(setup, cfg.num_layers, cfg.use_te),
         vocab_size=cfg.vocab_size,
         max_sequence_length=cfg.seq_length,
         share_embeddings_and_output_weights=not cfg.untie_embeddings,
         position_embedding_type="none",
         parallel_output=True,
     )
+    if cfg.sequence_parallel and not torch.cuda.is_available():
+        use_host_sequence_parallel(model)  # megatron-core's SP collectives allocate on CUDA
+    return model
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:

@@ -9,8 +9,10 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_with_transformer_engine_spec,
 )
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_anchor.model.core_attention import AnchorAttentionSetup, AnchorCoreAttention
+from megatron_anchor.model.sequence_parallel import TorchRMSNorm
 
 
 def transformer_engine_available() -> bool:
@@ -32,9 +34,26 @@ def anchor_layer_spec(setup: AnchorAttentionSetup, use_te: bool | None = None) -
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        # megatron-core's torch norm refuses sequence parallelism; this one accepts it (same parameters).
+        spec.submodules.input_layernorm = TorchRMSNorm
+        spec.submodules.pre_mlp_layernorm = TorchRMSNorm
     # SelfAttention calls submodules.core_attention(config=..., layer_number=..., ...) directly, so the
     # slot holds a callable; partial() binds the run-wide setup to the documented constructor.
     spec.submodules.self_attention.submodules.core_attention = functools.partial(
         AnchorCoreAttention, setup=setup
     )
     return spec
+
+
+def anchor_block_spec(
+    setup: AnchorAttentionSetup, num_layers: int, use_te: bool | None = None
+) -> ModuleSpec | TransformerBlockSubmodules:
+    """The decoder: ``num_layers`` anchor layers and a final norm that accepts sequence parallelism.
+
+    With TE megatron-core adds TE's final norm itself; the local layers get ``TorchRMSNorm``.
+    """
+    use_te = transformer_engine_available() if use_te is None else use_te
+    layer = anchor_layer_spec(setup, use_te)
+    if use_te:
+        return layer
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchRMSNorm)

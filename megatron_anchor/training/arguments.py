@@ -202,6 +202,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         default=0,
         help="1: empty the CUDA cache after each step; 2: also after evaluation",
     )
+    g.add_argument(
+        "--grad-reduce-in-bf16",
+        action="store_true",
+        help="with --bf16: reduce gradients across data-parallel ranks in bf16 (default fp32)",
+    )
 
 
 def _parallel_args(p: argparse.ArgumentParser) -> None:
@@ -220,6 +225,11 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
         "--use-distributed-optimizer",
         action="store_true",
         help="shard gradients and optimizer state over data parallel ranks (FSDP2, ZeRO-2-like)",
+    )
+    g.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with TP: shard norms, residuals and embeddings along the sequence within each TP group",
     )
 
 

@@ -52,6 +52,7 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         norm_epsilon=args.norm_epsilon,
         recompute_attention=args.recompute_granularity == "selective",
         use_te={"local": False, "transformer_engine": True}.get(getattr(args, "transformer_impl", None)),
+        sequence_parallel=getattr(args, "sequence_parallel", False),  # the evaluation tools have no such flag
     )
 
 

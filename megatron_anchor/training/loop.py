@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,10 +31,13 @@ from megatron_anchor.training.metrics import (
 )
 from megatron_anchor.training.parallel import (
     ParallelDims,
+    autocast_for,
     clip_grad_norm_,
     device_for_rank,
     gradient_sync,
     parallelize,
+    reduce_sequence_parallel_grads,
+    sequence_parallel_param_names,
     tensor_parallel_param_names,
 )
 from megatron_anchor.training.profiling import StepProfiler
@@ -57,6 +59,7 @@ class Run:
     data: Datasets
     dense_params: int
     start_step: int = 0
+    sp_names: set[str] = field(default_factory=set)
 
 
 def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
@@ -66,12 +69,15 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
     cfg = build_model_config(args, vocab)
     raw = build_model(cfg, dims, device, args.seed)
     tp_names = tensor_parallel_param_names(raw)
+    sp_names = sequence_parallel_param_names(raw)
     model = parallelize(
         raw,
         dims,
         recompute_full=args.recompute_granularity == "full",
         distributed_optimizer=args.use_distributed_optimizer,
         recompute_num_layers=args.recompute_num_layers,
+        bf16=args.bf16,
+        grad_reduce_in_bf16=args.grad_reduce_in_bf16,
     )
     run = Run(
         args,
@@ -83,6 +89,7 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
         tp_names,
         build_datasets(args, vocab),
         model_dense_params(cfg),
+        sp_names=sp_names,
     )
     path = find_checkpoint(args.load) if args.load else None
     if path is not None:
@@ -107,9 +114,9 @@ def _cp_slicing(run: Run) -> CPSlicing:
 
 
 def _autocast(run: Run):
-    if not run.args.bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=torch.bfloat16)
+    return autocast_for(
+        run.device, bf16=run.args.bf16, distributed_optimizer=run.args.use_distributed_optimizer
+    )
 
 
 def _stop_if_not_finite(run: Run, loss: float, grad_norm: float, local_sum: torch.Tensor, step: int) -> None:
@@ -160,6 +167,7 @@ def train_step(run: Run, step: int) -> dict:
             mb_sum = (token_loss.float() * mb["loss_mask"]).sum()
             (mb_sum * scale).backward()
         local_sum += mb_sum.detach()
+    reduce_sequence_parallel_grads(run.raw_model, run.sp_names, dims)
     loss = _all_reduce_sum(local_sum.clone(), dims.dp_cp_group).item() / max(n_tokens, 1.0)
     grad_norm = clip_grad_norm_(
         run.raw_model, run.tp_names, args.clip_grad, dims, sharded=args.use_distributed_optimizer

@@ -1,9 +1,16 @@
-"""Parallel set-up in one place: process groups (megatron-core parallel_state), model wrapping, grad norm.
+"""Parallel set-up in one place: process groups (megatron-core parallel_state), model wrapping, mixed
+precision, gradient reductions, grad norm.
 
 Data parallelism runs over the DP x CP group (CP ranks hold the same weights and different tokens) with one
 code path for CPU (gloo) and GPU (NCCL): torch DDP, or FSDP2 ``fully_shard`` without resharding after
 forward (gradients and optimizer state sharded, parameters kept gathered: ZeRO-2-like) for
 ``--use-distributed-optimizer``. megatron-core's own DDP allocates its buffers on CUDA, so it is not used.
+
+``--bf16`` keeps fp32 master weights and optimizer state everywhere (checkpoints stay fp32):
+- FSDP2: torch's ``MixedPrecisionPolicy``: parameters all-gathered and used in bf16, gradients
+  reduce-scattered in fp32 (bf16 with ``--grad-reduce-in-bf16``); no autocast.
+- DDP: autocast over the fp32 parameters; gradients are fp32 and all-reduced in fp32, or in bf16 with
+  ``--grad-reduce-in-bf16`` (Megatron's flag) through a communication hook.
 """
 
 from __future__ import annotations
@@ -90,6 +97,14 @@ def tensor_parallel_param_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if getattr(p, "tensor_model_parallel", False)}
 
 
+def sequence_parallel_param_names(model: torch.nn.Module) -> set[str]:
+    """Names of TP-replicated parameters whose gradients are partial sums over TP under sequence parallelism.
+
+    megatron-core tags them (norm weights) with ``sequence_parallel``; read before wrapping (FSDP2 drops it).
+    """
+    return {n for n, p in model.named_parameters() if getattr(p, "sequence_parallel", False)}
+
+
 def parallelize(
     model: torch.nn.Module,
     dims: ParallelDims,
@@ -97,6 +112,8 @@ def parallelize(
     recompute_full: bool,
     distributed_optimizer: bool,
     recompute_num_layers: int | None = None,
+    bf16: bool = False,
+    grad_reduce_in_bf16: bool = False,
 ) -> torch.nn.Module:
     """Apply full activation recompute (every layer, or the first ``recompute_num_layers``), then DDP or
     FSDP2 over the DP x CP group (torchtitan's order)."""
@@ -110,17 +127,52 @@ def parallelize(
         )
     group = dims.dp_cp_group
     device = next(model.parameters()).device
+    reduce_dtype = torch.bfloat16 if grad_reduce_in_bf16 else torch.float32
     if distributed_optimizer:
         from torch.distributed.device_mesh import DeviceMesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = DeviceMesh.from_group(group, device_type=device.type)
+        # Inputs are token ids and the sample layout (doc ids, positions, fp32 RoPE angles): nothing to
+        # cast, and a cast would copy the layout per layer; every float activation comes from bf16 modules.
+        mp = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=reduce_dtype, cast_forward_inputs=False
+        )
+        shard = dict(mesh=mesh, reshard_after_forward=False, mp_policy=mp if bf16 else MixedPrecisionPolicy())
         for layer in model.decoder.layers:
-            fully_shard(layer, mesh=mesh, reshard_after_forward=False)
-        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+            fully_shard(layer, **shard)
+        fully_shard(model, **shard)
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, process_group=group, device_ids=device_ids)
+    ddp = DistributedDataParallel(model, process_group=group, device_ids=device_ids)
+    if grad_reduce_in_bf16:
+        ddp.register_comm_hook(group, allreduce_in_bf16)
+    return ddp
+
+
+def allreduce_in_bf16(group, bucket):  # unannotated: DDP checks hook annotations as objects, these are str
+    """DDP communication hook: average a gradient bucket over ``group`` in bf16; gradients stay fp32.
+
+    What torch's ``bf16_compress_hook`` does; torch refuses that one (by name) outside NCCL/XCCL. Takes a
+    ``dist.ProcessGroup`` and a ``dist.GradBucket``, returns a ``Future`` of the averaged bucket.
+    """
+    grads = bucket.buffer()  # fp32, flat
+    wire = grads.to(torch.bfloat16).div_(group.size())
+
+    def unpack(fut: torch.futures.Future) -> torch.Tensor:
+        return grads.copy_(fut.value()[0])
+
+    return dist.all_reduce(wire, group=group, async_op=True).get_future().then(unpack)
+
+
+def autocast_for(device: torch.device, *, bf16: bool, distributed_optimizer: bool):
+    """The context forward and backward run under: autocast to bf16 for ``--bf16`` with DDP, else none.
+
+    Under FSDP2 the ``MixedPrecisionPolicy`` hands the layers bf16 parameters, so nothing is autocast.
+    """
+    if not bf16 or distributed_optimizer:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -139,6 +191,29 @@ _CKPT_PREFIX = "_checkpoint_wrapped_module."  # inserted into names by full reco
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def reduce_sequence_parallel_grads(
+    raw_model: torch.nn.Module, sp_names: set[str], dims: ParallelDims
+) -> None:
+    """Sum the gradients of ``sp_names`` over the TP group (in one flat all-reduce), once per step.
+
+    Megatron's own DDP does this in ``finalize_model_grads``; torch's DDP and FSDP2 know nothing of TP. TP
+    peers hold the same FSDP2 shard of each such parameter, so local shards are summed.
+    """
+    if not sp_names or dims.tp == 1:
+        return
+    grads = [
+        _local(p.grad)
+        for name, p in raw_model.named_parameters()
+        if p.grad is not None and name.replace(_CKPT_PREFIX, "") in sp_names
+    ]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for every norm weight
+    dist.all_reduce(flat, group=ps.get_tensor_model_parallel_group())
+    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(summed.view_as(g))
 
 
 def clip_grad_norm_(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
 from megatron_anchor.training.megatron_flags import check_restated
@@ -44,6 +46,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     )
     _validate_batch(args)
     _validate_schedule(args)
+    _validate_precision_and_sequence_parallel(args)
     _validate_data(args)
     _validate_logging(args)
     _validate_recompute(args)
@@ -209,3 +212,21 @@ def _validate_recompute(args: argparse.Namespace) -> None:
         f"--recompute-num-layers {n}: uniform recompute checkpoints every layer here (use 1, or block)",
     )
     args.recompute_num_layers = None  # every layer
+
+
+def _validate_precision_and_sequence_parallel(args: argparse.Namespace) -> None:
+    _require(
+        args.bf16 or not args.grad_reduce_in_bf16,
+        "--grad-reduce-in-bf16 applies to --bf16 training; without --bf16 gradients are fp32 and reduced so",
+    )
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    if args.sequence_parallel and tp == 1:
+        # As Megatron: SP without TP is switched off with a notice (nothing to shard over).
+        if os.environ.get("RANK", "0") == "0":
+            print("notice: --sequence-parallel disabled: --tensor-model-parallel-size is 1", file=sys.stderr)
+        args.sequence_parallel = False
+    _require(
+        not args.sequence_parallel or (args.seq_length // cp) % tp == 0,
+        f"--sequence-parallel: each CP rank's {args.seq_length // cp} tokens (--seq-length / "
+        f"--context-parallel-size) must divide by --tensor-model-parallel-size {tp}",
+    )
