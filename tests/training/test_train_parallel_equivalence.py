@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from train_harness import TINY, assert_losses_close, reference_run, run_pretrain, step_losses
+
+from megatron_anchor.parallel.cp_layout import batch_cp_index
+from megatron_anchor.training.batches import MockPackedDataset
 
 
 def test_reference_run_trains():
@@ -22,10 +26,20 @@ def _assert_matches_reference(records: list[dict]) -> None:
     assert_losses_close(step_losses(records, "grad_norm"), grad_norms, rel=1e-4)
 
 
-@pytest.mark.parametrize("cp", [2, 4])
-def test_context_parallel_equals_single_process(tmp_path, cp):
-    records, _ = run_pretrain(cp, [*TINY, "--context-parallel-size", str(cp)], tmp_path)
+@pytest.mark.parametrize("cp,layout", [(2, "balanced"), (4, "balanced"), (2, "megatron")])
+def test_context_parallel_equals_single_process(tmp_path, cp, layout):
+    flags = [*TINY, "--context-parallel-size", str(cp), "--cp-layout", layout]
+    records, _ = run_pretrain(cp, flags, tmp_path)
     _assert_matches_reference(records)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_the_balanced_layout_is_not_megatron_cores_on_these_samples(cp):
+    """The CP tests above would prove nothing new if the balanced layout coincided with megatron-core's."""
+    dataset = MockPackedDataset(64, 256, 4, seed=7)
+    doc_ids = torch.stack([dataset[i]["doc_ids"] for i in range(4)])
+    balanced = batch_cp_index(doc_ids, cp, "balanced", "anchor")
+    assert not torch.equal(balanced, batch_cp_index(doc_ids, cp, "megatron", "anchor"))
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "distributed-optimizer"])
