@@ -22,7 +22,7 @@ from megatron_anchor.rope.apply import (
     rotate_fp32,
     te_rope_available,
 )
-from megatron_anchor.rope.args import add_rope_args, parse_rope_scaling, rope_scaling_from_args
+from megatron_anchor.rope.args import ROPE_DEFAULTS, add_rope_args, parse_rope_scaling, rope_scaling_from_args
 from megatron_anchor.rope.dprope import (
     DPROPE_EPS,
     angle_distribution,
@@ -36,6 +36,7 @@ from megatron_anchor.rope.scaling import ROPE_TYPES, RopeScaling
 __all__ = [
     "BACKEND_ENV",
     "DPROPE_EPS",
+    "ROPE_DEFAULTS",
     "ROPE_TYPES",
     "RopeScaling",
     "add_rope_args",

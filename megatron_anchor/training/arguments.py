@@ -7,33 +7,13 @@ import importlib.util
 import json
 import math
 
-from megatron_anchor.attention import ATTENTION_MODES
 from megatron_anchor.data import POSITION_MODES
-from megatron_anchor.rope import add_rope_args
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model-shape flags (Megatron's names), shared by the trainer and the evaluation tools."""
-    g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, required=True)
-    g.add_argument("--hidden-size", type=int, required=True)
-    g.add_argument(
-        "--ffn-hidden-size", type=int, default=None, help="default: 4 x hidden (Megatron's default)"
-    )
-    g.add_argument("--num-attention-heads", type=int, required=True)
-    g.add_argument("--num-query-groups", type=int, default=None, help="key/value heads (GQA)")
-    g.add_argument("--add-qkv-bias", action="store_true", help="Qwen2-style bias on the qkv projection")
-    g.add_argument(
-        "--share-embeddings-and-output-weights",
-        dest="untie_embeddings_and_output_weights",
-        action="store_false",
-        help="tie input and output embeddings (untied by default, as in Llama)",
-    )
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--attention-mode", choices=ATTENTION_MODES, default="anchor")
-    g.add_argument("--recompute-granularity", choices=("full", "selective"), default=None)
+from megatron_anchor.training.checkpoint_args import (
+    add_checkpoint_args,
+    check_resume_and_save,
+    resolve_model_config,
+)
+from megatron_anchor.training.model_args import add_model_args
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -102,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m megatron_anchor.pretrain",
         description="AnchorAttention long-context pretraining on megatron-core",
     )
-    for add in (add_model_args, add_rope_args, _data_args, _train_args, _parallel_args, _io_args):
+    for add in (add_model_args, _data_args, _train_args, _parallel_args, _io_args, add_checkpoint_args):
         add(p)
     return p
 
@@ -113,7 +93,9 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check the flags against each other and the world size; fill derived values. Raises ValueError."""
+    """Check the flags against each other, the world size and the ``--load`` checkpoint's metadata; fill
+    derived values and the model flags left out (from the checkpoint). Raises ValueError. Reads only
+    files (``meta.json``, a probe file under ``--save``), so ``--dry-run`` runs every check."""
     tp, cp, pp = (
         args.tensor_model_parallel_size,
         args.context_parallel_size,
@@ -127,20 +109,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     )
     args.data_parallel_size = world_size // (tp * cp)
     args.world_size = world_size
-    heads = args.num_attention_heads
-    args.num_query_groups = args.num_query_groups or heads
-    _require(
-        args.hidden_size % heads == 0, f"--hidden-size {args.hidden_size} not divisible by heads {heads}"
-    )
-    _require(heads % tp == 0, f"--num-attention-heads {heads} not divisible by TP size {tp}")
-    _require(
-        heads % args.num_query_groups == 0,
-        f"--num-attention-heads {heads} not divisible by --num-query-groups {args.num_query_groups}",
-    )
-    _require(
-        args.num_query_groups % tp == 0,
-        f"--num-query-groups {args.num_query_groups} not divisible by TP size {tp}",
-    )
+    notes = resolve_model_config(args, tp)  # --load's recorded model fills the flags left out
     s = args.seq_length
     _require(s > 0, "--seq-length must be positive")
     _require(
@@ -166,8 +135,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         args.tensorboard_dir is None or importlib.util.find_spec("tensorboard") is not None,
         "--tensorboard-dir needs the tensorboard package (pip install tensorboard)",
     )
-    if args.ffn_hidden_size is None:
-        args.ffn_hidden_size = 4 * args.hidden_size
+    args.checkpoint_notes = notes + check_resume_and_save(args)
     return args
 
 

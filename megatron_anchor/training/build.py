@@ -15,14 +15,18 @@ from megatron_anchor.training.metrics import dense_params_per_token
 from megatron_anchor.training.parallel import ParallelDims
 
 
-def resolve_vocab_size(args: argparse.Namespace) -> int:
-    """The tokenizer's vocabulary size (or ``--vocab-size``), padded as Megatron does."""
+def tokenizer_vocab_size(args: argparse.Namespace) -> int:
+    """The tokenizer's vocabulary size, or ``--vocab-size`` without a tokenizer (unpadded)."""
     if args.tokenizer_model is not None:
         from megatron_anchor.data import build_tokenizer
 
-        vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
-    else:
-        vocab = args.vocab_size
+        return build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
+    return args.vocab_size
+
+
+def resolve_vocab_size(args: argparse.Namespace, vocab: int | None = None) -> int:
+    """The vocabulary size (``vocab``, else the tokenizer's or ``--vocab-size``), padded as Megatron does."""
+    vocab = tokenizer_vocab_size(args) if vocab is None else vocab
     return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
 
 

@@ -20,8 +20,10 @@ from megatron_anchor.training.build import (
     build_optimizer,
     model_dense_params,
     resolve_vocab_size,
+    tokenizer_vocab_size,
 )
-from megatron_anchor.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
+from megatron_anchor.training.exit_conditions import ExitConditions
 from megatron_anchor.training.metrics import StepLogger, peak_memory_gib, step_flops, visible_pairs
 from megatron_anchor.training.parallel import (
     ParallelDims,
@@ -47,14 +49,19 @@ class Run:
     tp_names: set[str]
     data: Datasets
     dense_params: int
+    meta: dict
+    """The ``meta.json`` of this run's checkpoints (``run_meta``)."""
+    exits: ExitConditions
     start_step: int = 0
 
 
 def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
-    """Model, wrapping, optimizer, data; then resume from ``--load`` if a checkpoint is there."""
+    """Model, wrapping, optimizer, data; then the ``--load`` checkpoint (resolved by ``validate_args``)."""
+    exits = ExitConditions(args)
+    exits.install()  # a SIGTERM during set-up is acted on after the first step
     device = device_for_rank()
-    vocab = resolve_vocab_size(args)
-    cfg = build_model_config(args, vocab)
+    vocab = tokenizer_vocab_size(args)
+    cfg = build_model_config(args, resolve_vocab_size(args, vocab))
     raw = build_model(cfg, dims, device, args.seed)
     tp_names = tensor_parallel_param_names(raw)
     model = parallelize(
@@ -71,19 +78,39 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
         model,
         build_optimizer(model, args),
         tp_names,
-        build_datasets(args, vocab),
+        build_datasets(args, cfg.vocab_size),
         model_dense_params(cfg),
+        run_meta(args, cfg, vocab, dims),
+        exits,
     )
-    path = find_checkpoint(args.load) if args.load else None
-    if path is not None:
-        meta = load_checkpoint(path, model, run.optimizer, dims)
-        run.start_step = meta["step"]
-        if dims.rank == 0:
-            rng = "restored" if meta["rng_restored"] else "from --seed (other world size, or weights only)"
-            print(f"resumed from {path} at step {run.start_step}; RNG {rng}", flush=True)
-    elif args.load and dims.rank == 0:
-        print(f"no checkpoint under --load {args.load}; starting from scratch", flush=True)
+    if dims.rank == 0:
+        for note in args.checkpoint_notes:
+            print(f"note: {note}", flush=True)
+    if args.load_checkpoint is not None:
+        _resume(run, args.load_checkpoint)
     return run
+
+
+def _resume(run: Run, path: str) -> None:
+    args = run.args
+    meta = load_checkpoint(
+        path,
+        run.model,
+        run.optimizer,
+        run.dims,
+        load_optim=not (args.finetune or args.no_load_optim),
+        load_rng=not (args.finetune or args.no_load_rng),
+    )
+    run.start_step = 0 if args.finetune else meta["step"]
+    if run.dims.rank == 0:
+        what = "model weights only (--finetune)" if args.finetune else "model and optimizer"
+        if meta.get("weights_only"):
+            what = "model weights (a weights-only checkpoint)"
+        elif args.no_load_optim and not args.finetune:
+            what = "model only (--no-load-optim)"
+        rng = "restored" if meta["rng_restored"] else "from --seed"
+        unverified = "" if "files" in meta else "; files not verified (no checksums recorded)"
+        print(f"resumed from {path} at step {run.start_step}: {what}; RNG {rng}{unverified}", flush=True)
 
 
 def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
@@ -176,13 +203,28 @@ def evaluate(run: Run) -> float:
 
 
 def _save(run: Run, step: int, logger: StepLogger) -> None:
-    meta = {"consumed_samples": step * run.args.global_batch_size, "seq_length": run.args.seq_length}
-    path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, meta)
+    path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, run.meta)
     logger.log({"step": step, "saved": path})
 
 
+def _save_due(args: argparse.Namespace, done: int) -> bool:
+    periodic = bool(args.save_interval) and done % args.save_interval == 0
+    return bool(args.save) and (periodic or done == args.train_iters)
+
+
+def _exit_now(run: Run, done: int, logger: StepLogger) -> bool:
+    """After step ``done``: on an exit condition, save (unless just saved), log why, and say stop."""
+    reason = run.exits.reason(done, run.device) if done < run.args.train_iters else None
+    if reason is None:
+        return False
+    if run.args.save and not _save_due(run.args, done):
+        _save(run, done, logger)
+    logger.log({"step": done, "exit": reason})
+    return True
+
+
 def train(run: Run) -> list[float]:
-    """Run from ``run.start_step`` to ``--train-iters``; returns this run's per-step losses."""
+    """Run from ``run.start_step`` to ``--train-iters`` or an exit condition; returns the per-step losses."""
     args, dims = run.args, run.dims
     logger = StepLogger(dims.rank == 0, args.log_jsonl, args.tensorboard_dir)
     tokens_per_step = args.global_batch_size * args.seq_length
@@ -218,9 +260,10 @@ def train(run: Run) -> list[float]:
             and (done % args.eval_interval == 0 or done == args.train_iters)
         ):
             logger.log({"step": done, "eval_loss": evaluate(run)})
-        if args.save and (
-            (args.save_interval and done % args.save_interval == 0) or done == args.train_iters
-        ):
+        if _save_due(args, done):
             _save(run, done, logger)
+        if _exit_now(run, done, logger):
+            break
+    run.exits.uninstall()
     logger.close()
     return losses

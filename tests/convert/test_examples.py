@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from megatron_anchor.checkpoint import checkpoint_meta, write_meta
 from megatron_anchor.convert.hf_config import model_meta, rope_meta, trainer_flags
 from megatron_anchor.convert.hf_mapping import shape_from_hf_config
 from megatron_anchor.model import pad_vocab_size
-from megatron_anchor.training import build_parser
+from megatron_anchor.training import build_parser, validate_args
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -80,9 +81,42 @@ def test_script_parses(script: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _converted(tmp_path: Path, hf_config: dict, base: float, tp: int) -> dict[str, str]:
+    """The metadata of ``hf_config`` converted at TP ``tp`` with RoPE base ``base`` (what the dry run
+    reads), and the CKPT/SAVE environment of the example scripts pointing at it."""
+    padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
+    record = {
+        "model": model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128),
+        "rope": rope_meta(base, None, 1.0),
+    }
+    meta = checkpoint_meta(
+        step=0,
+        consumed_samples=0,
+        record=record,
+        tokenizer=None,
+        schedule=None,
+        sizes={"tp": tp, "cp": 1, "dp": 1, "world": tp},
+        weights_only=True,
+    )
+    ckpt = tmp_path / "converted"
+    (ckpt / "iter_0000000").mkdir(parents=True)
+    write_meta(str(ckpt / "iter_0000000"), meta)
+    (ckpt / "latest").write_text("iter_0000000\n")
+    return {"CKPT": str(ckpt), "SAVE": str(tmp_path / "run")}
+
+
 @pytest.mark.parametrize("script,nodes,hf_config,expected", RUNS)
-def test_launch_flags_pass_the_trainer_dry_run(script: str, nodes: int, hf_config: dict, expected) -> None:
-    proc = _run(["bash", f"examples/{script}"], {"DRY_RUN": "1", "NNODES": str(nodes), "GPUS_PER_NODE": "8"})
+def test_launch_flags_pass_the_trainer_dry_run(
+    script: str, nodes: int, hf_config: dict, expected, tmp_path: Path
+) -> None:
+    """The dry run checks the script's flags against the converted checkpoint's recorded model."""
+    env = {
+        "DRY_RUN": "1",
+        "NNODES": str(nodes),
+        "GPUS_PER_NODE": "8",
+        **_converted(tmp_path, hf_config, *expected[1:3]),
+    }
+    proc = _run(["bash", f"examples/{script}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads(proc.stdout)
     seq, base, tp, cp = expected
@@ -94,11 +128,8 @@ def test_launch_flags_pass_the_trainer_dry_run(script: str, nodes: int, hf_confi
     # The model flags are the ones the converter prints for this model (with the run's RoPE base).
     padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
     meta = model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128)
-    converted = vars(
-        build_parser().parse_args(
-            trainer_flags(meta, rope_meta(base, None, 1.0), tp) + ["--seq-length", "1", "--train-iters", "1"]
-        )
-    )
+    flags = trainer_flags(meta, rope_meta(base, None, 1.0), tp) + ["--seq-length", "1", "--train-iters", "1"]
+    converted = vars(validate_args(build_parser().parse_args([*flags, "--mock-data"]), nodes * 8))
     for field in SHAPE_FIELDS:
         assert config[field] == converted[field], field
 
@@ -116,6 +147,7 @@ def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path) -> None:
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_NODELIST": "gpu-[a-b]",
         "DRY_RUN": "1",
+        **_converted(tmp_path, LLAMA3_8B, 1e7, 2),
     }
     script = ["bash", "examples/slurm_train.sbatch", "examples/llama3_8b_128k.sh", "--train-iters", "70"]
     proc = _run(script, env)
