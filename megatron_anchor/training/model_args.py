@@ -91,8 +91,8 @@ def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> l
     recorded = {**meta.get("model", {}), **meta.get("rope", {})}
     taken, changed = [], []
     for key in (*SHAPE_KEYS, *CHANGEABLE_KEYS, "init_method_std", "make_vocab_size_divisible_by"):
-        if recorded.get(key) is None:
-            continue
+        if key not in recorded or (recorded[key] is None and key != "rope_scaling"):
+            continue  # not recorded (rope_scaling None is: no scaling)
         want = recorded[key]
         if key == "rope_scaling":
             is_given, given = _given_scaling(args)
@@ -100,8 +100,9 @@ def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> l
             given = getattr(args, key)
             is_given = given is not None
         if not is_given:
-            setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
-            taken.append(f"{_flag(key)} {want}")
+            if want is not None:
+                setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
+                taken.append(f"{_flag(key)} {want}")
         elif not _same(key, given, want):
             if key not in CHANGEABLE_KEYS:
                 raise ValueError(

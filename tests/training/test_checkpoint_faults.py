@@ -35,13 +35,18 @@ def _copy_reference(tmp_path: Path) -> Path:
     return copy
 
 
+def _zero_middle_page(data: bytearray) -> None:
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 4096] = bytes(4096)
+
+
 @pytest.mark.parametrize("damage", ["zeroed page", "random bytes", "truncated"])
 def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, damage):
     ckpt = _copy_reference(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     if damage == "zeroed page":
-        data[8192 : 8192 + 4096] = bytes(4096)
+        _zero_middle_page(data)
     elif damage == "random bytes":
         data[5000:5016] = os.urandom(16)
     else:
@@ -60,7 +65,7 @@ def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
     ckpt = _copy_reference(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
-    data[8192 : 8192 + 4096] = bytes(4096)  # 1,024 fp32 values silently zero without checksums
+    _zero_middle_page(data)  # 1,024 fp32 values inside a tensor: loaded silently without checksums
     shard.write_bytes(bytes(data))
     flags = [*TINY, "--train-iters", "8", *SAME_SCHEDULE, "--load", str(ckpt)]
     records, proc = run_pretrain(1, flags, tmp_path, expect_fail=True)
