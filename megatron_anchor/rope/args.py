@@ -16,7 +16,10 @@ def add_rope_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     and --rope-scaling to ``parser``."""
     group = parser.add_argument_group("rope")
     group.add_argument(
-        "--rotary-base", type=float, default=ROPE_DEFAULTS["rotary_base"], help="RoPE base (ABF: raise it)."
+        "--rotary-base",
+        type=float,
+        default=ROPE_DEFAULTS["rotary_base"],
+        help="RoPE base (ABF: raise it); default 10000.",
     )
     group.add_argument(
         "--rotary-percent",

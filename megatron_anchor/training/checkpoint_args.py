@@ -50,7 +50,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="a collective that waits longer (a stalled or dead rank) ends the job with an error; "
-        "fractions allowed (0.1 = 6 s)",
+        "fractions allowed (0.1 = 6 s); default 10 (Megatron's)",
     )
     g.add_argument(
         "--exit-signal-handler",
