@@ -18,6 +18,11 @@ Add ``--dry-run`` (no torchrun needed; ``WORLD_SIZE`` sets the world size) to ch
 data and output paths and print the resolved configuration.
 
 Only the flag parser is imported up front, so ``--help`` and flag errors come back at once.
+
+Resuming: ``--load DIR --save DIR`` (the same directory) starts from scratch the first time and resumes
+from ``DIR/latest`` afterwards; model flags left out are taken from the checkpoint. Preemption:
+``--exit-signal-handler`` saves after the step in flight on SIGTERM and exits 0 (see
+``megatron_anchor.training.exit_conditions`` for torchrun under a scheduler).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import sys
 import time
 
+from megatron_anchor.checkpoint.layout import CheckpointError
 from megatron_anchor.training.arguments import format_config, parse_args
 
 
@@ -85,7 +91,9 @@ def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[f
     from megatron_anchor.training.startup import write_config
     from megatron_anchor.training.summary import startup_summary
 
-    dims = init_distributed(args.tensor_model_parallel_size, args.context_parallel_size)
+    dims = init_distributed(
+        args.tensor_model_parallel_size, args.context_parallel_size, args.distributed_timeout_minutes
+    )
     try:
         config_path = write_config(args) if dims.rank == 0 else None
         run = build_run(args, dims)
@@ -97,9 +105,35 @@ def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[f
     return losses
 
 
+# gloo reports timeouts and lost peers as plain RuntimeErrors; NCCL as DistBackendError.
+_PEER_ERRORS = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer")
+
+
+def _lost_peer(err: RuntimeError) -> bool:
+    import torch.distributed as dist  # loaded by then: the error came from a collective
+
+    return isinstance(err, dist.DistBackendError) or any(s in str(err) for s in _PEER_ERRORS)
+
+
+def _fail(message: str, every_rank: bool = True) -> None:
+    rank = os.environ.get("RANK", "0")
+    if every_rank or rank == "0":
+        print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     try:
         main()
-    except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    except FloatingPointError as err:  # one line naming the step and the ranks
+        _fail(str(err))
+    except CheckpointError as err:  # the ranks agree on it: rank 0 says it, naming the file
+        _fail(str(err), every_rank=False)
+    except RuntimeError as err:
+        if not _lost_peer(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        _fail(
+            f"a collective failed (a rank stalled, died or lost its connection; the limit is "
+            f"--distributed-timeout-minutes): {first}"
+        )

@@ -6,7 +6,7 @@ Random initialisation from the model flags, or trained/converted weights with ``
         --vocab-size 32000 --seq-length 1024 --max-length 8192 --out-dir out/deviation
 
     python tools/bf16_rope_deviation.py --load ckpt/ --tokenizer-type SentencePieceTokenizer \\
-        --tokenizer-model tok.model --text-file book.txt [model flags as trained] ...
+        --tokenizer-model tok.model --text-file book.txt ...   # model flags read from the checkpoint
 
 Prints the delta1 sweep (D against delta2 = 16) and the first-token deviation D_first as T grows, for
 bf16 with this project's fp32 RoPE, bf16 with megatron-core's unfused RoPE, and fp32, in ``causal`` and

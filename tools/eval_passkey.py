@@ -1,12 +1,10 @@
 """Passkey retrieval over a grid of context lengths and needle depths, on a megatron_anchor model.
 
-A trained checkpoint (the trainer's ``--save`` directory) or a converted Hugging Face one, with the model
-flags it was trained or converted with::
+A trained checkpoint (the trainer's ``--save`` directory) or a converted Hugging Face one; the model flags
+are read from its metadata (give one only to change it, e.g. ``--rotary-base``)::
 
     python tools/eval_passkey.py --load ckpt/ --tokenizer-type HuggingFaceTokenizer \\
-        --tokenizer-model hf_dir --num-layers 32 --hidden-size 4096 --num-attention-heads 32 \\
-        --ffn-hidden-size 11008 --rotary-base 5e6 --bf16 --lengths 4096,16384,65536 \\
-        --depths 0,0.25,0.5,0.75,1 --num-trials 5
+        --tokenizer-model hf_dir --bf16 --lengths 4096,16384,65536 --depths 0,0.25,0.5,0.75,1 --num-trials 5
 
 Long lengths with context parallelism (the prompt is sharded in the load-balanced layout)::
 

@@ -1,25 +1,40 @@
 """Weights-only megatron_anchor checkpoints: written tensor by tensor, read rule by rule, loaded into a model.
 
-The layout is the trainer's (``training/checkpoint.py``): ``DIR/iter_0000000/`` holding a DCP checkpoint of
-``{"tp{r}": {"model": state}}`` and ``meta.json``, and ``DIR/latest`` naming it. ``meta["weights_only"]``
-marks that there is no optimizer or RNG state: a run starts from it at step 0 (Megatron's ``--finetune``).
+The layout and metadata are the trainer's (``megatron_anchor.checkpoint``): ``DIR/iter_0000000/`` holding a
+DCP checkpoint of ``{"tp{r}": {"model": state}}`` and ``meta.json``, and ``DIR/latest`` naming it.
+``meta["weights_only"]`` marks that there is no optimizer or RNG state: a run starts from it at step 0.
+``load_model_weights`` is the one loader of model weights (trainer resume, conversions, evaluation).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner, FileSystemReader
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 
+from megatron_anchor.checkpoint import (
+    TMP_SUFFIX,
+    CheckpointError,
+    checkpoint_files,
+    commit_checkpoint,
+    describe_files,
+    iter_dir_name,
+    read_meta,
+    remove_stale_tmp,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_meta,
+)
 from megatron_anchor.convert.hf_mapping import TE_RENAMES, te_name
 
-LATEST = "latest"
 EXTRA_STATE = "._extra_state"
 
 
@@ -67,39 +82,20 @@ def write_weights_checkpoint(
             cache[name] = produce_shards(name)
         return cache[name][int(rank_part[2:])].contiguous()
 
-    final = os.path.join(save_dir, "iter_0000000")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = os.path.join(save_dir, iter_dir_name(0))
+    tmp = final + TMP_SUFFIX
+    remove_stale_tmp(save_dir)
     os.makedirs(tmp)
     # DCP's writer keeps every tensor of a file until the file is finished: a file per tensor keeps one
     # in memory. One thread and no copy-ahead write the items in state-dict order (the copy-ahead loader,
     # used when CUDA is present, sorts them by size), so a name's TP shards follow one another in the cache.
     writer = dcp.FileSystemWriter(tmp, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
     dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
     if finalize is not None:
         finalize(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    with open(os.path.join(save_dir, LATEST + ".tmp"), "w") as f:
-        f.write(os.path.basename(final) + "\n")
-    os.replace(os.path.join(save_dir, LATEST + ".tmp"), os.path.join(save_dir, LATEST))
+    write_meta(tmp, dict(meta, files=describe_files(tmp, checkpoint_files(tmp))))
+    commit_checkpoint(tmp, final)
     return final
-
-
-def resolve_checkpoint(path: str) -> str:
-    """``path`` itself when it holds ``meta.json``, else the checkpoint its ``latest`` file names."""
-    if os.path.isfile(os.path.join(path, "meta.json")):
-        return path
-    pointer = os.path.join(path, LATEST)
-    if not os.path.isfile(pointer):
-        raise FileNotFoundError(f"{path} holds neither meta.json nor a '{LATEST}' file")
-    with open(pointer) as f:
-        found = os.path.join(path, f.read().strip())
-    if not os.path.isfile(os.path.join(found, "meta.json")):
-        raise FileNotFoundError(f"{pointer} names {found}, which is not a complete checkpoint")
-    return found
 
 
 class CheckpointReader:
@@ -107,10 +103,17 @@ class CheckpointReader:
 
     def __init__(self, path: str) -> None:
         self.path = resolve_checkpoint(path)
-        with open(os.path.join(self.path, "meta.json")) as f:
-            self.meta = json.load(f)
+        self.meta = read_meta(self.path)
         self.tp = int(self.meta["tp"])
         self._items = FileSystemReader(self.path).read_metadata().state_dict_metadata
+
+    def verify(self) -> None:
+        """Check every file's size and checksum against the metadata (CheckpointError naming the file)."""
+        verify_checkpoint(self.path, self.meta)
+
+    def check_names(self, names: list[str]) -> None:
+        """CheckpointError if the checkpoint holds model tensors other than ``names`` (local-spec names)."""
+        _check_no_extra(self.path, _stored_names(self._items, 0), {self.stored_name(n) for n in names})
 
     def stored_name(self, name: str) -> str:
         """The name under which local-spec tensor ``name`` is stored (its TE name in a TE-trained run)."""
@@ -134,26 +137,37 @@ class CheckpointReader:
         return [state[_key(r, stored)] for r in range(self.tp)]
 
 
+def _stored_names(items, tp_rank: int) -> set[str]:
+    prefix = f"tp{tp_rank}.model."
+    return {k[len(prefix):] for k in items if k.startswith(prefix)}
+
+
+def _check_no_extra(path: str, stored: set[str], wanted: set[str]) -> None:
+    extra = sorted(stored - wanted)
+    if extra:
+        raise CheckpointError(
+            f"checkpoint {path} holds {len(extra)} tensor(s) this model does not have, e.g. {extra[0]!r}: "
+            f"it was written for another model shape (check --num-layers and the other model flags)"
+        )
+
+
 def load_model_weights(path: str, model: torch.nn.Module, tp_rank: int) -> dict:
     """Load only the model weights of checkpoint ``path`` into ``model`` (plain, DDP or FSDP2); returns meta.
 
-    Collective when torch.distributed is initialised. ``_extra_state`` entries (FP8 metadata of TE layers)
-    are not weights and are left as they are; the norms are found under either spec's name; any other
-    tensor the checkpoint lacks is an error.
+    Collective when torch.distributed is initialised. Every model tensor must be in the checkpoint and
+    every checkpoint tensor in the model (CheckpointError otherwise); ``_extra_state`` entries (FP8
+    metadata of TE layers, ``None`` without FP8) are not weights and are left as they are; the norms are
+    found under either spec's name. Checksums are the caller's to verify (``verify_checkpoint``).
     """
     path = resolve_checkpoint(path)
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    stored = {k.split(".", 2)[2] for k in FileSystemReader(path).read_metadata().state_dict_metadata
-              if k.startswith(f"tp{tp_rank}.model.")}
-    msd = get_model_state_dict(model)
-    state = {}
-    for name, value in msd.items():
-        if name.endswith(EXTRA_STATE):
-            continue
-        state[_stored_as(name, stored, path)] = value
+    meta = read_meta(path)
+    stored = _stored_names(FileSystemReader(path).read_metadata().state_dict_metadata, tp_rank)
+    msd = {k: v for k, v in get_model_state_dict(model).items() if not k.endswith(EXTRA_STATE)}
+    state = {_stored_as(name, stored, path): value for name, value in msd.items()}
+    _check_no_extra(path, stored, set(state))
     dcp.load({f"tp{tp_rank}": {"model": state}}, checkpoint_id=path, planner=DefaultLoadPlanner())
-    set_model_state_dict(model, msd)
+    # Not strict: the _extra_state entries are absent on purpose (every other name was checked above).
+    set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
     return meta
 
 
@@ -164,4 +178,4 @@ def _stored_as(name: str, stored: set[str], path: str) -> str:
         for a, b in ((te, local), (local, te)):
             if name.endswith(a) and name[: -len(a)] + b in stored:
                 return name[: -len(a)] + b
-    raise KeyError(f"model tensor {name!r} is missing from checkpoint {path}")
+    raise CheckpointError(f"model tensor {name!r} is missing from checkpoint {path}")

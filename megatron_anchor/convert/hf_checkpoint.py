@@ -16,12 +16,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_anchor.convert.checkpoint import (
-    LATEST,
-    CheckpointReader,
-    resolve_checkpoint,
-    write_weights_checkpoint,
-)
+from megatron_anchor.checkpoint import LATEST, checkpoint_meta, resolve_checkpoint, tokenizer_identity
+from megatron_anchor.convert.checkpoint import CheckpointReader, write_weights_checkpoint
 from megatron_anchor.convert.hf_config import (
     check_supported,
     export_hf_config,
@@ -113,16 +109,16 @@ def import_hf_checkpoint(hf_dir: str, save_dir: str, tp: int = 1, *, make_vocab_
 def _import_meta(hf_dir: str, config: dict, shape: ModelShape, tp: int, divisible_by: int, dtype: str,
                  rope: RopeOverride | None) -> dict:
     base, scaling, percent = rope_from_hf(config)
-    return {
-        "step": 0, "consumed_samples": 0, "tp": tp, "cp": 1, "dp": 1, "world": tp,
-        "weights_only": True,
-        "converted_from": os.path.abspath(hf_dir),
-        "dtype": dtype,
-        "transformer_impl": "local",
+    record = {
         "model": model_meta(shape, config, divisible_by),
         "rope": (rope or RopeOverride()).apply(rope_meta(base, scaling, percent)),
-        "hf_config": config,
     }
+    return checkpoint_meta(
+        step=0, consumed_samples=0, record=record,
+        tokenizer=tokenizer_identity("HuggingFaceTokenizer", hf_dir, shape.vocab_size), schedule=None,
+        sizes={"tp": tp, "cp": 1, "dp": 1, "world": tp}, weights_only=True,
+        converted_from=os.path.abspath(hf_dir), dtype=dtype, transformer_impl="local", hf_config=config,
+    )
 
 
 def _keep_hf_files(hf_dir: str, config: dict, checkpoint_dir: str) -> None:
@@ -152,21 +148,41 @@ def _source_files(hf_source: str | None) -> tuple[dict | None, str | None, dict 
     return reader.meta, hf_dir if os.path.isdir(hf_dir) else None, reader.meta.get("hf_config")
 
 
-def _export_model_meta(meta: dict, source_meta: dict | None, hf_config: dict | None, padded: int) -> dict:
-    for candidate in (meta, source_meta or {}):
-        if "model" in candidate:
-            return candidate["model"]
-    if hf_config is None:
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                 "vocab_size", "add_qkv_bias", "untie_embeddings_and_output_weights")
+
+
+def _export_model_meta(meta: dict, source_meta: dict | None, source_config: dict | None, padded: int,
+                       hf_source: str | None) -> dict:
+    """The checkpoint's recorded model section, checked against ``--hf-source``'s; the source's when the
+    checkpoint records none (written before the model was recorded)."""
+    source = (source_meta or {}).get("model")
+    if source is None and source_config is not None:
+        source = model_meta(shape_from_hf_config(source_config, padded), source_config, None)
+    own = meta.get("model")
+    if own is None and source is None:
         raise ValueError(
             "the checkpoint does not record its model shape: pass --hf-source (the converted checkpoint "
             "it was trained from, or the original Hugging Face directory)"
         )
-    return model_meta(shape_from_hf_config(hf_config, padded), hf_config, None)
+    if own is not None and source is not None:
+        for key in _SHAPE_FIELDS:
+            mine, theirs = own.get(key), source.get(key)
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"--hf-source {hf_source} has {key} {theirs}, the checkpoint {mine}: "
+                                 f"it is not the model this checkpoint was trained from")
+        return {"architecture": source.get("architecture"), **own}
+    return own or source
 
 
 def _export_rope(meta: dict, rope: RopeOverride | None) -> dict:
     if "rope" in meta:
-        return (rope or RopeOverride()).apply(meta["rope"])
+        out = (rope or RopeOverride()).apply(meta["rope"])
+        old = meta["rope"]
+        changed = [f"{k} {out[k]} (checkpoint: {old.get(k)})" for k in out if out[k] != old.get(k)]
+        if changed:
+            print("note: RoPE changed on purpose: " + "; ".join(changed))
+        return out
     if rope is None or rope.rotary_base is None:
         raise ValueError(
             "the checkpoint does not record its RoPE: pass --rotary-base (and --rope-scaling) "
@@ -181,21 +197,23 @@ def export_hf_checkpoint(load: str, out_dir: str, *, hf_source: str | None = Non
                          max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> list[str]:
     """Write checkpoint ``load`` as a HF directory ``out_dir`` (config, safetensors, tokenizer files)."""
     reader = CheckpointReader(load)
+    reader.verify()
     meta = reader.meta
     source_meta, source_dir, source_config = _source_files(hf_source)
     local_hf = os.path.join(reader.path, HF_SUBDIR)
     source_dir = source_dir or (local_hf if os.path.isdir(local_hf) else None)
     hf_config = meta.get("hf_config") or source_config
     padded = reader.shard_shape("embedding.word_embeddings.weight")[0] * reader.tp
-    model = _export_model_meta(meta, source_meta, hf_config, padded)
+    model = _export_model_meta(meta, source_meta, source_config or meta.get("hf_config"), padded, hf_source)
     shape = shape_from_meta(model)
+    rules = tensor_rules(shape)
+    reader.check_names([rule.mcore for rule in rules])
     rope_section = _export_rope(meta, rope)
     source = hf_config or {}
     out_dtype = dtype or source.get("dtype") or source.get("torch_dtype") or meta.get("dtype") or "bfloat16"
     target = _dtype(out_dtype)
     start = time.perf_counter()
     writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes)
-    rules = tensor_rules(shape)
     for rule in tqdm(rules, desc="export", unit="tensor", disable=not progress):
         full = merge_from_tp(rule.mcore, reader.shards(rule.mcore), shape)
         try:

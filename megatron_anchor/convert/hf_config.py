@@ -13,6 +13,8 @@ import shlex
 import warnings
 
 from megatron_anchor.convert.hf_mapping import ModelShape, shape_from_hf_config
+from megatron_anchor.model import AnchorGPTConfig
+from megatron_anchor.model.config_record import config_record, rope_record
 from megatron_anchor.rope import RopeScaling
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -56,38 +58,45 @@ def rope_from_hf(config: dict) -> tuple[float, RopeScaling | None, float]:
 
 
 def model_meta(shape: ModelShape, config: dict, make_vocab_size_divisible_by: int | None) -> dict:
-    """The ``meta["model"]`` section: trainer flag names (dest form) -> values."""
+    """The ``meta["model"]`` section (``config_record``'s keys, with attention mode ``causal``: how the
+    source model was trained) plus the source's architecture and context length."""
+    cfg = AnchorGPTConfig(
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size,
+        num_attention_heads=shape.num_heads,
+        vocab_size=shape.padded_vocab_size,
+        seq_length=config.get("max_position_embeddings") or 0,
+        num_query_groups=shape.num_kv_heads,
+        attention_mode="causal",
+        add_qkv_bias=shape.qkv_bias,
+        untie_embeddings=not shape.tie_embeddings,
+        init_method_std=float(config.get("initializer_range", 0.02)),
+        norm_epsilon=float(config.get("rms_norm_eps", 1e-5)),
+    )
+    record = config_record(
+        cfg, vocab_size=shape.vocab_size, make_vocab_size_divisible_by=make_vocab_size_divisible_by
+    )
     return {
         "architecture": shape.architecture,
-        "num_layers": shape.num_layers,
-        "hidden_size": shape.hidden_size,
-        "ffn_hidden_size": shape.ffn_hidden_size,
-        "num_attention_heads": shape.num_heads,
-        "num_query_groups": shape.num_kv_heads,
-        "vocab_size": shape.vocab_size,
-        "padded_vocab_size": shape.padded_vocab_size,
-        "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
-        "norm_epsilon": float(config.get("rms_norm_eps", 1e-5)),
-        "add_qkv_bias": shape.qkv_bias,
-        "untie_embeddings_and_output_weights": not shape.tie_embeddings,
+        **record["model"],
         "max_position_embeddings": config.get("max_position_embeddings"),
     }
 
 
 def rope_meta(base: float, scaling: RopeScaling | None, percent: float) -> dict:
-    """The ``meta["rope"]`` section."""
-    return {
-        "rotary_base": base,
-        "rotary_percent": percent,
-        "rope_scaling": None if scaling is None else scaling.to_dict(),
-    }
+    """The ``meta["rope"]`` section (Hugging Face models rotate halves, not interleaved pairs)."""
+    return rope_record(base, percent, False, scaling)
 
 
 def shape_from_meta(model: dict) -> ModelShape:
     """A ModelShape from a ``meta["model"]`` section."""
     heads = model["num_attention_heads"]
+    # A model trained from scratch has no source architecture: Qwen2's is the one with a qkv bias.
+    inferred = "Qwen2ForCausalLM" if model["add_qkv_bias"] else "LlamaForCausalLM"
+    architecture = model.get("architecture") or inferred
     return ModelShape(
-        architecture=model["architecture"],
+        architecture=architecture,
         num_layers=model["num_layers"],
         hidden_size=model["hidden_size"],
         num_heads=heads,

@@ -1,8 +1,8 @@
 """Evaluation set-up shared by the tools: the trainer's model flags, process groups, model and weights.
 
 An evaluation takes the same model, RoPE and tokenizer flags as ``megatron_anchor.pretrain`` (Megatron's
-names), so a trained checkpoint (``--load`` of the trainer's ``--save`` directory) or a converted Hugging
-Face one is rebuilt with the flags it was trained or converted with.
+names) and resolves them by the trainer's rule: flags left out are taken from the ``--load`` checkpoint
+(trained or converted), a flag contradicting its shape is an error, a new RoPE is reported on one line.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_anchor.convert.checkpoint import CheckpointReader, load_model_weights
+from megatron_anchor.checkpoint import read_meta, verify_checkpoint
+from megatron_anchor.convert.checkpoint import load_model_weights
 from megatron_anchor.parallel import free_port
-from megatron_anchor.rope import add_rope_args, rope_scaling_from_args
 from megatron_anchor.training import ParallelDims, init_distributed
-from megatron_anchor.training.arguments import add_model_args
 from megatron_anchor.training.build import build_model, build_model_config, resolve_vocab_size
+from megatron_anchor.training.checkpoint_args import resolve_model_config
+from megatron_anchor.training.model_args import add_model_args
 
 
 def build_eval_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the trainer's model and RoPE flags plus tokenizer, parallel, precision and --load."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    add_rope_args(p)
     g = p.add_argument_group("model source")
     g.add_argument(
         "--load",
@@ -43,15 +43,12 @@ def build_eval_parser(description: str) -> argparse.ArgumentParser:
 
 
 def finish_model_args(args: argparse.Namespace, seq_length: int) -> argparse.Namespace:
-    """Fill the derived model fields the trainer's validation would (ffn size, query groups, length)."""
-    if args.tokenizer_model is None and args.vocab_size is None:
-        raise ValueError("give --tokenizer-type/--tokenizer-model or --vocab-size")
-    if args.hidden_size % args.num_attention_heads:
-        heads = args.num_attention_heads
-        raise ValueError(f"--hidden-size {args.hidden_size} not divisible by --num-attention-heads {heads}")
-    args.ffn_hidden_size = args.ffn_hidden_size or 4 * args.hidden_size
-    args.num_query_groups = args.num_query_groups or args.num_attention_heads
+    """Resolve and validate the model flags as the trainer does (``--load``'s metadata fills the flags left
+    out); sets ``args.seq_length`` and ``args.checkpoint_notes``. Raises ValueError naming the flag."""
     args.seq_length = seq_length
+    args.checkpoint_notes = resolve_model_config(args, args.tensor_model_parallel_size)
+    if args.tokenizer_model is None and args.vocab_size is None:
+        raise ValueError("give --tokenizer-type/--tokenizer-model or --vocab-size (or --load a checkpoint)")
     return args
 
 
@@ -62,51 +59,31 @@ def init_eval_distributed(tp: int, cp: int) -> ParallelDims:
     return init_distributed(tp, cp)
 
 
-def flags_differing_from_checkpoint(args: argparse.Namespace, meta: dict) -> list[str]:
-    """Model and RoPE flags whose value differs from the ``model``/``rope`` sections a converted
-    checkpoint records (trainer flag names); unset values and unknown names are not compared."""
-    recorded = {**meta.get("model", {}), **meta.get("rope", {})}
-    differing = []
-    for name, saved in recorded.items():
-        given = getattr(args, name, None)
-        if name == "rope_scaling":
-            scaling = rope_scaling_from_args(args)
-            given = None if scaling is None else scaling.to_dict()
-        elif given is None or saved is None:
-            continue
-        if given != saved:
-            differing.append(f"--{name.replace('_', '-')} {given} (checkpoint: {saved})")
-    return differing
-
-
-def load_weights(
-    load_dir: str, model: torch.nn.Module, dims: ParallelDims, args: argparse.Namespace | None = None
-) -> str:
-    """Restore only the model weights of the checkpoint under ``load_dir`` (trained or converted); returns
-    its path. No optimizer is built: evaluation needs none, and a large model cannot spare its memory.
-    With ``args``, flags that differ from what a converted checkpoint records are reported."""
-    reader = CheckpointReader(load_dir)  # resolves ``latest``; a clear error when there is no checkpoint
-    if reader.tp != dims.tp:
+def load_weights(load_dir: str, model: torch.nn.Module, dims: ParallelDims) -> None:
+    """Verify the checksums of checkpoint ``load_dir`` (a resolved checkpoint directory) and restore only
+    its model weights (collective). No optimizer is built: evaluation needs none, and a large model cannot
+    spare its memory."""
+    meta = read_meta(load_dir)
+    if meta["tp"] != dims.tp:
         raise ValueError(
-            f"checkpoint {reader.path} holds --tensor-model-parallel-size {reader.tp} shards; "
+            f"checkpoint {load_dir} holds --tensor-model-parallel-size {meta['tp']} shards; "
             f"this run uses {dims.tp} (convert it again at that TP size)"
         )
-    load_model_weights(reader.path, model, dims.tp_rank)
-    differing = flags_differing_from_checkpoint(args, reader.meta) if args is not None else []
-    if differing and dims.rank == 0:
-        # Not an error: evaluating a converted model under another RoPE (e.g. a new base) is legitimate.
-        print(f"note: flags differ from checkpoint {reader.path}: {'; '.join(differing)}", flush=True)
-    return reader.path
+    verify_checkpoint(load_dir, meta)
+    load_model_weights(load_dir, model, dims.tp_rank)
 
 
 def build_eval_model(args: argparse.Namespace, dims: ParallelDims, device: torch.device) -> torch.nn.Module:
     """The model of ``args`` in eval mode: random init from ``--seed``, then ``--load`` weights if given."""
+    if dims.rank == 0:
+        for note in getattr(args, "checkpoint_notes", []):
+            print(f"note: {note}", flush=True)
     cfg = build_model_config(args, resolve_vocab_size(args))
     model = build_model(cfg, dims, device, args.seed)
-    if args.load:
-        path = load_weights(args.load, model, dims, args)
+    if args.load_checkpoint:
+        load_weights(args.load_checkpoint, model, dims)
         if dims.rank == 0:
-            print(f"loaded model weights from {path}", flush=True)
+            print(f"loaded model weights from {args.load_checkpoint}", flush=True)
     return model.eval()
 
 

@@ -1,27 +1,29 @@
-"""The anchor GPT model on megatron-core: layer spec, core attention, sample layout."""
+"""The anchor GPT model on megatron-core: layer spec, core attention, sample layout, recorded configuration.
 
-from megatron_anchor.model.core_attention import AnchorAttentionSetup, AnchorCoreAttention
-from megatron_anchor.model.gpt import (
-    AnchorGPTConfig,
-    AnchorGPTModel,
-    build_anchor_gpt,
-    pad_vocab_size,
-    rope_frequencies,
-    transformer_config,
-)
-from megatron_anchor.model.layout import AnchorLayout
-from megatron_anchor.model.spec import anchor_layer_spec, transformer_engine_available
+Names are imported on first use (PEP 562), so the flag parser reads ``config_record``'s key lists without
+importing megatron-core (import ``config_record()`` itself from that submodule).
+"""
 
-__all__ = [
-    "AnchorAttentionSetup",
-    "AnchorCoreAttention",
-    "AnchorGPTConfig",
-    "AnchorGPTModel",
-    "AnchorLayout",
-    "anchor_layer_spec",
-    "build_anchor_gpt",
-    "pad_vocab_size",
-    "rope_frequencies",
-    "transformer_config",
-    "transformer_engine_available",
-]
+from __future__ import annotations
+
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "CHANGEABLE_KEYS": "config_record",
+    "SHAPE_KEYS": "config_record",
+    "AnchorAttentionSetup": "core_attention",
+    "AnchorCoreAttention": "core_attention",
+    "AnchorGPTConfig": "gpt",
+    "AnchorGPTModel": "gpt",
+    "build_anchor_gpt": "gpt",
+    "pad_vocab_size": "gpt",
+    "rope_frequencies": "gpt",
+    "transformer_config": "gpt",
+    "AnchorLayout": "layout",
+    "anchor_layer_spec": "spec",
+    "transformer_engine_available": "spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

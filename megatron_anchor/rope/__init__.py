@@ -27,6 +27,7 @@ _EXPORTS = {
     "rotary_angles": "apply",
     "rotate_fp32": "apply",
     "te_rope_available": "apply",
+    "ROPE_DEFAULTS": "args",
     "add_rope_args": "args",
     "parse_rope_scaling": "args",
     "rope_scaling_from_args": "args",

@@ -8,14 +8,24 @@ from pathlib import Path
 
 from megatron_anchor.rope.scaling import RopeScaling
 
+ROPE_DEFAULTS = {"rotary_base": 10000.0, "rotary_percent": 1.0, "rotary_interleaved": False}
+
 
 def add_rope_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add --rotary-base, --rotary-percent, --rotary-interleaved, --rotary-seq-len-interpolation-factor
     and --rope-scaling to ``parser``."""
     group = parser.add_argument_group("rope")
-    group.add_argument("--rotary-base", type=float, default=10000.0, help="RoPE base (ABF: raise it).")
     group.add_argument(
-        "--rotary-percent", type=float, default=1.0, help="Fraction of each head's channels rotated."
+        "--rotary-base",
+        type=float,
+        default=ROPE_DEFAULTS["rotary_base"],
+        help="RoPE base (ABF: raise it); default 10000.",
+    )
+    group.add_argument(
+        "--rotary-percent",
+        type=float,
+        default=ROPE_DEFAULTS["rotary_percent"],
+        help="Fraction of each head's channels rotated.",
     )
     group.add_argument(
         "--rotary-interleaved", action="store_true", help="Rotate channel pairs (2k, 2k+1), not halves."
@@ -31,7 +41,7 @@ def add_rope_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help='Context-extension strategy: JSON such as \'{"rope_type": "yarn", "factor": 4, '
         '"original_max_position_embeddings": 4096}\' (Hugging Face rope_scaling form accepted), '
-        "or a JSON file (e.g. written by tools/rope_distribution.py --save).",
+        "a JSON file (e.g. written by tools/rope_distribution.py --save), or 'none' (no scaling).",
     )
     return parser
 
@@ -56,7 +66,7 @@ def _load_json_object(text: str) -> dict:
 
 def parse_rope_scaling(text: str | None) -> RopeScaling | None:
     """A ``--rope-scaling`` value (inline JSON or a path to a JSON file) as a RopeScaling, or None."""
-    if text is None or not text.strip():
+    if text is None or text.strip().lower() in ("", "none"):
         return None
     stripped = text.strip()
     try:

@@ -8,11 +8,10 @@ import difflib
 import json
 import sys
 
-from megatron_anchor.attention.modes import ATTENTION_MODES
 from megatron_anchor.data.position_modes import POSITION_MODES
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS
-from megatron_anchor.rope.args import add_rope_args
 from megatron_anchor.training.megatron_flags import add_restated_args, refused_reason
+from megatron_anchor.training.model_args import add_model_args
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -66,50 +65,6 @@ def flag_problems(argv: list[str], known: list[str]) -> list[str]:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         problems.append(f"{name}: unknown flag" + (f"; did you mean {close[0]}?" if close else ""))
     return problems
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model-shape flags (Megatron's names), shared by the trainer and the evaluation tools."""
-    g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, required=True, help="transformer layers")
-    g.add_argument("--hidden-size", type=int, required=True, help="model width")
-    g.add_argument(
-        "--ffn-hidden-size",
-        type=int,
-        default=None,
-        help="MLP width; default 4 x hidden, or with --swiglu Megatron's int(8/3 x hidden / 64) x 64",
-    )
-    g.add_argument("--num-attention-heads", type=int, required=True, help="query heads")
-    g.add_argument("--num-query-groups", type=int, default=None, help="key/value heads (GQA); default: heads")
-    g.add_argument("--add-qkv-bias", action="store_true", help="Qwen2-style bias on the qkv projection")
-    g.add_argument(
-        "--share-embeddings-and-output-weights",
-        dest="untie_embeddings_and_output_weights",
-        action="store_false",
-        help="tie input and output embeddings (untied by default, as in Llama; Megatron ties by default)",
-    )
-    g.add_argument("--init-method-std", type=float, default=0.02, help="std of the initial weights")
-    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="RMSNorm epsilon")
-    g.add_argument(
-        "--make-vocab-size-divisible-by",
-        type=int,
-        default=128,
-        help="pad the vocabulary to a multiple (x TP)",
-    )
-    g.add_argument("--attention-mode", choices=ATTENTION_MODES, default="anchor", help="visibility rule")
-    g.add_argument(
-        "--recompute-granularity",
-        choices=("full", "selective"),
-        default=None,
-        help="full: recompute whole layers in backward; selective: the attention only",
-    )
-    g.add_argument(
-        "--transformer-impl",
-        choices=("local", "transformer_engine"),
-        default=None,
-        help="layer implementation; default: Transformer Engine's when it imports, else megatron-core's "
-        "local layers (Megatron: transformer_engine)",
-    )
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -187,9 +142,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--recompute-num-layers", type=int, default=None, help="uniform: 1; block: N")
     g.add_argument(
-        "--exit-interval", type=int, default=None, help="save (with --save) and stop at a multiple"
-    )
-    g.add_argument(
         "--manual-gc", action="store_true", help="disable Python's automatic GC; collect explicitly"
     )
     g.add_argument(
@@ -240,6 +192,45 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-interval", type=int, default=None, help="steps between checkpoints")
 
 
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    """--finetune, --no-load-optim/rng, --override-opt-param-scheduler, timeouts and exit conditions."""
+    g = p.add_argument_group("resume and fault tolerance")
+    g.add_argument(
+        "--finetune",
+        action="store_true",
+        help="load only the model weights of --load and start at step 0 with a new optimizer, RNG and "
+        "schedule (e.g. the next stage of a context extension)",
+    )
+    g.add_argument("--no-load-optim", action="store_true", help="resume without the optimizer state")
+    g.add_argument("--no-load-rng", action="store_true", help="resume with RNG states from --seed")
+    g.add_argument(
+        "--override-opt-param-scheduler",
+        action="store_true",
+        help="on resume, use the LR schedule flags even where they differ from the checkpoint's",
+    )
+    g.add_argument(
+        "--distributed-timeout-minutes",
+        type=float,
+        default=10.0,
+        help="a collective that waits longer (a stalled or dead rank) ends the job with an error; "
+        "fractions allowed (0.1 = 6 s); default 10 (Megatron's)",
+    )
+    g.add_argument(
+        "--exit-signal-handler",
+        action="store_true",
+        help="on SIGTERM (e.g. a scheduler's preemption), finish the current step, save to --save, exit 0",
+    )
+    g.add_argument(
+        "--exit-duration-in-mins",
+        type=float,
+        default=None,
+        help="after this many minutes of the job, finish the step, save and exit 0",
+    )
+    g.add_argument(
+        "--exit-interval", type=int, default=None, help="save and exit 0 once the step divides by this"
+    )
+
+
 def _logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=None, help="steps between validations")
@@ -274,12 +265,12 @@ def build_parser() -> TrainerArgumentParser:
         allow_abbrev=False,
     )
     for add in (
-        add_model_args,
-        add_rope_args,
+        add_model_args,  # with the RoPE flags
         _data_args,
         _train_args,
         _parallel_args,
         _checkpoint_args,
+        _resume_args,
         _logging_args,
         add_restated_args,
     ):

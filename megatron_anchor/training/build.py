@@ -15,19 +15,23 @@ from megatron_anchor.training.metrics import dense_params_per_token
 from megatron_anchor.training.parallel import ParallelDims
 
 
-def resolve_vocab_size(args: argparse.Namespace) -> int:
-    """``--vocab-size`` (else the tokenizer's vocabulary size), padded as Megatron does.
+def tokenizer_vocab_size(args: argparse.Namespace) -> int:
+    """``--vocab-size`` when given, else the tokenizer's vocabulary size (unpadded).
 
     ``--vocab-size`` wins over the tokenizer because a model's embedding may be larger than its
     tokenizer (Qwen2's config holds 151,936 rows for 151,665 tokens); ``preflight`` checks every token
     id fits.
     """
     if args.vocab_size is not None:
-        vocab = args.vocab_size
-    else:
-        from megatron_anchor.data import build_tokenizer
+        return args.vocab_size
+    from megatron_anchor.data import build_tokenizer
 
-        vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
+    return build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
+
+
+def resolve_vocab_size(args: argparse.Namespace, vocab: int | None = None) -> int:
+    """The vocabulary size (``vocab``, else ``tokenizer_vocab_size``), padded as Megatron does."""
+    vocab = tokenizer_vocab_size(args) if vocab is None else vocab
     return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
 
 

@@ -1,29 +1,77 @@
-"""Sharded checkpoints with torch.distributed.checkpoint (DCP), written atomically.
+"""Sharded training checkpoints with torch.distributed.checkpoint (DCP), written atomically and verified.
 
-Layout of ``--save DIR``: ``iter_0000100/`` (DCP shards, ``meta.json``, ``rng/rank*.pt``) and a ``latest``
-file naming the newest complete one. A checkpoint is written into ``iter_*.tmp`` and renamed only after
-every rank finished, then ``latest`` is replaced atomically, so a crash never leaves a half-written
-checkpoint behind ``latest``. DCP reshards on load: the same checkpoint loads under another DP size or
-another CP size (weights are replicated across CP), with DDP or FSDP2. TP shards are stored per TP rank and
-need the same TP size.
+Layout of ``--save DIR`` (``megatron_anchor.checkpoint``): ``iter_0000100/`` (DCP shards, ``meta.json``,
+``rng/rank*.pt``) and a ``latest`` file naming the newest complete one. A checkpoint is written into
+``iter_*.tmp``, each rank checksums the files it wrote, and rank 0 records them in ``meta.json`` before the
+rename; ``latest`` is then replaced atomically. A failed save (full disk, quota) raises on every rank with
+the path, the errno and the free space, leaving ``latest`` on the previous checkpoint. DCP reshards on load:
+the same checkpoint loads under another DP or CP size, with DDP or FSDP2; TP shards need the same TP size.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import random
-import shutil
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
+from megatron_anchor.checkpoint import (
+    LATEST,
+    TMP_SUFFIX,
+    CheckpointError,
+    checkpoint_files,
+    checkpoint_meta,
+    commit_checkpoint,
+    describe_files,
+    iter_dir_name,
+    read_meta,
+    remove_stale_tmp,
+    tokenizer_identity,
+    verify_checkpoint,
+    write_failure_detail,
+    write_meta,
+)
+from megatron_anchor.convert.checkpoint import EXTRA_STATE, load_model_weights
+from megatron_anchor.model import AnchorGPTConfig
+from megatron_anchor.model.config_record import config_record
+from megatron_anchor.training.checkpoint_args import schedule_record
 from megatron_anchor.training.parallel import ParallelDims
 
-LATEST = "latest"
+# Facts about a converted source model that its trained descendants keep (export needs them).
+_LINEAGE = ("hf_config", "converted_from")
+
+
+def run_meta(args: argparse.Namespace, cfg: AnchorGPTConfig, vocab_size: int, dims: ParallelDims) -> dict:
+    """The ``meta.json`` of this run's checkpoints (``step``, ``consumed_samples`` and ``files`` are set per
+    save): its model, tokenizer, schedule and parallel sizes, and the lineage of a converted ``--load``."""
+    record = config_record(
+        cfg, vocab_size=vocab_size, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by
+    )
+    source = read_meta(args.load_checkpoint) if args.load_checkpoint else {}
+    architecture = source.get("model", {}).get("architecture")
+    if architecture:
+        record["model"] = {"architecture": architecture, **record["model"]}
+    return checkpoint_meta(
+        step=0,
+        consumed_samples=0,
+        record=record,
+        tokenizer=tokenizer_identity(args.tokenizer_type, args.tokenizer_model, vocab_size),
+        schedule=schedule_record(args),
+        sizes={"tp": dims.tp, "cp": dims.cp, "dp": dims.dp, "world": dims.world},
+        weights_only=False,
+        **{k: source[k] for k in _LINEAGE if k in source},
+    )
 
 
 def _rng_state() -> dict:
@@ -41,82 +89,93 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _app_state(model, optimizer, dims: ParallelDims) -> tuple[dict, dict, dict]:
-    """DCP state keyed by TP rank (TP shards differ under equal names); returns (state, msd, osd)."""
-    msd, osd = get_state_dict(model, optimizer)
-    # megatron-core's linear layers expose an ``_extra_state`` entry (None without FP8); DCP drops None
-    # values on save, so the entry is left out of both save and load (which DCP checks key by key).
-    msd = {k: v for k, v in msd.items() if not k.endswith("_extra_state")}
-    return {f"tp{dims.tp_rank}": {"model": msd, "optim": osd}}, msd, osd
+def _on_every_rank(fn: Callable[[], object], what: str, path: str) -> list:
+    """Run ``fn`` on this rank and gather the results; if any rank raised OSError, raise CheckpointError
+    on every rank (no rank is left waiting in a later collective)."""
+    result, error = None, None
+    try:
+        result = fn()
+    except OSError as err:
+        error = f"{what} {path} failed on rank {dist.get_rank()}: {write_failure_detail(err, path)}"
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (result, error))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise CheckpointError(errors[0] + f"; '{LATEST}' still names the previous checkpoint")
+    return [r for r, _ in gathered]
+
+
+def _dcp_error(err: CheckpointException, path: str) -> CheckpointError:
+    """The first rank's failure inside DCP as one line (with an errno and the free space)."""
+    rank, (exc, _) = min(err.failures.items())
+    detail = write_failure_detail(exc, path)
+    kept = f"'{LATEST}' still names the previous checkpoint"
+    return CheckpointError(f"writing checkpoint {path} failed on rank {rank}: {detail}; {kept}")
 
 
 def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDims, meta: dict) -> str:
-    """Write the checkpoint after ``step`` optimizer steps; returns its directory (collective)."""
-    final = os.path.join(save_dir, f"iter_{step:07d}")
-    tmp = final + ".tmp"
-    if dims.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted save
-        os.makedirs(os.path.join(tmp, "rng"))
-    dist.barrier()
-    state, _, _ = _app_state(model, optimizer, dims)
-    dcp.save(state, checkpoint_id=tmp)
-    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank{dims.rank}.pt"))
-    dist.barrier()
-    if dims.rank == 0:
-        full_meta = dict(meta, step=step, tp=dims.tp, cp=dims.cp, dp=dims.dp, world=dims.world)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(full_meta, f, indent=1, default=str)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        pointer = os.path.join(save_dir, LATEST + ".tmp")
-        with open(pointer, "w") as f:
-            f.write(os.path.basename(final) + "\n")
-        os.replace(pointer, os.path.join(save_dir, LATEST))
-    dist.barrier()
+    """Write the checkpoint after ``step`` optimizer steps; returns its directory (collective).
+
+    ``meta``: the run's ``meta.json`` contents (``run_meta``); the step, consumed samples, parallel sizes
+    and ``files`` (size and CRC-32 of every file) are set here.
+    """
+    final = os.path.join(save_dir, iter_dir_name(step))
+    tmp = final + TMP_SUFFIX
+
+    def prepare() -> None:
+        if dims.rank == 0:
+            remove_stale_tmp(save_dir)  # interrupted saves, this step's included
+            os.makedirs(os.path.join(tmp, "rng"))
+
+    _on_every_rank(prepare, "creating checkpoint", tmp)
+    msd = {k: v for k, v in get_model_state_dict(model).items() if not k.endswith(EXTRA_STATE)}
+    state = {f"tp{dims.tp_rank}": {"model": msd, "optim": get_optimizer_state_dict(model, optimizer)}}
+    try:
+        dcp.save(state, checkpoint_id=tmp)
+    except CheckpointException as err:
+        raise _dcp_error(err, tmp) from None
+
+    def write_rng_and_checksum() -> dict:
+        rng = os.path.join("rng", f"rank{dims.rank}.pt")
+        torch.save(_rng_state(), os.path.join(tmp, rng))
+        mine = [n for n in checkpoint_files(tmp) if n.startswith(f"__{dims.rank}_")]  # DCP's per-rank files
+        return describe_files(tmp, [*mine, rng])
+
+    manifests = _on_every_rank(write_rng_and_checksum, "writing checkpoint", tmp)
+
+    def commit() -> None:
+        if dims.rank != 0:
+            return
+        files = {k: v for part in manifests for k, v in part.items()}
+        rest = [n for n in checkpoint_files(tmp) if n not in files]  # e.g. DCP's .metadata
+        files.update(describe_files(tmp, rest))
+        consumed = step * meta["schedule"]["global_batch_size"] if meta.get("schedule") else None
+        sizes = {"tp": dims.tp, "cp": dims.cp, "dp": dims.dp, "world": dims.world}
+        final_meta = dict(meta, step=step, consumed_samples=consumed, **sizes)
+        write_meta(tmp, dict(final_meta, files=dict(sorted(files.items()))))
+        commit_checkpoint(tmp, final)
+
+    _on_every_rank(commit, "committing checkpoint", final)
     return final
 
 
-def find_checkpoint(load_dir: str) -> str | None:
-    """The directory to resume from: ``load_dir`` itself if it is one, else what ``latest`` names."""
-    if os.path.isfile(os.path.join(load_dir, "meta.json")):
-        return load_dir
-    pointer = os.path.join(load_dir, LATEST)
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        path = os.path.join(load_dir, f.read().strip())
-    if not os.path.isfile(os.path.join(path, "meta.json")):
-        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
-def load_checkpoint(path: str, model, optimizer, dims: ParallelDims) -> dict:
-    """Restore model, optimizer and (at the same world size) RNG from ``path``; returns its meta.
-
-    A weights-only checkpoint (``meta["weights_only"]``, as the Hugging Face importer writes) restores
-    the model alone, and the run starts at its step (0).
-    """
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    if meta["tp"] != dims.tp:
-        raise ValueError(
-            f"checkpoint {path} was saved with --tensor-model-parallel-size {meta['tp']}; "
-            f"this run uses {dims.tp} (TP resharding is not supported)"
-        )
-    if meta.get("weights_only"):  # e.g. converted from Hugging Face: weights, no optimizer/RNG, step 0
-        from megatron_anchor.convert.checkpoint import load_model_weights
-
-        load_model_weights(path, model, dims.tp_rank)
-        meta["rng_restored"] = False
-        return meta
-    state, msd, osd = _app_state(model, optimizer, dims)
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(
-        model, optimizer, model_state_dict=msd, optim_state_dict=osd, options=StateDictOptions(strict=False)
-    )  # strict only about the _extra_state entries
+def load_checkpoint(
+    path: str, model, optimizer, dims: ParallelDims, *, load_optim: bool = True, load_rng: bool = True
+) -> dict:
+    """Verify checkpoint ``path`` and restore the model, then (unless told not to, and unless the checkpoint
+    holds weights only) the optimizer and, at the same world size, the RNG states. Returns its meta with
+    ``rng_restored`` added (collective)."""
+    meta = read_meta(path)
+    verify_checkpoint(path, meta)
+    load_model_weights(path, model, dims.tp_rank)
+    full = not meta.get("weights_only")
+    if full and load_optim:
+        osd = get_optimizer_state_dict(model, optimizer)
+        dcp.load({f"tp{dims.tp_rank}": {"optim": osd}}, checkpoint_id=path)
+        set_optimizer_state_dict(model, optimizer, osd)
     rng_file = os.path.join(path, "rng", f"rank{dims.rank}.pt")
-    # Per-rank RNG streams only map one-to-one at the same world size; otherwise they are reseeded.
-    meta["rng_restored"] = meta["world"] == dims.world and os.path.isfile(rng_file)
+    # Per-rank RNG streams only map one-to-one at the same world size; otherwise they stay from --seed.
+    meta["rng_restored"] = full and load_rng and meta["world"] == dims.world and os.path.isfile(rng_file)
     if meta["rng_restored"]:
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return meta

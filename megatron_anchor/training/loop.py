@@ -21,8 +21,10 @@ from megatron_anchor.training.build import (
     build_optimizer,
     model_dense_params,
     resolve_vocab_size,
+    tokenizer_vocab_size,
 )
-from megatron_anchor.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
+from megatron_anchor.training.exit_conditions import ExitConditions
 from megatron_anchor.training.metrics import (
     peak_memory_gib,
     peak_tflops,
@@ -58,15 +60,20 @@ class Run:
     tp_names: set[str]
     data: Datasets
     dense_params: int
+    meta: dict
+    """The ``meta.json`` of this run's checkpoints (``run_meta``)."""
+    exits: ExitConditions
     start_step: int = 0
     sp_names: set[str] = field(default_factory=set)
 
 
 def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
-    """Model, wrapping, optimizer, data; then resume from ``--load`` if a checkpoint is there."""
+    """Model, wrapping, optimizer, data; then the ``--load`` checkpoint (resolved by ``validate_args``)."""
+    exits = ExitConditions(args)
+    exits.install()  # a SIGTERM during set-up is acted on after the first step
     device = device_for_rank()
-    vocab = resolve_vocab_size(args)
-    cfg = build_model_config(args, vocab)
+    vocab = tokenizer_vocab_size(args)
+    cfg = build_model_config(args, resolve_vocab_size(args, vocab))
     raw = build_model(cfg, dims, device, args.seed)
     tp_names = tensor_parallel_param_names(raw)
     sp_names = sequence_parallel_param_names(raw)
@@ -87,20 +94,40 @@ def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
         model,
         build_optimizer(model, args),
         tp_names,
-        build_datasets(args, vocab),
+        build_datasets(args, cfg.vocab_size),
         model_dense_params(cfg),
+        run_meta(args, cfg, vocab, dims),
+        exits,
         sp_names=sp_names,
     )
-    path = find_checkpoint(args.load) if args.load else None
-    if path is not None:
-        meta = load_checkpoint(path, model, run.optimizer, dims)
-        run.start_step = meta["step"]
-        if dims.rank == 0:
-            rng = "restored" if meta["rng_restored"] else "from --seed (other world size, or weights only)"
-            print(f"resumed from {path} at step {run.start_step}; RNG {rng}", flush=True)
-    elif args.load and dims.rank == 0:
-        print(f"no checkpoint under --load {args.load}; starting from scratch", flush=True)
+    if dims.rank == 0:
+        for note in args.checkpoint_notes:
+            print(f"note: {note}", flush=True)
+    if args.load_checkpoint is not None:
+        _resume(run, args.load_checkpoint)
     return run
+
+
+def _resume(run: Run, path: str) -> None:
+    args = run.args
+    meta = load_checkpoint(
+        path,
+        run.model,
+        run.optimizer,
+        run.dims,
+        load_optim=not (args.finetune or args.no_load_optim),
+        load_rng=not (args.finetune or args.no_load_rng),
+    )
+    run.start_step = 0 if args.finetune else meta["step"]
+    if run.dims.rank == 0:
+        what = "model weights only (--finetune)" if args.finetune else "model and optimizer"
+        if meta.get("weights_only"):
+            what = "model weights (a weights-only checkpoint)"
+        elif args.no_load_optim and not args.finetune:
+            what = "model only (--no-load-optim)"
+        rng = "restored" if meta["rng_restored"] else "from --seed"
+        unverified = "" if "files" in meta else "; files not verified (no checksums recorded)"
+        print(f"resumed from {path} at step {run.start_step}: {what}; RNG {rng}{unverified}", flush=True)
 
 
 def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
@@ -197,18 +224,13 @@ def evaluate(run: Run) -> float:
 
 
 def _save(run: Run, step: int, logger: StepLogger) -> None:
-    meta = {"consumed_samples": step * run.args.global_batch_size, "seq_length": run.args.seq_length}
-    path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, meta)
+    path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, run.meta)
     logger.log_event(step, f"saved checkpoint {path}", saved=path)
 
 
 def _log_due(args: argparse.Namespace, done: int, first: bool, exiting: bool) -> bool:
     """Log after the run's first step (start-up cost shows), every --log-interval, and at the end."""
     return first or exiting or done % args.log_interval == 0 or done == args.train_iters
-
-
-def _exit_due(args: argparse.Namespace, done: int) -> bool:
-    return bool(args.exit_interval) and done % args.exit_interval == 0 and done < args.train_iters
 
 
 def _release_memory(args: argparse.Namespace, level: int, done: int = 0) -> None:
@@ -222,6 +244,7 @@ def _release_memory(args: argparse.Namespace, level: int, done: int = 0) -> None
 
 
 def _evaluate_and_save(run: Run, done: int, logger: StepLogger, exiting: bool) -> None:
+    """Validation when due; a checkpoint every --save-interval, at the end, and before an early exit."""
     args = run.args
     if (
         args.eval_interval
@@ -236,7 +259,8 @@ def _evaluate_and_save(run: Run, done: int, logger: StepLogger, exiting: bool) -
 
 
 def train(run: Run, started_at: float | None = None) -> list[float]:
-    """Run from ``run.start_step`` to ``--train-iters`` (or an ``--exit-interval``); returns this run's
+    """Run from ``run.start_step`` to ``--train-iters`` or an exit condition (SIGTERM with
+    --exit-signal-handler, --exit-duration-in-mins, --exit-interval: save, then stop); returns this run's
     per-step losses. ``started_at`` (``time.perf_counter()`` at start-up) times the first step."""
     args, dims = run.args, run.dims
     logger = StepLogger(args, dims.rank == 0)
@@ -264,7 +288,9 @@ def train(run: Run, started_at: float | None = None) -> list[float]:
             losses.append(out["loss"])
             done, first = step + 1, step == run.start_step
             _release_memory(args, level=1, done=done)
-            exiting = _exit_due(args, done)
+            # The ranks agree on an exit condition (one small all-reduce, only when one is set).
+            reason = run.exits.reason(done, run.device) if done < args.train_iters else None
+            exiting = reason is not None
             if _log_due(args, done, first, exiting):
                 logger.log_train(train_record(done, window, out, args, peak, peak_memory_gib()))
                 window = LogWindow()
@@ -277,9 +303,10 @@ def train(run: Run, started_at: float | None = None) -> list[float]:
                 )
             _evaluate_and_save(run, done, logger, exiting)
             if exiting:
-                logger.log_event(done, f"stopping: --exit-interval {args.exit_interval}", exit_interval=done)
+                logger.log_event(done, f"stopping: {reason}", exit=reason)
                 break
     finally:
+        run.exits.uninstall()
         profiler.stop()
         logger.close()
         if args.manual_gc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -63,16 +64,21 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(tp: int, cp: int) -> ParallelDims:
-    """Join the torchrun process group (NCCL on GPU, gloo on CPU) and build TP/CP/DP groups."""
+def init_distributed(tp: int, cp: int, timeout_minutes: float = 10.0) -> ParallelDims:
+    """Join the torchrun process group (NCCL on GPU, gloo on CPU) and build TP/CP/DP groups; a collective
+    that waits more than ``timeout_minutes`` (a stalled or dead rank) raises instead of hanging."""
+    timeout = timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     world = dist.get_world_size()
     if world % (tp * cp):
         raise ValueError(f"world size {world} is not divisible by TP {tp} x CP {cp}")
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, context_parallel_size=cp
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=1,
+            context_parallel_size=cp,
+            distributed_timeout_minutes=timeout_minutes,  # megatron-core builds a timedelta from it
         )
     return ParallelDims(
         tp=tp,

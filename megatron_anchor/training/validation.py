@@ -1,7 +1,8 @@
 """The trainer's flags checked against each other and the world size, and the values they imply.
 
-Everything here is arithmetic on the flags (no files, no torch): ``preflight`` checks what the flags point
-at. Errors are ``ValueError``s whose message names the flag and the value.
+Everything here is arithmetic on the flags, but for the ``--load`` checkpoint's ``meta.json`` (and a probe
+file under ``--save``) read by ``checkpoint_args``; ``preflight`` checks what the other flags point at.
+Errors are ``ValueError``s whose message names the flag and the value.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def _require(ok: bool, message: str) -> None:
 
 def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     """Check the flags against each other and the world size; fill derived values. Raises ValueError."""
+    from megatron_anchor.training.checkpoint_args import check_resume_and_save, resolve_model_config
+
     _validate_parallel(args, world_size)
-    _validate_model(args)
+    # --load's recorded model fills the model flags left out, then the model rules apply (model_args).
+    notes = resolve_model_config(args, args.tensor_model_parallel_size)
     s, cp = args.seq_length, args.context_parallel_size
     _require(s > 0, "--seq-length must be positive")
     # megatron-core's layout cuts 2*cp chunks; the balanced one needs S / cp tokens per rank.
@@ -51,6 +55,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     _validate_logging(args)
     _validate_recompute(args)
     args.restated_flags = check_restated(args)
+    args.checkpoint_notes = notes + check_resume_and_save(args)  # after the batch and schedule defaults
     return args
 
 
@@ -65,24 +70,6 @@ def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
     _require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
     args.data_parallel_size = world_size // (tp * cp)
     args.world_size = world_size
-
-
-def _validate_model(args: argparse.Namespace) -> None:
-    heads, tp = args.num_attention_heads, args.tensor_model_parallel_size
-    args.num_query_groups = args.num_query_groups or heads
-    groups = args.num_query_groups
-    _require(
-        args.hidden_size % heads == 0, f"--hidden-size {args.hidden_size} not divisible by heads {heads}"
-    )
-    _require(heads % tp == 0, f"--num-attention-heads {heads} not divisible by TP size {tp}")
-    _require(
-        heads % groups == 0, f"--num-attention-heads {heads} not divisible by --num-query-groups {groups}"
-    )
-    _require(groups % tp == 0, f"--num-query-groups {groups} not divisible by TP size {tp}")
-    if args.ffn_hidden_size is None:
-        # Megatron's rule: 4 x hidden, or for SwiGLU 2/3 of that rounded down to a multiple of 64.
-        swiglu = getattr(args, "swiglu", False)
-        args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if swiglu else 4 * args.hidden_size
 
 
 def _validate_batch(args: argparse.Namespace) -> None:

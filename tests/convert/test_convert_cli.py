@@ -60,7 +60,8 @@ def test_import_sharded_reads_each_tensor_once_and_prints_valid_flags(
     index = json.loads((sharded_llama / INDEX_NAME).read_text())["weight_map"]
     assert sorted(reads) == sorted(index)  # streamed: every HF tensor read exactly once, even at TP 2
     meta = CheckpointReader(str(save)).meta
-    assert meta["rope"] == {"rotary_base": 5e6, "rotary_percent": 1.0, "rope_scaling": None}
+    rope = {"rotary_base": 5e6, "rotary_percent": 1.0, "rotary_interleaved": False, "rope_scaling": None}
+    assert meta["rope"] == rope
     assert (save / "latest").read_text().strip() == "iter_0000000"
     assert CheckpointReader(str(save)).shards("decoder.final_layernorm.weight")[0].dtype == torch.bfloat16
     flags = _flags_from_output(capsys.readouterr().out)

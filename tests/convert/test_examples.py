@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from megatron_anchor.checkpoint import checkpoint_meta, write_meta
 from megatron_anchor.convert.hf_config import model_meta, rope_meta, trainer_flags
 from megatron_anchor.convert.hf_mapping import shape_from_hf_config
 from megatron_anchor.model import pad_vocab_size
-from megatron_anchor.training import build_parser
+from megatron_anchor.training import build_parser, validate_args
 from tests.training.packed_data import write_packed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,13 +94,38 @@ def test_script_parses(script: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _converted(tmp_path: Path, hf_config: dict, base: float, tp: int) -> dict[str, str]:
+    """The metadata of ``hf_config`` converted at TP ``tp`` with RoPE base ``base`` (what the dry run
+    reads), and the CKPT/SAVE environment of the example scripts pointing at it."""
+    padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
+    record = {
+        "model": model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128),
+        "rope": rope_meta(base, None, 1.0),
+    }
+    meta = checkpoint_meta(
+        step=0,
+        consumed_samples=0,
+        record=record,
+        tokenizer=None,
+        schedule=None,
+        sizes={"tp": tp, "cp": 1, "dp": 1, "world": tp},
+        weights_only=True,
+    )
+    ckpt = tmp_path / "converted"
+    (ckpt / "iter_0000000").mkdir(parents=True)
+    write_meta(str(ckpt / "iter_0000000"), meta)
+    (ckpt / "latest").write_text("iter_0000000\n")
+    return {"CKPT": str(ckpt), "SAVE": str(tmp_path / "run")}
+
+
 @pytest.mark.parametrize("script,nodes,hf_config,expected", RUNS)
 def test_launch_flags_pass_the_trainer_dry_run(
     script: str, nodes: int, hf_config: dict, expected, packed, tmp_path: Path
 ) -> None:
+    """The dry run checks the script's flags, data and the converted checkpoint's recorded model."""
     seq = expected[0]
     env = {"DRY_RUN": "1", "NNODES": str(nodes), "GPUS_PER_NODE": "8", "DATA": packed[seq]}
-    env.update(SAVE=str(tmp_path / "run"), CKPT=str(tmp_path / "converted"))
+    env.update(_converted(tmp_path, hf_config, *expected[1:3]))
     proc = _run(["bash", f"examples/{script}"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # TensorBoard's default directory is kept: a machine without the package gets a warning, not a failure.
@@ -116,11 +142,8 @@ def test_launch_flags_pass_the_trainer_dry_run(
     # The model flags are the ones the converter prints for this model (with the run's RoPE base).
     padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
     meta = model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128)
-    converted = vars(
-        build_parser().parse_args(
-            trainer_flags(meta, rope_meta(base, None, 1.0), tp) + ["--seq-length", "1", "--train-iters", "1"]
-        )
-    )
+    flags = trainer_flags(meta, rope_meta(base, None, 1.0), tp) + ["--seq-length", "1", "--train-iters", "1"]
+    converted = vars(validate_args(build_parser().parse_args([*flags, "--mock-data"]), nodes * 8))
     for field in SHAPE_FIELDS:
         assert config[field] == converted[field], field
 
@@ -139,7 +162,7 @@ def test_slurm_wrapper_launches_the_script_per_node(tmp_path: Path, packed) -> N
         "SLURM_JOB_NODELIST": "gpu-[a-b]",
         "DRY_RUN": "1",
         "DATA": packed[131072],
-        "SAVE": str(tmp_path / "run"),
+        **_converted(tmp_path, LLAMA3_8B, 1e7, 2),
     }
     script = ["bash", "examples/slurm_train.sbatch", "examples/llama3_8b_128k.sh", "--train-iters", "70"]
     proc = _run(script, env)

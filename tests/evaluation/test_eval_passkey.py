@@ -113,14 +113,19 @@ def _eval_args(tokenizer_model: str, extra: list[str]):
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(process_group, tokenizer_model, tmp_path_factory):  # noqa: F811
-    """A trainer-format checkpoint (model and AdamW state) of the tiny model, seed 3."""
+    """A trainer-format checkpoint (model and AdamW state, model configuration recorded) of the tiny model."""
     from megatron_anchor.evaluation.loading import build_eval_model
+    from megatron_anchor.model.config_record import config_record
+    from megatron_anchor.training.build import build_model_config, resolve_vocab_size, tokenizer_vocab_size
     from megatron_anchor.training.checkpoint import save_checkpoint
 
-    model = build_eval_model(_eval_args(tokenizer_model, []), process_group, torch.device("cpu"))
+    args = _eval_args(tokenizer_model, [])
+    model = build_eval_model(args, process_group, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters())
     path = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(str(path), 5, model, optimizer, process_group, {"seq_length": 512})
+    cfg = build_model_config(args, resolve_vocab_size(args))
+    record = config_record(cfg, vocab_size=tokenizer_vocab_size(args), make_vocab_size_divisible_by=64)
+    save_checkpoint(str(path), 5, model, optimizer, process_group, {**record, "seq_length": 512})
     return path, {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
 
 
@@ -133,10 +138,8 @@ def test_load_model_weights_restores_every_tensor(process_group, checkpoint_dir,
     assert saved.keys() <= state.keys()
     for name, tensor in saved.items():
         assert torch.equal(state[name], tensor), name
-    with pytest.raises(FileNotFoundError, match="neither meta.json"):
-        build_eval_model(
-            _eval_args(tokenizer_model, ["--load", str(path / "missing")]), process_group, torch.device("cpu")
-        )
+    with pytest.raises(ValueError, match="missing does not exist"):
+        _eval_args(tokenizer_model, ["--load", str(path / "missing")])
 
 
 def test_passkey_tool_cp2_and_tp2_predict_as_cp1(checkpoint_dir, tokenizer_model, tmp_path):
@@ -190,30 +193,26 @@ def test_passkey_tool_cp2_and_tp2_predict_as_cp1(checkpoint_dir, tokenizer_model
         assert outs[name]["accuracy"] == one["accuracy"]
 
 
-def test_flags_differing_from_a_converted_checkpoint_are_named(tokenizer_model):
-    from megatron_anchor.evaluation.loading import flags_differing_from_checkpoint
+def test_model_flags_left_out_come_from_the_checkpoint(checkpoint_dir, tokenizer_model):
+    """The evaluation tools resolve model flags by the trainer's rule: omitted ones from the checkpoint,
+    a contradicting shape flag refused by name, a new RoPE base reported."""
+    from megatron_anchor.evaluation.loading import build_eval_parser, finish_model_args
 
-    args = _eval_args(
-        tokenizer_model, ["--rotary-base", "500000", "--rope-scaling", '{"rope_type": "linear", "factor": 2}']
-    )
-    meta = {
-        "model": {
-            "architecture": "LlamaForCausalLM",
-            "num_layers": 2,
-            "hidden_size": 64,
-            "num_query_groups": 4,
-            "vocab_size": 32000,
-            "make_vocab_size_divisible_by": None,
-        },
-        "rope": {"rotary_base": 10000.0, "rotary_percent": 1.0, "rope_scaling": None},
-    }
-    got = flags_differing_from_checkpoint(args, meta)
-    assert got == [
-        "--num-query-groups 2 (checkpoint: 4)",
-        "--rotary-base 500000.0 (checkpoint: 10000.0)",
-        "--rope-scaling {'rope_type': 'linear', 'factor': 2} (checkpoint: None)",
-    ]
-    assert flags_differing_from_checkpoint(args, {"tp": 1}) == []  # a trainer checkpoint records none
+    path, _ = checkpoint_dir
+    tokenizer = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model]
+
+    def resolve(*extra: str):
+        flags = [*tokenizer, "--load", str(path), *extra]
+        return finish_model_args(build_eval_parser("test").parse_args(flags), 64)
+
+    args = resolve()
+    shape = (args.num_layers, args.hidden_size, args.num_attention_heads, args.num_query_groups)
+    assert shape == (2, 64, 4, 2) and (args.ffn_hidden_size, args.init_method_std) == (128, 0.3)
+    assert args.rotary_base == 10000.0 and args.attention_mode == "anchor"
+    with pytest.raises(ValueError, match="--num-layers 1 contradicts checkpoint .* num_layers 2"):
+        resolve("--num-layers", "1")
+    notes = resolve("--rotary-base", "500000").checkpoint_notes
+    assert any("--rotary-base 500000.0 replaces the checkpoint's 10000.0" in n for n in notes)
 
 
 def test_converted_hf_model_generates_as_transformers(

@@ -1,0 +1,145 @@
+"""File sizes and checksums of a checkpoint, verified on load; writability probes and save-error messages.
+
+The checksum is CRC-32 (``zlib.crc32``), streamed in 8 MiB blocks: it catches zeroed pages, random bytes
+and truncation, and runs at several GB/s, so a multi-GB checkpoint costs seconds on top of the I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import zlib
+
+import torch.distributed as dist
+
+from megatron_anchor.checkpoint.layout import META_FILE, CheckpointError, previous_checkpoint
+
+_BLOCK = 8 << 20
+
+
+def file_crc32(path: str) -> str:
+    """CRC-32 of the file's bytes as 8 hex digits."""
+    crc = 0
+    buf = bytearray(_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
+
+
+def describe_files(root: str, names: list[str]) -> dict[str, dict]:
+    """``{name: {"size": bytes, "crc32": hex}}`` for files ``names`` (relative to ``root``)."""
+    out = {}
+    for name in names:
+        path = os.path.join(root, name)
+        out[name] = {"size": os.path.getsize(path), "crc32": file_crc32(path)}
+    return out
+
+
+def checkpoint_files(root: str) -> list[str]:
+    """Every file under ``root`` except ``meta.json``, as sorted relative paths."""
+    found = []
+    for parent, _, files in os.walk(root):
+        for name in files:
+            rel = os.path.relpath(os.path.join(parent, name), root)
+            if rel != META_FILE:
+                found.append(rel)
+    return sorted(found)
+
+
+def _problem(root: str, name: str, want: dict) -> str | None:
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        return f"{path} is missing"
+    size = os.path.getsize(path)
+    if size != want["size"]:
+        return f"{path} has {size} bytes, {want['size']} were written (truncated or overwritten)"
+    crc = file_crc32(path)
+    if crc != want["crc32"]:
+        return f"{path} is damaged (CRC-32 {crc}, {want['crc32']} when written)"
+    return None
+
+
+def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
+    """Check every file's size and CRC-32 against ``meta["files"]``; CheckpointError naming the first bad
+    file and the previous checkpoint. Under torch.distributed the files are split over the ranks
+    (collective)."""
+    manifest = meta.get("files")
+    if manifest is None:
+        return  # written before checksums were recorded: nothing to compare with
+    names = sorted(manifest)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = [
+        p
+        for i, n in enumerate(names)
+        if i % world == rank and (p := _problem(checkpoint_dir, n, manifest[n]))
+    ]
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, mine)
+        mine = [p for part in gathered for p in part]
+    if mine:
+        previous = previous_checkpoint(checkpoint_dir)
+        hint = f"; load the previous checkpoint instead: --load {previous}" if previous else ""
+        more = f" (and {len(mine) - 1} more)" if len(mine) > 1 else ""
+        raise CheckpointError(f"checkpoint file {mine[0]}{more}{hint}")
+
+
+def free_space(path: str) -> str:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent), human-readable."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and probe != os.path.dirname(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"
+        free /= 1024
+    return ""
+
+
+def os_error_message(err: OSError, path: str) -> str:
+    """``[Errno 28] No space left on device: 'file' (1.2 MiB free on path)``: errno, file and free space."""
+    name = errno.errorcode.get(err.errno, "?") if err.errno is not None else "?"
+    where = err.filename or path
+    return f"[Errno {err.errno} {name}] {err.strerror or err}: {where!r} ({free_space(path)} free on {path})"
+
+
+def write_probe(directory: str, nbytes: int = 4096) -> None:
+    """Create ``directory`` if needed, write ``nbytes`` to a file there, flush it to disk and delete it;
+    OSError if any of that fails (read-only mount, permissions, full disk, quota)."""
+    probe = os.path.join(directory, f".write_probe_{socket.gethostname()}_{os.getpid()}")
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(nbytes))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+
+
+def probe_writable(directory: str, flag: str) -> None:
+    """``write_probe``, as a CheckpointError naming ``flag``, the errno and the free space."""
+    try:
+        write_probe(directory)
+    except OSError as err:
+        message = f"{flag} {directory} is not writable: {os_error_message(err, directory)}"
+        raise CheckpointError(message) from err
+
+
+def write_failure_detail(err: BaseException, path: str) -> str:
+    """Errno, file and free space of a failed write into ``path``. A writer that reports a short write
+    without its OSError (torch.save's stream: "unexpected pos ...") is followed by a 1 MiB probe write,
+    which meets the same full disk, quota or size limit and reports its errno."""
+    if isinstance(err, OSError):
+        return os_error_message(err, path)
+    try:
+        write_probe(path, 1 << 20)
+    except OSError as probe_err:
+        return f"{type(err).__name__}: {err}; a probe write there: {os_error_message(probe_err, path)}"
+    return f"{type(err).__name__}: {err} ({free_space(path)} free on {path})"

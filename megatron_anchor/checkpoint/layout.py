@@ -1,0 +1,137 @@
+"""Where checkpoints live on disk: ``DIR/iter_NNNNNNN/`` directories, the ``latest`` pointer, atomic commits.
+
+A checkpoint is written into ``iter_NNNNNNN.tmp`` and renamed once complete; ``latest`` is then replaced
+atomically, so ``latest`` never names a half-written checkpoint. A ``.tmp`` left by a crash or a full disk
+is removed by the next save into the same directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+
+LATEST = "latest"
+META_FILE = "meta.json"
+TMP_SUFFIX = ".tmp"
+_ITER_RE = re.compile(r"^iter_(\d{7,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names the file, directory or flag."""
+
+
+def iter_dir_name(step: int) -> str:
+    """``iter_0000020`` for step 20."""
+    return f"iter_{step:07d}"
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a complete checkpoint directory (it holds ``meta.json``)."""
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
+def find_checkpoint(path: str) -> str | None:
+    """``path`` itself if it is a checkpoint, else the one its ``latest`` file names, else None."""
+    if is_checkpoint(path):
+        return path
+    pointer = os.path.join(path, LATEST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        found = os.path.join(path, f.read().strip())
+    if not is_checkpoint(found):
+        raise CheckpointError(f"{pointer} names {found}, which is not a complete checkpoint")
+    return found
+
+
+def why_not_a_checkpoint(path: str) -> str:
+    """A short reason why ``path`` holds no checkpoint, with the likely fix."""
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isdir(path):
+        return "is a file, not a checkpoint directory"
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return (
+            "is a Hugging Face model directory, not a checkpoint: convert it first with "
+            "tools/convert_hf_checkpoint.py import"
+        )
+    iters = sorted(n for n in os.listdir(path) if _ITER_RE.match(n) and is_checkpoint(os.path.join(path, n)))
+    if iters:
+        return f"has no '{LATEST}' file; give one of its checkpoints, e.g. {os.path.join(path, iters[-1])}"
+    return f"holds neither {META_FILE} nor a '{LATEST}' file"
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint directory that ``path`` is or names (via ``latest``); CheckpointError if none."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} {why_not_a_checkpoint(path)}")
+    return found
+
+
+def read_meta(checkpoint_dir: str) -> dict:
+    """The checkpoint's ``meta.json``."""
+    path = os.path.join(checkpoint_dir, META_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+
+
+def write_meta(checkpoint_dir: str, meta: dict) -> None:
+    """Write ``meta.json`` and flush it to disk (it is the mark of a complete checkpoint)."""
+    _write_synced(os.path.join(checkpoint_dir, META_FILE), json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def _write_synced(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _step_of(name: str) -> int | None:
+    match = _ITER_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def previous_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest complete checkpoint beside ``checkpoint_dir`` with a smaller step, or None."""
+    parent, name = os.path.split(os.path.normpath(checkpoint_dir))
+    step = _step_of(name)
+    if step is None or not os.path.isdir(parent):
+        return None
+    older = [
+        (s, n)
+        for n in os.listdir(parent)
+        if (s := _step_of(n)) is not None and s < step and is_checkpoint(os.path.join(parent, n))
+    ]
+    return os.path.join(parent, max(older)[1]) if older else None
+
+
+def remove_stale_tmp(save_dir: str) -> list[str]:
+    """Delete ``iter_*.tmp`` directories (interrupted saves) under ``save_dir``; returns what was removed."""
+    stale = sorted(glob.glob(os.path.join(glob.escape(save_dir), "iter_*" + TMP_SUFFIX)))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def commit_checkpoint(tmp_dir: str, final_dir: str) -> None:
+    """Move the complete ``tmp_dir`` to ``final_dir`` and point ``latest`` at it (each step atomic)."""
+    save_dir = os.path.dirname(final_dir)
+    if os.path.exists(final_dir):  # the same step saved again (e.g. a rerun): the new one replaces it
+        shutil.rmtree(final_dir)
+    os.rename(tmp_dir, final_dir)
+    pointer_tmp = os.path.join(save_dir, LATEST + TMP_SUFFIX)
+    _write_synced(pointer_tmp, os.path.basename(final_dir) + "\n")
+    os.replace(pointer_tmp, os.path.join(save_dir, LATEST))
+    dir_fd = os.open(save_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the renames themselves reach the disk
+    finally:
+        os.close(dir_fd)

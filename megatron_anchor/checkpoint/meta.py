@@ -1,0 +1,72 @@
+"""The checkpoint contract: what every checkpoint's ``meta.json`` records, for the trainer's and the
+converter's writers alike.
+
+``meta.json`` (format 2)::
+
+    format, step, consumed_samples, weights_only     (weights_only: no optimizer/RNG, a run starts at step 0)
+    tp, cp, dp, world                                 parallel sizes it was written at
+    model   {num_layers, hidden_size, ..., vocab_size, padded_vocab_size, attention_mode}
+    rope    {rotary_base, rotary_percent, rotary_interleaved, rope_scaling}
+    tokenizer {type, model, vocab_size, crc32}        or None
+    schedule {train_iters, lr, min_lr, lr_warmup_iters, lr_decay_iters, lr_decay_style, ...} or None
+    files   {relative path: {size, crc32}}            every file of the checkpoint but meta.json
+
+``model`` and ``rope`` use the trainer's flag names (``megatron_anchor.model.config_record``), so readers
+take omitted flags from them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from megatron_anchor.checkpoint.integrity import file_crc32
+
+FORMAT_VERSION = 2
+# Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
+_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
+
+
+def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
+    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches)."""
+    crc = None
+    if tokenizer_model and os.path.isfile(tokenizer_model):
+        crc = file_crc32(tokenizer_model)
+    elif tokenizer_model and os.path.isdir(tokenizer_model):
+        parts = [
+            f"{n}:{file_crc32(p)}"
+            for n in _VOCAB_FILES
+            if os.path.isfile(p := os.path.join(tokenizer_model, n))
+        ]
+        crc = ",".join(parts) or None
+    model = os.path.abspath(tokenizer_model) if tokenizer_model else None
+    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
+
+
+def checkpoint_meta(
+    *,
+    step: int,
+    consumed_samples: int,
+    record: dict,
+    tokenizer: dict | None,
+    schedule: dict | None,
+    sizes: dict,
+    weights_only: bool,
+    **extra,
+) -> dict:
+    """A ``meta.json`` dict without ``files`` (added by the writer once every file is on disk).
+
+    ``record``: ``{"model": ..., "rope": ...}``; ``sizes``: ``{"tp", "cp", "dp", "world"}``; ``extra``: other
+    keys (e.g. ``hf_config`` of a converted model, carried into the checkpoints trained from it).
+    """
+    return {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "consumed_samples": consumed_samples,
+        "weights_only": weights_only,
+        **{k: sizes[k] for k in ("tp", "cp", "dp", "world")},
+        "model": record["model"],
+        "rope": record["rope"],
+        "tokenizer": tokenizer,
+        "schedule": schedule,
+        **extra,
+    }

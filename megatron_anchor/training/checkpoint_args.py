@@ -1,0 +1,121 @@
+"""The start-up checks of the checkpoint, resume and fault-tolerance flags (Megatron's names).
+
+The checks read only ``meta.json`` and the file system (no process group), so ``--dry-run`` runs them too:
+``--load`` must hold a checkpoint (except the auto-resume pattern ``--load`` = ``--save``, whose first run
+starts from scratch), model flags left out are taken from it, a resume must have steps left and the same
+LR schedule (unless ``--override-opt-param-scheduler``), and ``--save`` must be writable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from megatron_anchor.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    probe_writable,
+    read_meta,
+    why_not_a_checkpoint,
+)
+from megatron_anchor.training.build import resolve_vocab_size
+from megatron_anchor.training.model_args import (
+    apply_checkpoint_model,
+    check_checkpoint_vocab,
+    validate_model_args,
+)
+
+# LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
+SCHEDULE_KEYS = ("lr", "min_lr", "lr_warmup_iters", "lr_decay_iters", "lr_decay_style", "weight_decay")
+
+
+def schedule_record(args: argparse.Namespace) -> dict:
+    """The schedule a checkpoint records (checked on resume)."""
+    keys = (*SCHEDULE_KEYS, "train_iters", "global_batch_size", "seq_length")
+    return {k: getattr(args, k) for k in keys}
+
+
+def load_checkpoint_config(args: argparse.Namespace) -> list[str]:
+    """Resolve ``--load`` into ``args.load_checkpoint`` (a checkpoint directory or None) and fill the model
+    flags left out from its metadata. Returns one-line notes; ValueError when ``--load`` holds none."""
+    args.load_checkpoint = None
+    if not args.load:
+        if getattr(args, "finetune", False):
+            raise ValueError("--finetune needs --load (the checkpoint whose weights to start from)")
+        return []
+    try:
+        path = find_checkpoint(args.load)
+    except CheckpointError as err:
+        raise ValueError(f"--load: {err}") from err
+    save = getattr(args, "save", None)
+    if path is None:
+        if save and os.path.realpath(save) == os.path.realpath(args.load):
+            return [f"no checkpoint in --load {args.load} (= --save) yet: starting from scratch"]
+        raise ValueError(f"--load {args.load} {why_not_a_checkpoint(args.load)}")
+    args.load_checkpoint = path
+    return apply_checkpoint_model(args, read_meta(path), path)
+
+
+def resolve_model_config(args: argparse.Namespace, tp: int) -> list[str]:
+    """The model flags from the command line, the ``--load`` checkpoint and the defaults, validated (the
+    one rule the trainer and the evaluation tools share). Returns notes; ValueError on a bad flag."""
+    notes = load_checkpoint_config(args)
+    validate_model_args(args, tp)
+    path = args.load_checkpoint
+    if path is not None and (args.tokenizer_model is not None or args.vocab_size is not None):
+        notes += check_checkpoint_vocab(args, read_meta(path), path, resolve_vocab_size(args))
+    return notes
+
+
+def check_resume_and_save(args: argparse.Namespace) -> list[str]:
+    """Parallel sizes, steps left and schedule of a resume; ``--save`` writability. Returns notes."""
+    notes: list[str] = []
+    path = args.load_checkpoint
+    if path is not None:
+        meta = read_meta(path)
+        tp = args.tensor_model_parallel_size
+        if meta["tp"] != tp:
+            raise ValueError(
+                f"--load {path} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} "
+                f"(TP resharding is not supported)"
+            )
+        if not args.finetune and not meta.get("weights_only"):
+            notes += _check_resume(args, meta, path)
+    if args.save:
+        try:
+            probe_writable(args.save, "--save")
+        except CheckpointError as err:
+            raise ValueError(str(err)) from err
+    return notes
+
+
+def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:
+    step = meta["step"]
+    if step >= args.train_iters:
+        raise ValueError(
+            f"--load {path} is at step {step}, at or past --train-iters {args.train_iters}: nothing to train "
+            f"(raise --train-iters, or --finetune to start a new schedule from its weights)"
+        )
+    recorded = meta.get("schedule")
+    if recorded is None:
+        return [f"--load {path} records no schedule: the LR schedule flags are not checked against it"]
+    if recorded["global_batch_size"] != args.global_batch_size:
+        raise ValueError(
+            f"--global-batch-size {args.global_batch_size} differs from checkpoint {path}'s "
+            f"{recorded['global_batch_size']}: the data position is step x global batch, so samples would be "
+            f"skipped or repeated (use --finetune to start over from its weights)"
+        )
+    differ = [
+        f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {recorded[k]})"
+        for k in SCHEDULE_KEYS
+        if k in recorded and getattr(args, k) != recorded[k]
+    ]
+    if not differ:
+        return []
+    if args.override_opt_param_scheduler:
+        return ["--override-opt-param-scheduler: new schedule " + "; ".join(differ)]
+    hint = " (--lr-decay-iters defaults to --train-iters)" if "--lr-decay-iters" in " ".join(differ) else ""
+    raise ValueError(
+        f"the LR schedule differs from checkpoint {path}: {'; '.join(differ)}{hint}; give "
+        f"--override-opt-param-scheduler to use the new values"
+    )

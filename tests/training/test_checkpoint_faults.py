@@ -1,0 +1,187 @@
+"""Faults around checkpoints, with real processes: damaged files, a failing save, a stalled rank, SIGTERM
+preemption; and the staged-extension flags --finetune / --no-load-optim / --no-load-rng."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from train_harness import (
+    TINY,
+    read_log,
+    reference_run,
+    run_pretrain,
+    start_pretrain,
+    step_losses,
+    worker_pids,
+)
+
+from megatron_anchor.checkpoint import CheckpointError, verify_checkpoint
+
+# The reference run's schedule (6 steps) kept while a resume trains further.
+SAME_SCHEDULE = ["--lr-decay-iters", "6"]
+
+
+def _copy_reference(tmp_path: Path) -> Path:
+    ckpt, _, _, _ = reference_run()
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    return copy
+
+
+def _zero_middle_page(data: bytearray) -> None:
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 4096] = bytes(4096)
+
+
+@pytest.mark.parametrize("damage", ["zeroed page", "random bytes", "truncated"])
+def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, damage):
+    ckpt = _copy_reference(tmp_path)
+    shard = ckpt / "iter_0000006" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    if damage == "zeroed page":
+        _zero_middle_page(data)
+    elif damage == "random bytes":
+        data[5000:5016] = os.urandom(16)
+    else:
+        data = data[: len(data) // 2]
+    shard.write_bytes(bytes(data))
+    meta = json.loads((ckpt / "iter_0000006" / "meta.json").read_text())
+    verify_checkpoint(
+        str(ckpt / "iter_0000003"), json.loads((ckpt / "iter_0000003" / "meta.json").read_text())
+    )
+    reason = "has .* bytes, .* were written" if damage == "truncated" else "is damaged"
+    with pytest.raises(CheckpointError, match=f"{shard} {reason}.*--load {ckpt / 'iter_0000003'}"):
+        verify_checkpoint(str(ckpt / "iter_0000006"), meta)
+
+
+def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
+    ckpt = _copy_reference(tmp_path)
+    shard = ckpt / "iter_0000006" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    _zero_middle_page(data)  # 1,024 fp32 values inside a tensor: loaded silently without checksums
+    shard.write_bytes(bytes(data))
+    flags = [*TINY, "--train-iters", "8", *SAME_SCHEDULE, "--load", str(ckpt)]
+    records, proc = run_pretrain(1, flags, tmp_path, expect_fail=True)
+    assert f"error: rank 0: checkpoint file {shard} is damaged" in proc.stderr
+    assert f"load the previous checkpoint instead: --load {ckpt / 'iter_0000003'}" in proc.stderr
+    assert not [r for r in records if "loss" in r] and "megatron_anchor/" not in proc.stderr  # no traceback
+
+
+def _file_size_limit(nbytes: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up(tmp_path):
+    """A save that cannot write (here a file-size limit: EFBIG, as ENOSPC on a full disk) stops the run on
+    both ranks with one line; 'latest' keeps the previous checkpoint; the next save removes the .tmp."""
+    ckpt = _copy_reference(tmp_path)
+    shutil.rmtree(ckpt / "iter_0000006")
+    (ckpt / "latest").write_text("iter_0000003\n")
+    flags = [*TINY, "--load", str(ckpt), "--save", str(ckpt)]
+    _, proc = run_pretrain(2, flags, tmp_path, expect_fail=True, preexec_fn=_file_size_limit(200_000))
+    tmp = ckpt / "iter_0000006.tmp"
+    assert f"error: rank 0: writing checkpoint {tmp} failed on rank " in proc.stderr
+    assert "[Errno 27 EFBIG] File too large:" in proc.stderr  # the probe write meets the same limit
+    assert f"free on {tmp}); 'latest' still names the previous checkpoint" in proc.stderr
+    assert "megatron_anchor/" not in proc.stderr and tmp.is_dir()
+    assert (ckpt / "latest").read_text().strip() == "iter_0000003"
+    run_pretrain(
+        1, [*TINY, "--train-iters", "5", *SAME_SCHEDULE, "--load", str(ckpt), "--save", str(ckpt)], tmp_path
+    )
+    assert sorted(p.name for p in ckpt.iterdir()) == ["iter_0000003", "iter_0000005", "latest"]
+
+
+def test_stalled_rank_ends_the_job_within_the_timeout(tmp_path):
+    """Rank 1 stopped (SIGSTOP) mid-run: rank 0's next collective gives up after
+    --distributed-timeout-minutes 0.1 (6 s) with a one-line message and exits; torchrun then ends the job
+    (after 30 s of its own for a stopped process: the test kills it at once). With gloo's default the job
+    would wait 30 minutes."""
+    flags = [*TINY, "--train-iters", "100000", "--distributed-timeout-minutes", "0.1"]
+    job = start_pretrain(2, flags, tmp_path, [])
+    try:
+        job.wait_for_step(2)
+        workers = worker_pids(job.proc.pid)
+        os.kill(workers[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        reported = job.wait_for(lambda: "error: rank 0: a collective failed" in job.err(), "the error", 60)
+        job.wait_for(lambda: not os.path.exists(f"/proc/{workers[0]}"), "rank 0's exit", 30)
+        os.kill(workers[1], signal.SIGKILL)
+        job.proc.wait(timeout=60)
+    finally:
+        job.proc.kill()
+    assert job.proc.returncode != 0
+    assert "Timed out waiting 6000ms" in job.err() and "--distributed-timeout-minutes" in job.err()
+    assert 6 <= reported - stopped < 40, reported - stopped  # 6 s, plus slack for a loaded machine
+
+
+def test_sigterm_saves_after_the_step_and_the_resume_matches_an_uninterrupted_run(tmp_path):
+    """SIGTERM to every process of a 2-rank torchrun job, as Slurm sends it (torchrun told to leave it to the
+    workers): the step in flight finishes, a checkpoint is saved, the job exits 0; resuming from it gives
+    the losses of a run that was never interrupted."""
+    save = tmp_path / "ckpt"
+    schedule = ["--lr-decay-iters", "400", "--lr-warmup-iters", "2"]
+    flags = [*TINY, *schedule, "--exit-signal-handler", "--load", str(save), "--save", str(save)]
+
+    def ignoring_sigterm():  # the launcher's `trap '' TERM`
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    launcher = ["--signals-to-handle", "SIGINT,SIGHUP,SIGQUIT"]
+    job = start_pretrain(
+        2, [*flags, "--train-iters", "400"], tmp_path / "a", launcher, ignoring_sigterm
+    )
+    try:
+        job.wait_for_step(3)
+        for pid in [job.proc.pid, *worker_pids(job.proc.pid).values()]:  # torchrun runs each in its session
+            os.kill(pid, signal.SIGTERM)
+        job.proc.wait(timeout=90)
+    finally:
+        job.proc.kill()
+    assert job.proc.returncode == 0, job.err()[-3000:]
+    records = read_log(job.log)
+    stop = next(r for r in records if "exit" in r)
+    k = stop["step"]
+    assert stop["exit"] == "SIGTERM received (--exit-signal-handler)" and max(step_losses(records)) == k
+    assert (save / "latest").read_text().strip() == f"iter_{k:07d}" and k < 400
+    end = str(k + 4)
+    resumed, proc = run_pretrain(2, [*flags, "--train-iters", end], tmp_path / "b")
+    assert (
+        f"resumed from {save / f'iter_{k:07d}'} at step {k}: model and optimizer; RNG restored" in proc.stdout
+    )
+    whole, _ = run_pretrain(2, [*TINY, *schedule, "--train-iters", end], tmp_path / "c")
+    after = {s: v for s, v in step_losses(whole).items() if s > k}
+    got = step_losses(resumed)
+    assert sorted(got) == sorted(after) and len(after) == 4
+    diff = max(abs(got[s] - v) for s, v in after.items())
+    print(f"SIGTERM after step {k}; max |loss difference| over steps {k + 1}-{k + 4}: {diff:.3g}")
+    assert diff <= 1e-6 * max(after.values())
+
+
+def test_no_load_optim_keeps_the_weights_and_step_and_starts_a_fresh_optimizer(tmp_path):
+    ckpt, full, _, _ = reference_run()
+    flags = [*TINY, "--load", str(ckpt / "iter_0000003"), "--no-load-optim", "--no-load-rng"]
+    records, proc = run_pretrain(1, flags, tmp_path)
+    assert "at step 3: model only (--no-load-optim); RNG from --seed" in proc.stdout
+    losses = step_losses(records)
+    assert sorted(losses) == [4, 5, 6]
+    assert abs(losses[4] - full[4]) <= 1e-6 * full[4]  # computed before any update: the loaded weights
+    assert abs(losses[5] - full[5]) > 1e-4  # after one step of a fresh Adam: another trajectory
+
+
+def test_finetune_starts_a_new_stage_at_step_0_with_a_new_length_and_rope_base(tmp_path):
+    """The next stage of a context extension from a trained checkpoint, without export and import."""
+    ckpt, _, _, _ = reference_run()
+    flags = [*TINY, "--load", str(ckpt), "--finetune", "--train-iters", "2", "--seq-length", "128"]
+    flags += ["--rotary-base", "40000", "--save", str(tmp_path / "stage2")]
+    records, proc = run_pretrain(1, flags, tmp_path)
+    assert "at step 0: model weights only (--finetune); RNG from --seed" in proc.stdout
+    assert "--rotary-base 40000.0 replaces the checkpoint's 10000.0" in proc.stdout
+    assert sorted(step_losses(records)) == [1, 2]
+    meta = json.loads((tmp_path / "stage2" / "iter_0000002" / "meta.json").read_text())
+    assert meta["rope"]["rotary_base"] == 40000.0 and meta["schedule"]["seq_length"] == 128

@@ -1,0 +1,117 @@
+"""Start-up checks of --load/--save against the checkpoint's metadata (what --dry-run also runs): model flags
+taken from the checkpoint or refused by name, no silent fresh start, no silent schedule change, --save
+writable. All of them read files only, so they run here without a process group."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from train_harness import TINY, reference_run
+
+from megatron_anchor.training import build_parser, validate_args
+
+# TINY without its model flags: the checkpoint supplies them.
+RUN = TINY[TINY.index("--seq-length") :]
+
+
+def _validate(flags: list[str], world_size: int = 1):
+    return validate_args(build_parser().parse_args(flags), world_size)
+
+
+def test_model_flags_left_out_are_the_checkpoints_and_a_contradiction_names_both_values():
+    ckpt, _, _, _ = reference_run()
+    meta = json.loads((ckpt / "iter_0000006" / "meta.json").read_text())
+    assert meta["model"]["num_layers"] == 2 and meta["rope"]["rotary_base"] == 10000.0
+    assert meta["schedule"]["train_iters"] == 6 and meta["tokenizer"]["vocab_size"] == 256
+    args = _validate([*RUN, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(ckpt)])
+    got = (args.num_layers, args.hidden_size, args.ffn_hidden_size, args.num_attention_heads)
+    assert got == (2, 64, 128, 4) and args.num_query_groups == 2 and args.vocab_size == 256
+    assert args.load_checkpoint == str(ckpt / "iter_0000006")
+    assert any("--num-layers 2" in note for note in args.checkpoint_notes)
+    with pytest.raises(
+        ValueError, match=r"--num-layers 1 contradicts checkpoint .*iter_0000003, which has num_layers 2"
+    ):
+        _validate([*TINY, "--num-layers", "1", "--train-iters", "8", "--load", str(ckpt / "iter_0000003")])
+    with pytest.raises(
+        ValueError, match=r"--vocab-size 300 gives a padded vocabulary of 384 .* has 256 rows"
+    ):
+        _validate([*TINY, "--vocab-size", "300", "--train-iters", "8", "--load", str(ckpt / "iter_0000003")])
+    with pytest.raises(ValueError, match="--num-layers is required"):
+        _validate(RUN)
+
+
+def test_load_without_a_checkpoint_is_an_error_except_the_auto_resume_pattern(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    for load, message in [
+        (tmp_path / "typo", "does not exist"),
+        (hf, "is a Hugging Face model directory, not a checkpoint: convert it first"),
+        (tmp_path, "holds neither meta.json nor a 'latest' file"),
+    ]:
+        with pytest.raises(ValueError, match=f"--load {load} {message}"):
+            _validate([*TINY, "--load", str(load)])
+    same = str(tmp_path / "run")
+    args = _validate([*TINY, "--load", same, "--save", same])
+    assert args.load_checkpoint is None and "starting from scratch" in args.checkpoint_notes[0]
+
+
+def test_resume_needs_steps_left_and_the_same_schedule():
+    ckpt, _, _, _ = reference_run()
+    for iters in ("6", "4"):
+        with pytest.raises(
+            ValueError, match=f"is at step 6, at or past --train-iters {iters}: nothing to train"
+        ):
+            _validate([*TINY, "--train-iters", iters, "--load", str(ckpt)])
+    # A longer run re-derives --lr-decay-iters from --train-iters: a silent schedule change, refused.
+    with pytest.raises(
+        ValueError, match=r"--lr-decay-iters 10 \(checkpoint: 6\).*--override-opt-param-scheduler"
+    ):
+        _validate([*TINY, "--train-iters", "10", "--load", str(ckpt)])
+    with pytest.raises(ValueError, match=r"--lr 0.001 \(checkpoint: 0.002\)"):
+        _validate(
+            [*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--lr", "1e-3", "--load", str(ckpt)]
+        )
+    with pytest.raises(ValueError, match="--global-batch-size 8 differs from checkpoint"):
+        _validate(
+            [
+                *TINY,
+                "--train-iters",
+                "10",
+                "--lr-decay-iters",
+                "6",
+                "--global-batch-size",
+                "8",
+                "--load",
+                str(ckpt),
+            ]
+        )
+    kept = _validate([*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--load", str(ckpt)])
+    assert kept.checkpoint_notes and not any("schedule" in n for n in kept.checkpoint_notes)
+    new = _validate([*TINY, "--train-iters", "10", "--override-opt-param-scheduler", "--load", str(ckpt)])
+    assert any("new schedule --lr-decay-iters 10 (checkpoint: 6)" in n for n in new.checkpoint_notes)
+    fresh = _validate([*TINY, "--train-iters", "3", "--finetune", "--load", str(ckpt)])  # a new schedule
+    assert fresh.load_checkpoint.endswith("iter_0000006")
+    with pytest.raises(ValueError, match="was saved at --tensor-model-parallel-size 1; this run uses 2"):
+        _validate([*TINY, "--train-iters", "10", "--tensor-model-parallel-size", "2", "--load", str(ckpt)], 2)
+
+
+def test_save_is_probed_at_start_up(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"--save .*file/ckpt is not writable: \[Errno 20 ENOTDIR\]"):
+        _validate([*TINY, "--save", str(blocker / "ckpt")])
+    args = _validate([*TINY, "--save", str(tmp_path / "new" / "ckpt")])
+    assert (tmp_path / "new" / "ckpt").is_dir() and not list((tmp_path / "new" / "ckpt").iterdir())
+    assert args.checkpoint_notes == []
+
+
+def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):
+    ckpt, _, _, _ = reference_run()
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    shutil.rmtree(copy / "iter_0000006")
+    with pytest.raises(ValueError, match="latest names .*iter_0000006, which is not a complete checkpoint"):
+        _validate([*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--load", str(copy)])
