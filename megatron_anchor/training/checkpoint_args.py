@@ -18,7 +18,6 @@ from megatron_anchor.checkpoint import (
     read_meta,
     why_not_a_checkpoint,
 )
-from megatron_anchor.training.build import resolve_vocab_size
 from megatron_anchor.training.model_args import (
     apply_checkpoint_model,
     check_checkpoint_vocab,
@@ -63,6 +62,9 @@ def resolve_model_config(args: argparse.Namespace, tp: int) -> list[str]:
     validate_model_args(args, tp)
     path = args.load_checkpoint
     if path is not None and (args.tokenizer_model is not None or args.vocab_size is not None):
+        # Imported here: megatron-core's import warnings belong after the start-up silences them.
+        from megatron_anchor.training.build import resolve_vocab_size
+
         notes += check_checkpoint_vocab(args, read_meta(path), path, resolve_vocab_size(args))
     return notes
 

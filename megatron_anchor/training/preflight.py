@@ -41,7 +41,6 @@ def preflight(args: argparse.Namespace, dry_run: bool) -> Findings:
     _check_tokenizer(args, found)
     _check_data(args, found)
     _check_outputs(args, found)
-    _check_checkpoints(args, found)
     _check_machine(args, found, dry_run)
     return found
 
@@ -126,13 +125,6 @@ def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
         problem = writable_problem(flag, path, is_file) if path else None
         if problem:
             found.errors.append(problem)
-
-
-def _check_checkpoints(args: argparse.Namespace, found: Findings) -> None:
-    """``--save`` and ``--load``; the checkpoint contract's checks (metadata against flags) belong here."""
-    problem = writable_problem("--save", args.save) if args.save else None
-    if problem:
-        found.errors.append(problem)
 
 
 def _check_machine(args: argparse.Namespace, found: Findings, dry_run: bool) -> None:

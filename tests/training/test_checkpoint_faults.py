@@ -23,6 +23,7 @@ from train_harness import (
 )
 
 from megatron_anchor.checkpoint import CheckpointError, verify_checkpoint
+from megatron_anchor.training.startup import CONFIG_FILE
 
 # The reference run's schedule (6 steps) kept while a resume trains further.
 SAME_SCHEDULE = ["--lr-decay-iters", "6"]
@@ -95,7 +96,8 @@ def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up
     run_pretrain(
         1, [*TINY, "--train-iters", "5", *SAME_SCHEDULE, "--load", str(ckpt), "--save", str(ckpt)], tmp_path
     )
-    assert sorted(p.name for p in ckpt.iterdir()) == ["iter_0000003", "iter_0000005", "latest"]
+    kept = sorted(p.name for p in ckpt.iterdir())
+    assert kept == ["iter_0000003", "iter_0000005", "latest", CONFIG_FILE]  # the run's config beside them
 
 
 def test_stalled_rank_ends_the_job_within_the_timeout(tmp_path):

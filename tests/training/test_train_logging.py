@@ -138,7 +138,8 @@ def test_interval_averages_match_the_per_step_reference(logged_run):
 
 def test_exit_interval_saves_and_stops(logged_run):
     work, _, records = logged_run
-    assert {"step": 4, "exit_interval": 4} in records and max(r["step"] for r in records) == 4
+    assert {"step": 4, "exit": "--exit-interval 4 reached"} in records
+    assert max(r["step"] for r in records) == 4
     assert (work / "ckpt" / "latest").read_text().strip() == "iter_0000004"
 
 
