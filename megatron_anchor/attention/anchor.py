@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
 from megatron_anchor.attention.plan import AnchorFold
 
 
@@ -20,8 +21,7 @@ def local_anchor_kv(k: torch.Tensor, v: torch.Tensor, fold: AnchorFold) -> torch
 
 def _per_row(anchor_kv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of the anchor ``[b, 1, h, d]`` fp32 (query head j uses K/V head j // group)."""
-    group = heads // anchor_kv.shape[2]
-    k, v = (t.repeat_interleave(group, dim=1)[:, None] for t in anchor_kv.unbind(0))
+    k, v = (expand_kv_heads(t, heads)[:, None] for t in anchor_kv.unbind(0))  # [b, 1, h, d]
     return k, v
 
 
@@ -58,5 +58,4 @@ def fold_anchor_backward(dout, q, out, lse, anchor_kv, fold: AnchorFold, scale: 
     dq += (ds[..., None] * k_anchor * scale).view(dq.shape)
     dk = torch.einsum("blh,blhd->bhd", ds, q4) * scale  # [b, h, d]
     dv = torch.einsum("blh,blhd->bhd", p, dout4)
-    grads = torch.stack([dk, dv])  # [2, b, h, d]
-    return grads.view(2, batch, heads_kv, heads // heads_kv, -1).sum(3)  # [2, b, h_kv, d]
+    return reduce_kv_heads(torch.stack([dk, dv]), heads_kv, dim=2)  # [2, b, h_kv, d]

@@ -9,7 +9,7 @@ bottom-right aligned: query ``i`` of a sequence with ``n`` queries and ``m`` key
 
 - ``varlen_reference``: dense masked attention in plain torch from the ``cu`` tensors alone (no host
   reads); exactly the contract, for tests of the code that drives the GPU kernels.
-- ``sdpa_cpu``: aten's CPU flash kernels, a call per sequence (runs of tiny sequences share a masked call).
+- ``sdpa_cpu`` (``attention/cpu_kernels.py``): aten's CPU flash kernels.
 - ``torch``: tiled online-softmax matmuls in fp32, any device (the GPU fallback for fp32 inputs).
 - ``flash`` / ``flash_attn2`` / ``flash_attn3`` (``attention/flash.py``): the GPU kernels.
 """
@@ -18,23 +18,12 @@ from __future__ import annotations
 
 import torch
 
+from megatron_anchor.attention.cpu_kernels import SdpaCpu
+from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
 from megatron_anchor.attention.plan import KernelCall
 
 BACKENDS = ("auto", "varlen_reference", "sdpa_cpu", "torch", "flash", "flash_attn2", "flash_attn3")
 BLOCK = 512  # tile edge of the torch kernel: [h, 512, 512] fp32 scores at a time
-TINY = 64  # sequences shorter than this run in groups on the CPU (per-call overhead dominates)
-
-
-def _expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[T, h_kv, d]`` -> ``[T, h, d]`` (query head j uses K/V head j // group)."""
-    group = heads // t.shape[1]
-    return t if group == 1 else t.repeat_interleave(group, dim=1)
-
-
-def _reduce_heads(grad: torch.Tensor, heads_kv: int) -> torch.Tensor:
-    """``[T, h, d]`` -> ``[T, h_kv, d]``: sum the gradients of each K/V head's group."""
-    n, h, d = grad.shape
-    return grad if h == heads_kv else grad.view(n, heads_kv, h // heads_kv, d).sum(2)
 
 
 def _dense_mask(call: KernelCall, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
@@ -57,7 +46,7 @@ class VarlenReference:
     name = "varlen_reference"
 
     def _scores(self, q, k, call: KernelCall, scale: float) -> torch.Tensor:
-        kf = _expand_heads(k.float(), q.shape[1])
+        kf = expand_kv_heads(k.float(), q.shape[1])
         s = torch.einsum("qhd,khd->hqk", q.float(), kf) * scale  # [h, Tq, Tk]
         mask = _dense_mask(call, q.shape[0], k.shape[0], q.device)
         return s.masked_fill(~mask, float("-inf"))
@@ -67,125 +56,21 @@ class VarlenReference:
         s = self._scores(q, k, call, scale)
         lse = torch.logsumexp(s, dim=-1)  # [h, Tq]
         p = torch.exp(s - lse.masked_fill(lse.isinf(), 0.0)[..., None])
-        out = torch.einsum("hqk,khd->qhd", p, _expand_heads(v.float(), q.shape[1]))
+        out = torch.einsum("hqk,khd->qhd", p, expand_kv_heads(v.float(), q.shape[1]))
         return out.to(q.dtype), lse, None
 
     def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
         """``(dq, dk, dv)`` like q, k, v from the merged ``out``/``lse``."""
         heads, heads_kv = q.shape[1], k.shape[1]
         p = torch.exp(self._scores(q, k, call, scale) - lse.float()[..., None])  # [h, Tq, Tk]
-        dof, vf = dout.float(), _expand_heads(v.float(), heads)
+        dof, vf = dout.float(), expand_kv_heads(v.float(), heads)
         delta = (dof * out.float()).sum(-1).t()  # [h, Tq]
         ds = p * (torch.einsum("qhd,khd->hqk", dof, vf) - delta[..., None])
-        dq = torch.einsum("hqk,khd->qhd", ds, _expand_heads(k.float(), heads)) * scale
+        dq = torch.einsum("hqk,khd->qhd", ds, expand_kv_heads(k.float(), heads)) * scale
         dk = torch.einsum("hqk,qhd->khd", ds, q.float()) * scale
         dv = torch.einsum("hqk,qhd->khd", p, dof)
-        dk, dv = _reduce_heads(dk, heads_kv), _reduce_heads(dv, heads_kv)
+        dk, dv = reduce_kv_heads(dk, heads_kv), reduce_kv_heads(dv, heads_kv)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-
-
-def _groups(call: KernelCall) -> list[tuple[int, int, int, int, torch.Tensor | None]]:
-    """``(q0, q1, k0, k1, mask or None)`` per CPU kernel call: one per sequence, tiny runs grouped.
-
-    ``mask`` is None for a single sequence (causal or full as the call says), else a block-diagonal bool
-    ``[q1 - q0, k1 - k0]``. Cached on the call: every layer reuses it.
-    """
-    if "groups" in call.cache:
-        return call.cache["groups"]
-    cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
-    groups, pending = [], []
-    for i in range(call.sequences):
-        seq = (cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1])
-        if seq[1] - seq[0] >= TINY and seq[3] - seq[2] >= TINY:
-            groups += [_group(pending, call.causal)] if pending else []
-            groups.append((*seq, None))
-            pending = []
-            continue
-        pending.append(seq)
-        if pending[-1][1] - pending[0][0] >= TINY:
-            groups.append(_group(pending, call.causal))
-            pending = []
-    groups += [_group(pending, call.causal)] if pending else []
-    call.cache["groups"] = groups
-    return groups
-
-
-def _group(seqs: list[tuple[int, int, int, int]], causal: bool) -> tuple:
-    """One masked call over consecutive sequences (a single one keeps its own kind, no mask)."""
-    if len(seqs) == 1:
-        return (*seqs[0], None)
-    q0, k0 = seqs[0][0], seqs[0][2]
-    mask = torch.zeros(seqs[-1][1] - q0, seqs[-1][3] - k0, dtype=torch.bool)
-    for a, b, c, e in seqs:
-        block = torch.ones(b - a, e - c, dtype=torch.bool)
-        mask[a - q0 : b - q0, c - k0 : e - k0] = block.tril(e - c - (b - a)) if causal else block
-    return q0, seqs[-1][1], k0, seqs[-1][3], mask
-
-
-def _heads_first(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(0, 1)[None]  # [n, h, d] -> [1, h, n, d] (a view)
-
-
-class SdpaCpu:
-    """aten's CPU flash-attention kernels per sequence (or group of tiny sequences)."""
-
-    name = "sdpa_cpu"
-
-    @staticmethod
-    def available() -> bool:
-        """Whether this torch has the CPU flash ops with a backward."""
-        return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
-
-    @staticmethod
-    def _args(call: KernelCall, group: tuple, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
-        """(is_causal, additive mask) of one group; causal with m != n needs the explicit mask."""
-        q0, q1, k0, k1, mask = group
-        if mask is None and call.causal and q1 - q0 != k1 - k0:
-            mask = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool).tril(k1 - k0 - (q1 - q0))
-        if mask is None:
-            return call.causal, None
-        return False, torch.zeros(mask.shape, dtype=like.dtype).masked_fill(~mask, float("-inf"))
-
-    def forward(self, q, k, v, call: KernelCall, scale: float):
-        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``."""
-        heads = q.shape[1]
-        k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-        out = torch.empty_like(q)
-        lse = torch.empty(heads, q.shape[0], dtype=torch.float32)
-        for group in _groups(call):
-            q0, q1, k0, k1, _ = group
-            causal, mask = self._args(call, group, q)
-            part_out, part_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                *(_heads_first(t) for t in (q[q0:q1], k[k0:k1], v[k0:k1])),
-                0.0,
-                causal,
-                attn_mask=mask,
-                scale=scale,
-            )
-            out[q0:q1] = part_out[0].transpose(0, 1)
-            lse[:, q0:q1] = part_lse[0]
-        return out, lse, None
-
-    def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
-        """``(dq, dk, dv)`` like q, k, v."""
-        heads, heads_kv = q.shape[1], k.shape[1]
-        k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for group in _groups(call):
-            q0, q1, k0, k1, _ = group
-            causal, mask = self._args(call, group, q)
-            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                *(_heads_first(t) for t in (dout[q0:q1], q[q0:q1], k[k0:k1], v[k0:k1], out[q0:q1])),
-                lse[:, q0:q1][None].contiguous(),
-                0.0,
-                causal,
-                attn_mask=mask,
-                scale=scale,
-            )
-            dq[q0:q1] += grads[0][0].transpose(0, 1)
-            dk[k0:k1] += grads[1][0].transpose(0, 1)
-            dv[k0:k1] += grads[2][0].transpose(0, 1)
-        return dq, _reduce_heads(dk, heads_kv), _reduce_heads(dv, heads_kv)
 
 
 def _blocks(n: int, m: int, causal: bool):
@@ -219,7 +104,7 @@ class TorchTiled:
         """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``."""
         heads = q.shape[1]
         qf = q.float().transpose(0, 1) * scale  # [h, Tq, d]
-        kf, vf = (_expand_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
+        kf, vf = (expand_kv_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
         out = torch.zeros_like(qf)
         lse = torch.full(qf.shape[:-1], float("-inf"), device=q.device)
         cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
@@ -243,7 +128,7 @@ class TorchTiled:
         """``(dq, dk, dv)`` fp32, shaped like q, k, v."""
         heads, heads_kv = q.shape[1], k.shape[1]
         qf = q.float().transpose(0, 1) * scale
-        kf, vf = (_expand_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
+        kf, vf = (expand_kv_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
         dof = dout.float().transpose(0, 1)
         delta = (dof * out.float().transpose(0, 1)).sum(-1, keepdim=True)  # [h, Tq, 1]
         dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
@@ -256,7 +141,7 @@ class TorchTiled:
                 ds = p * (dof[:, rows] @ vf[:, keys].transpose(-1, -2) - delta[:, rows])
                 dq[:, rows] += ds @ kf[:, keys] * scale
                 dk[:, keys] += ds.transpose(-1, -2) @ qf[:, rows]  # q carries the scale already
-        dk, dv = (_reduce_heads(t.transpose(0, 1), heads_kv) for t in (dk, dv))
+        dk, dv = (reduce_kv_heads(t.transpose(0, 1), heads_kv) for t in (dk, dv))
         return dq.transpose(0, 1), dk, dv
 
 

@@ -3,7 +3,8 @@
 Built once per micro-batch on the host (``AnchorLayout`` caches it) and reused by every layer, by backward
 and by recompute; once it exists the attention reads nothing back from the device. Tokens are *packed*
 sample-major in local order: row ``b * L + p`` is sample ``b``'s ``p``-th local token (ascending global
-index). Ring step 0 is one causal variable-length call over the local rows (a sequence per document);
+index). Ring step 0 is exactly one causal variable-length call over all local rows (a sequence per
+document), which starts the result;
 step ``k`` receives from rank ``rank - k`` only the K/V rows some local query needs and makes one full
 call per level (see ``geometry``). The anchor is not a kernel key: it is folded in in closed form.
 """

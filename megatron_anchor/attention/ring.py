@@ -80,17 +80,19 @@ def ring_forward(q, k, v, plan: AttentionPlan, comm: CPComm, backend, scale: flo
     Returns (out ``[T, h, d]`` fp32, lse ``[h, T]`` fp32, anchor K/V ``[2, b, h_kv, d]`` or None, the
     kernels' per-call data for the backward).
     """
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     anchor, anchor_work = None, None
     if plan.anchor is not None:
         anchor, anchor_work = comm.sum_anchor(local_anchor_kv(k, v, plan.anchor), async_op=True)
+    out = lse = None
     aux = []
     for step, kv in key_buffers(comm, plan, k, v):
         for call in plan.steps[step].calls if kv is not None else ():
             keys, values = take(kv[0], call.k_rows), take(kv[1], call.k_rows)
             part_out, part_lse, data = backend.forward(take(q, call.q_rows), keys, values, call, scale)
-            merge_rows(out, lse, call.q_rows, part_out, part_lse)
+            if out is None:  # ring step 0's one call covers every local row: it starts the result
+                out, lse = part_out.float(), part_lse.float()
+            else:
+                merge_rows(out, lse, call.q_rows, part_out, part_lse)
             aux.append(data)
             stats.kernel_calls_forward += 1
     if anchor is not None:
@@ -100,19 +102,15 @@ def ring_forward(q, k, v, plan: AttentionPlan, comm: CPComm, backend, scale: flo
     return out, lse, anchor, aux
 
 
-def _step_grads(backend, dout, q, kv, out, lse, calls, scale, aux, dq, dkv, stats) -> None:
-    """Every call of one step: dQ into ``dq``, dK/dV into ``dkv = (dk, dv)`` of the step's key buffer."""
-    for call in calls:
-        keys, values = take(kv[0], call.k_rows), take(kv[1], call.k_rows)
-        rows = call.q_rows
-        grads = backend.backward(
-            take(dout, rows), take(q, rows), keys, values, take(out, rows), take(lse, rows, dim=1),
-            call, scale, next(aux),
-        )  # fmt: skip
-        add_rows(dq, rows, grads[0])
-        add_rows(dkv[0], call.k_rows, grads[1])
-        add_rows(dkv[1], call.k_rows, grads[2])
-        stats.kernel_calls_backward += 1
+def _call_grads(backend, dout, q, kv, out, lse, call, scale, aux, stats) -> tuple:
+    """(dq, dk, dv) of one kernel call: of its query rows and of its rows of the key buffer ``kv``."""
+    rows = call.q_rows
+    grads = backend.backward(
+        take(dout, rows), take(q, rows), take(kv[0], call.k_rows), take(kv[1], call.k_rows),
+        take(out, rows), take(lse, rows, dim=1), call, scale, aux,
+    )  # fmt: skip
+    stats.kernel_calls_backward += 1
+    return grads
 
 
 def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, comm, backend, scale, stats):
@@ -120,20 +118,26 @@ def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, com
 
     ``out`` (q's dtype) and ``lse`` are the forward's final, merged values; ``aux`` its per-call data.
     """
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk, dv = (torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(2))
     aux_iter = iter(aux)
     replies: list[tuple[Pending, torch.Tensor]] = []
     for step, kv in key_buffers(comm, plan, k, v):
         sp = plan.steps[step]
-        grads = (dk, dv) if step == 0 else None
-        if kv is not None and step > 0:
-            grads = torch.zeros((2, *kv[0].shape), dtype=torch.float32, device=k.device)  # [2, n, h_kv, d]
+        if step == 0:  # the one local call covers every row: its gradients start the result
+            (call,) = sp.calls
+            grads = _call_grads(backend, dout, q, kv, out, lse, call, scale, next(aux_iter), stats)
+            dq, dk, dv = (g.float() for g in grads)
+            continue
+        buffer = None
         if kv is not None:
-            _step_grads(backend, dout, q, kv, out, lse, sp.calls, scale, aux_iter, dq, grads, stats)
-        if step > 0 and (sp.recv_rows or sp.send_rows is not None):
+            buffer = torch.zeros((2, *kv[0].shape), dtype=torch.float32, device=k.device)  # [2, n, h_kv, d]
+            for call in sp.calls:
+                grads = _call_grads(backend, dout, q, kv, out, lse, call, scale, next(aux_iter), stats)
+                add_rows(dq, call.q_rows, grads[0])
+                add_rows(buffer[0], call.k_rows, grads[1])
+                add_rows(buffer[1], call.k_rows, grads[2])
+        if sp.recv_rows or sp.send_rows is not None:
             shape = None if sp.send_rows is None else (2, len(sp.send_rows), *k.shape[1:])
-            replies.append((comm.reply(step, grads, shape, dk), sp.send_rows))
+            replies.append((comm.reply(step, buffer, shape, dk), sp.send_rows))
     if anchor is not None:
         anchor_grad = fold_anchor_backward(dout, q, out, lse, anchor, plan.anchor, scale, dq)
         anchor_grad, _ = comm.sum_anchor(anchor_grad)

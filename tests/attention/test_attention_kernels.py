@@ -8,12 +8,15 @@ import torch
 
 from megatron_anchor.attention import anchor_cp_attention, dense_reference_attention
 from megatron_anchor.attention.backends import SdpaCpu, TorchTiled, VarlenReference, select_backend
+from megatron_anchor.attention.cpu_kernels import TINY
 from megatron_anchor.attention.flash import AtenFlash, aten_flash_supported, gpu_backend_status
 from megatron_anchor.attention.plan import kernel_call
 from megatron_anchor.attention.ring import merge_rows
 
 # (queries, keys) per sequence: tiny ones (grouped on the CPU), ones past the 512 block, keys > queries.
 LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64, 64)]
+# A causal call of square sequences, as ring step 0 makes (tiny runs grouped between longer ones).
+SQUARE = [(n, n) for n in (3, 100, 2, 70, 192, 1000, 5, 120, 2053, TINY - 1, 65)]
 BACKENDS = [VarlenReference(), SdpaCpu(), TorchTiled()]
 
 
@@ -47,10 +50,12 @@ def _reference(q, k, v, lengths, causal: bool, scale: float):
     return torch.cat(outs), torch.cat(lses, dim=1)
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+CALLS = [(True, LENGTHS), (False, LENGTHS), (True, SQUARE)]
+
+
+@pytest.mark.parametrize("causal,lengths", CALLS, ids=["causal", "full", "square"])
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_varlen_forward_and_backward_match_fp64(backend, causal):
-    lengths = LENGTHS
+def test_varlen_forward_and_backward_match_fp64(backend, causal, lengths):
     q, k, v = _inputs(lengths)
     call = _call(lengths, causal)
     out, lse, aux = backend.forward(q, k, v, call, 0.25)
