@@ -30,8 +30,8 @@ recipe_flags() {  # fills the array RECIPE
         exit 1
     fi
     RECIPE=(
-        --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" --use-distributed-optimizer
-        --recompute-granularity full --bf16
+        --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" --sequence-parallel
+        --use-distributed-optimizer --recompute-granularity full --bf16 --exit-signal-handler
         --data-path "$DATA" --split 998,1,1 --seq-length "$SEQ_LENGTH"
         --attention-mode anchor --position-ids global
         --micro-batch-size 1 --global-batch-size "$GLOBAL_BATCH" --train-iters "$TRAIN_ITERS"
@@ -49,6 +49,11 @@ launch_pretrain() {  # launch_pretrain TRAINER_FLAGS...
         WORLD_SIZE=$((NNODES * GPUS_PER_NODE)) RANK=0 exec "$PYTHON" -m megatron_anchor.pretrain "$@" --dry-run
     fi
     if [[ -n "${SAVE:-}" ]]; then mkdir -p "$SAVE"; fi
+    # Preemption (Slurm signals every process of the job): the workers' --exit-signal-handler finishes the
+    # step, saves and exits 0; torchrun leaves SIGTERM to them (torch >= 2.9 reads this variable; older
+    # torchruns forward the signal and give the workers --shutdown-timeout to save).
+    export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+    trap '' TERM
     exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
         --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" -m megatron_anchor.pretrain "$@"
 }

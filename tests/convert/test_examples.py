@@ -139,6 +139,7 @@ def test_launch_flags_pass_the_trainer_dry_run(
     assert config["data_parallel_size"] == nodes * 8 // (tp * cp)
     assert config["recompute_granularity"] == "full" and config["attention_mode"] == "anchor"
     assert config["bf16"] and config["use_distributed_optimizer"]
+    assert config["sequence_parallel"] and config["exit_signal_handler"] and config["cp_layout"] == "balanced"
     # The model flags are the ones the converter prints for this model (with the run's RoPE base).
     padded = pad_vocab_size(hf_config["vocab_size"], 128, tp)
     meta = model_meta(shape_from_hf_config(hf_config, padded), hf_config, 128)
