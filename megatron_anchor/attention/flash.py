@@ -97,10 +97,16 @@ _FORWARD_ARGS = {
 _BACKWARD_ARGS = _FORWARD_ARGS | {"dout", "out", "softmax_lse", "dq", "dk", "dv", "rng_state"}
 
 
+def _parameters(fn: Callable) -> dict:
+    """``fn``'s parameters; for a ``torch.library.custom_op`` (flash-attn 2.7 wraps its functions so, and the
+    wrapper's own signature is ``(*args, **kwargs)``) those of the function it wraps."""
+    return dict(inspect.signature(getattr(fn, "_init_fn", fn)).parameters)
+
+
 def _bind(fn: Callable, values: dict) -> dict:
     """Keyword arguments for ``fn`` from ``values`` by parameter name; a required unknown one raises."""
     kwargs = {}
-    for name, param in inspect.signature(fn).parameters.items():
+    for name, param in _parameters(fn).items():
         if name in values:
             kwargs[name] = values[name]
         elif param.default is param.empty and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -112,7 +118,7 @@ def _varlen_function(module, names: tuple[str, ...], known: set[str]) -> Callabl
     """The first of ``names`` in ``module`` taking ``cu_seqlens_q`` whose required arguments are all known."""
     for name in names:
         fn = getattr(module, name, None)
-        if fn is not None and "cu_seqlens_q" in inspect.signature(fn).parameters:
+        if fn is not None and "cu_seqlens_q" in _parameters(fn):
             _bind(fn, {**_DEFAULTS, **dict.fromkeys(known)})  # raises on an argument nobody passes
             return fn
     raise ImportError(f"{module.__name__} has no varlen function among {names}")
