@@ -37,8 +37,9 @@ def _schema_names(op) -> list[str]:
     return [a.name for a in op.default._schema.arguments]
 
 
+@functools.cache
 def aten_flash_supported() -> tuple[bool, str]:
-    """Whether this torch's aten flash ops have the varlen schema used here (torch 2.6 - 2.13)."""
+    """Whether this torch's aten flash ops have the varlen schema and log-sum-exp layout used here."""
     try:
         forward = _schema_names(torch.ops.aten._flash_attention_forward)
         backward = _schema_names(torch.ops.aten._flash_attention_backward)
@@ -48,6 +49,18 @@ def aten_flash_supported() -> tuple[bool, str]:
         return False, f"unexpected aten._flash_attention_forward schema {forward}"
     if tuple(backward[: len(_ATEN_BACKWARD)]) != _ATEN_BACKWARD or len(backward) < len(_ATEN_BACKWARD) + 2:
         return False, f"unexpected aten._flash_attention_backward schema {backward}"
+    return _varlen_lse_layout()
+
+
+def _varlen_lse_layout() -> tuple[bool, str]:
+    """The varlen forward must return the log-sum-exp as ``[h, total_q]`` (checked on meta tensors)."""
+    q = torch.empty(6, 2, 8, dtype=torch.bfloat16, device="meta")
+    kv = torch.empty(6, 1, 8, dtype=torch.bfloat16, device="meta")
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32, device="meta")
+    lse = torch.ops.aten._flash_attention_forward(q, kv, kv, cu, cu, 4, 4, 0.0, True, False, scale=1.0)[1]
+    if tuple(lse.shape) != (2, 6) or lse.dtype != torch.float32:
+        got = f"{lse.dtype} {list(lse.shape)}"
+        return False, f"aten flash varlen log-sum-exp is {got}, not fp32 [heads, total_q]"
     return True, ""
 
 

@@ -18,9 +18,10 @@ from megatron_anchor.checkpoint import read_meta, verify_checkpoint
 from megatron_anchor.convert.checkpoint import load_model_weights
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import ParallelDims, init_distributed
-from megatron_anchor.training.build import build_model, build_model_config, resolve_vocab_size
+from megatron_anchor.training.build import build_model, build_model_config
 from megatron_anchor.training.checkpoint_args import resolve_model_config
 from megatron_anchor.training.model_args import add_model_args
+from megatron_anchor.training.vocab import resolve_vocab_size
 
 
 def build_eval_parser(description: str) -> argparse.ArgumentParser:

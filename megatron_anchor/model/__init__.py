@@ -16,7 +16,7 @@ _EXPORTS = {
     "AnchorGPTConfig": "gpt",
     "AnchorGPTModel": "gpt",
     "build_anchor_gpt": "gpt",
-    "pad_vocab_size": "gpt",
+    "pad_vocab_size": "config_record",
     "rope_frequencies": "gpt",
     "transformer_config": "gpt",
     "AnchorLayout": "layout",

@@ -3,6 +3,7 @@ trainer's flag names (Megatron's), so that a reader can take every omitted model
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from megatron_anchor.rope.scaling import RopeScaling
@@ -59,3 +60,9 @@ def rope_record(
         "rotary_interleaved": bool(rotary_interleaved),
         "rope_scaling": None if rope_scaling is None else rope_scaling.to_dict(),
     }
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
+    """Megatron's vocabulary padding: round up to a multiple of ``divisible_by * tp_size``."""
+    multiple = divisible_by * tp_size
+    return int(math.ceil(vocab_size / multiple) * multiple)

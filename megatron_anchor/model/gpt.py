@@ -7,7 +7,6 @@ GPTModel is built with ``position_embedding_type="none"``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -141,9 +140,3 @@ def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -
     if cfg.sequence_parallel and not torch.cuda.is_available():
         use_host_sequence_parallel(model)  # megatron-core's SP collectives allocate on CUDA
     return model
-
-
-def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
-    """Megatron's vocabulary padding: round up to a multiple of ``divisible_by * tp_size``."""
-    multiple = divisible_by * tp_size
-    return int(math.ceil(vocab_size / multiple) * multiple)

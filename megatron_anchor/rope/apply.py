@@ -76,7 +76,12 @@ def te_rope_available(device: torch.device | str | None = None) -> tuple[bool, s
 def te_takes_interleaved() -> bool:
     """Whether the installed TE's ``apply_rotary_pos_emb`` has ``interleaved`` (TE 2.3 and newer)."""
     fn, _ = _te_apply()
-    return fn is not None and "interleaved" in inspect.signature(fn).parameters
+    return fn is not None and _has_parameter(fn, "interleaved")
+
+
+@functools.lru_cache(maxsize=8)
+def _has_parameter(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters  # read once, not per layer call
 
 
 def resolve_backend(t: torch.Tensor, backend: str | None = None, interleaved: bool = False) -> str:

@@ -8,31 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from megatron_anchor.model import AnchorGPTConfig, AnchorGPTModel, build_anchor_gpt, pad_vocab_size
+from megatron_anchor.model import AnchorGPTConfig, AnchorGPTModel, build_anchor_gpt
 from megatron_anchor.rope import rope_scaling_from_args
 from megatron_anchor.training.batches import MockPackedDataset, check_sample_length
 from megatron_anchor.training.metrics import dense_params_per_token
 from megatron_anchor.training.parallel import ParallelDims
-
-
-def tokenizer_vocab_size(args: argparse.Namespace) -> int:
-    """``--vocab-size`` when given, else the tokenizer's vocabulary size (unpadded).
-
-    ``--vocab-size`` wins over the tokenizer because a model's embedding may be larger than its
-    tokenizer (Qwen2's config holds 151,936 rows for 151,665 tokens); ``preflight`` checks every token
-    id fits.
-    """
-    if args.vocab_size is not None:
-        return args.vocab_size
-    from megatron_anchor.data import build_tokenizer
-
-    return build_tokenizer(args.tokenizer_type, args.tokenizer_model).vocab_size
-
-
-def resolve_vocab_size(args: argparse.Namespace, vocab: int | None = None) -> int:
-    """The vocabulary size (``vocab``, else ``tokenizer_vocab_size``), padded as Megatron does."""
-    vocab = tokenizer_vocab_size(args) if vocab is None else vocab
-    return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
 
 
 def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> AnchorGPTConfig:

@@ -23,6 +23,7 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
+from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
 SCHEDULE_KEYS = ("lr", "min_lr", "lr_warmup_iters", "lr_decay_iters", "lr_decay_style", "weight_decay")
@@ -62,9 +63,6 @@ def resolve_model_config(args: argparse.Namespace, tp: int) -> list[str]:
     validate_model_args(args, tp)
     path = args.load_checkpoint
     if path is not None and (args.tokenizer_model is not None or args.vocab_size is not None):
-        # Imported here: megatron-core's import warnings belong after the start-up silences them.
-        from megatron_anchor.training.build import resolve_vocab_size
-
         notes += check_checkpoint_vocab(args, read_meta(path), path, resolve_vocab_size(args))
     return notes
 

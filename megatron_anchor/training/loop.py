@@ -20,8 +20,6 @@ from megatron_anchor.training.build import (
     build_model_config,
     build_optimizer,
     model_dense_params,
-    resolve_vocab_size,
-    tokenizer_vocab_size,
 )
 from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
 from megatron_anchor.training.exit_conditions import ExitConditions
@@ -45,6 +43,7 @@ from megatron_anchor.training.parallel import (
 from megatron_anchor.training.profiling import StepProfiler
 from megatron_anchor.training.schedule import get_lr
 from megatron_anchor.training.step_log import LogWindow, StepLogger, train_record
+from megatron_anchor.training.vocab import resolve_vocab_size, tokenizer_vocab_size
 
 
 @dataclass

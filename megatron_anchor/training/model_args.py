@@ -96,6 +96,18 @@ def _flag(key: str) -> str:
     )
 
 
+def _switch_on(key: str, value: bool) -> bool:
+    return value != key.startswith("untie")  # --share-embeddings-and-output-weights sets untie False
+
+
+def _setting(key: str, value: object) -> str:
+    """``key = value`` as the command line says it: a switch by its presence (``--add-qkv-bias``, or
+    ``no --add-qkv-bias``; the tie switch inverted), any other flag with its value."""
+    if isinstance(value, bool):
+        return _flag(key) if _switch_on(key, value) else f"no {_flag(key)}"
+    return f"{_flag(key)} {value}"
+
+
 def _given_scaling(args: argparse.Namespace) -> tuple[bool, dict | None]:
     """(whether a RoPE scaling flag was given, the strategy it gives as a dict or None)."""
     if args.rope_scaling is None and getattr(args, "rotary_seq_len_interpolation_factor", None) is None:
@@ -128,14 +140,16 @@ def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> l
         if not is_given:
             if want is not None:
                 setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
-                taken.append(f"{_flag(key)} {want}")
+                if not isinstance(want, bool) or _switch_on(key, want):  # an unset switch goes unsaid
+                    taken.append(_setting(key, want))
         elif not _same(key, given, want):
             if key not in CHANGEABLE_KEYS:
                 raise ValueError(
-                    f"{_flag(key)} {given} contradicts checkpoint {path}, which has {key} {want}: "
+                    f"{_setting(key, given)} contradicts checkpoint {path}, which has "
+                    f"{_setting(key, want) if isinstance(want, bool) else f'{key} {want}'}: "
                     f"leave the flag out to use the checkpoint's value"
                 )
-            changed.append(f"{_flag(key)} {given} replaces the checkpoint's {want}")
+            changed.append(f"{_flag(key)} {given} replaces the checkpoint's {want}")  # never a switch
     taken += _fill_vocab(args, meta)
     notes = [f"from checkpoint {path}: " + " ".join(taken)] if taken else []
     if changed:

@@ -48,14 +48,13 @@ def preflight(args: argparse.Namespace, dry_run: bool) -> Findings:
 def _check_tokenizer(args: argparse.Namespace, found: Findings) -> None:
     if args.tokenizer_model is None:
         return
-    from megatron_anchor.data import build_tokenizer
+    from megatron_anchor.training.vocab import tokenizer_size
 
     try:
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
         return
-    size = tokenizer.vocab_size
     if args.vocab_size is not None and args.vocab_size < size:
         found.errors.append(
             f"--vocab-size {args.vocab_size} is smaller than the {size} ids of --tokenizer-model "

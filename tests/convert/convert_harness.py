@@ -106,8 +106,9 @@ def megatron_logits(ckpt: str, tp: int, tokens: torch.Tensor) -> torch.Tensor:
     from megatron_anchor.convert import load_model_weights, resolve_checkpoint, trainer_flags
     from megatron_anchor.model import AnchorLayout
     from megatron_anchor.training import build_parser, validate_args
-    from megatron_anchor.training.build import build_model, build_model_config, resolve_vocab_size
+    from megatron_anchor.training.build import build_model, build_model_config
     from megatron_anchor.training.parallel import ParallelDims
+    from megatron_anchor.training.vocab import resolve_vocab_size
 
     meta = json.loads((Path(resolve_checkpoint(ckpt)) / "meta.json").read_text())
     flags = trainer_flags(meta["model"], meta["rope"], tp) + [

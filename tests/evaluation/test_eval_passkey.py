@@ -116,8 +116,9 @@ def checkpoint_dir(process_group, tokenizer_model, tmp_path_factory):  # noqa: F
     """A trainer-format checkpoint (model and AdamW state, model configuration recorded) of the tiny model."""
     from megatron_anchor.evaluation.loading import build_eval_model
     from megatron_anchor.model.config_record import config_record
-    from megatron_anchor.training.build import build_model_config, resolve_vocab_size, tokenizer_vocab_size
+    from megatron_anchor.training.build import build_model_config
     from megatron_anchor.training.checkpoint import save_checkpoint
+    from megatron_anchor.training.vocab import resolve_vocab_size, tokenizer_vocab_size
 
     args = _eval_args(tokenizer_model, [])
     model = build_eval_model(args, process_group, torch.device("cpu"))

@@ -115,3 +115,27 @@ def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path
     shutil.rmtree(copy / "iter_0000006")
     with pytest.raises(ValueError, match="latest names .*iter_0000006, which is not a complete checkpoint"):
         _validate([*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--load", str(copy)])
+
+
+def test_switches_are_reported_as_the_command_line_says_them():
+    """A recorded untied model with no qkv bias: notes and errors name switches by presence, never as
+    '--share-embeddings-and-output-weights True' (which would mean the opposite)."""
+    import argparse
+
+    from megatron_anchor.training.model_args import apply_checkpoint_model
+
+    meta = {"model": {"num_layers": 2, "untie_embeddings_and_output_weights": True, "add_qkv_bias": True}}
+    omitted = argparse.Namespace(
+        num_layers=None, untie_embeddings_and_output_weights=None, add_qkv_bias=None, tokenizer_model=None,
+        vocab_size=1,
+    )  # fmt: skip
+    (note,) = apply_checkpoint_model(omitted, meta, "ckpt")
+    assert note == "from checkpoint ckpt: --num-layers 2 --add-qkv-bias"
+    assert omitted.untie_embeddings_and_output_weights is True and omitted.add_qkv_bias is True
+    tied = argparse.Namespace(**{**vars(omitted), "untie_embeddings_and_output_weights": False})
+    with pytest.raises(ValueError) as err:
+        apply_checkpoint_model(tied, meta, "ckpt")
+    assert str(err.value).startswith(
+        "--share-embeddings-and-output-weights contradicts checkpoint ckpt, which has no "
+        "--share-embeddings-and-output-weights"
+    )

@@ -131,7 +131,8 @@ def test_a_run_stops_on_a_blocked_log_path_before_any_process_group(tmp_path, mo
 
 def test_the_model_vocabulary_follows_vocab_size_over_the_tokenizer(inputs):
     """A checkpoint's embedding may be larger than its tokenizer (Qwen2's is): --vocab-size decides."""
-    from megatron_anchor.training.build import build_model_config, resolve_vocab_size
+    from megatron_anchor.training.build import build_model_config
+    from megatron_anchor.training.vocab import resolve_vocab_size
 
     hf = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", inputs["tokenizer"], "--mock-data"]
     parse = lambda extra: validate_args(build_parser().parse_args([*TINY.split(), *hf, *extra]), 1)  # noqa: E731
