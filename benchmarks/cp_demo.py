@@ -2,8 +2,9 @@
 
     torchrun --nproc-per-node 2 benchmarks/cp_demo.py
 
-Every rank holds its load-balanced shard; rank 0 gathers output and gradients, compares them with dense
-fp64 attention over the whole sample, and prints errors, work skipped and timings. Exits 1 on a mismatch.
+Every rank holds its share in the balanced CP layout; rank 0 gathers output and gradients, compares them
+with dense fp64 attention over the whole sample, and prints errors, the plan's work and traffic, and
+timings. Exits 1 on a mismatch.
 """
 
 from __future__ import annotations
@@ -17,31 +18,33 @@ import torch.distributed as dist
 from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
 from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
-from megatron_anchor.parallel.cp_layout import gather_from_cp_layout, slice_for_cp_rank
+from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp, unshard_from_cp
 
 SEQ_LEN, HEADS, HEADS_KV, DIM = 2048, 4, 2, 64
 TOLERANCE = 1e-4  # max relative error, fp32
 
 
-def gather(t: torch.Tensor, world: int) -> torch.Tensor:
+def gather(t: torch.Tensor, index: torch.Tensor, world: int) -> torch.Tensor:
     """Full-sample ``[S, ...]`` tensor from every rank's shard."""
     shards = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(shards, t.contiguous())
-    return gather_from_cp_layout(shards, dim=0)
+    return unshard_from_cp(shards, index, seq_dim=0)
 
 
 def run_mode(mode: str, doc_ids, full, rank: int, world: int):
     """One forward+backward; returns (gathered out and grads, seconds, stats)."""
-    local = [slice_for_cp_rank(t, 0, world, rank).detach().requires_grad_() for t in full[:3]]
+    index = batch_cp_index(doc_ids, world, "balanced", mode)  # [b, cp, S / cp]
+    local = [shard_for_cp(t, index, rank, seq_dim=0).detach().requires_grad_() for t in full[:3]]
     stats = AttentionStats()
     dist.barrier()
     start = time.perf_counter()
-    out = anchor_cp_attention(*local, doc_ids, mode=mode, cp_group=dist.group.WORLD, stats=stats)
+    group = dist.group.WORLD
+    out = anchor_cp_attention(*local, doc_ids, mode=mode, cp_group=group, cp_index=index, stats=stats)
     fwd = time.perf_counter() - start
-    out.backward(slice_for_cp_rank(full[3], 0, world, rank))
+    out.backward(shard_for_cp(full[3], index, rank, seq_dim=0))
     seconds = torch.tensor([fwd, time.perf_counter() - start])
     dist.all_reduce(seconds, dist.ReduceOp.MAX)
-    return [gather(t, world) for t in (out, *(x.grad for x in local))], seconds.tolist(), stats
+    return [gather(t, index, world) for t in (out, *(x.grad for x in local))], seconds.tolist(), stats
 
 
 def main() -> int:
@@ -76,8 +79,8 @@ def main() -> int:
         print(
             f"{mode:>7}: fwd {fwd * 1e3:7.1f} ms, fwd+bwd {both * 1e3:7.1f} ms | max rel err out/dq/dk/dv "
             + " ".join(f"{e:.1e}" for e in errors)
-            + f" | rank 0: {stats.pairs_computed} chunk pairs computed, {stats.pairs_skipped} skipped, "
-            f"{stats.rows_sent} K/V rows sent, {stats.rows_not_sent} not needed"
+            + f" | rank 0: {stats.visible} visible pairs in {stats.calls} kernel calls, "
+            f"{stats.rows_sent} K/V rows sent, {stats.idle_steps} idle ring steps"
         )
     if rank == 0:
         docs = [len(torch.unique(row)) - 1 for row in doc_ids]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_anchor.parallel.cp_layout import check_divisible, shard_for_cp, slice_for_cp_rank
+from megatron_anchor.parallel.cp_layout import megatron_cp_index, shard_for_cp
 
 FULL_SAMPLE_FIELDS = ("doc_ids",)  # every CP rank needs the whole sample's document layout
 
@@ -20,16 +20,13 @@ def slice_batch_for_cp(
     document boundary of the sample on every rank. Fields that are not per-token (e.g. ``dataset_id [b]``)
     are passed through.
     """
-    seq_len = batch["tokens"].shape[1]
+    batch_size, seq_len = batch["tokens"].shape[:2]
     if cp_index is None:
-        check_divisible(seq_len, cp_size)
+        cp_index = megatron_cp_index(seq_len, cp_size).expand(batch_size, cp_size, seq_len // cp_size)
     sliced = {}
     for name, value in batch.items():
         per_token = isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == seq_len
         if per_token and name not in FULL_SAMPLE_FIELDS:
-            if cp_index is None:
-                value = slice_for_cp_rank(value, 1, cp_size, cp_rank)  # [b, S / cp_size, ...]
-            else:
-                value = shard_for_cp(value, cp_index, cp_rank)  # [b, S / cp_size, ...]
+            value = shard_for_cp(value, cp_index, cp_rank)  # [b, S / cp_size, ...]
         sliced[name] = value
     return sliced

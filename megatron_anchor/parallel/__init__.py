@@ -13,10 +13,8 @@ _EXPORTS = {
     "batch_cp_index": "cp_layout",
     "cp_chunk_ids": "cp_layout",
     "cp_token_index": "cp_layout",
-    "gather_from_cp_layout": "cp_layout",
     "megatron_cp_index": "cp_layout",
     "shard_for_cp": "cp_layout",
-    "slice_for_cp_rank": "cp_layout",
     "unshard_from_cp": "cp_layout",
     "free_port": "ports",
 }

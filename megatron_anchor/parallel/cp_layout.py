@@ -63,14 +63,6 @@ def batch_cp_index(doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str =
     raise ValueError(f"unknown CP layout {layout!r}; expected one of {CP_LAYOUTS}")
 
 
-def slice_for_cp_rank(tensor: torch.Tensor, dim: int, cp_size: int, cp_rank: int) -> torch.Tensor:
-    """This rank's share of ``tensor`` along ``dim`` (a full-sample axis) in the load-balanced layout."""
-    if cp_size == 1:
-        return tensor
-    index = cp_token_index(tensor.shape[dim], cp_size, cp_rank, device=tensor.device)
-    return tensor.index_select(dim, index)
-
-
 def _batch_first(t: torch.Tensor, seq_dim: int) -> torch.Tensor:
     if seq_dim not in (0, 1):
         raise ValueError(f"seq_dim must be 0 ([S, b, ...]) or 1 ([b, S, ...]); got {seq_dim}")
@@ -93,15 +85,3 @@ def unshard_from_cp(shards: list[torch.Tensor], cp_index: torch.Tensor, seq_dim:
     index = cp_index.reshape(cp_index.shape[0], -1).to(local.device)  # [b, S]
     index = index.view(*index.shape, *[1] * (local.dim() - 2)).expand_as(local)
     return _batch_first(torch.empty_like(local).scatter_(1, index, local), seq_dim)
-
-
-def gather_from_cp_layout(shards: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Reassemble the full-sample tensor from every rank's shard (rank order) along ``dim``."""
-    cp_size = len(shards)
-    if cp_size == 1:
-        return shards[0]
-    chunks: list[torch.Tensor | None] = [None] * (2 * cp_size)
-    for rank, shard in enumerate(shards):
-        first, second = cp_chunk_ids(cp_size, rank)
-        chunks[first], chunks[second] = shard.chunk(2, dim=dim)
-    return torch.cat(chunks, dim=dim)  # type: ignore[arg-type]

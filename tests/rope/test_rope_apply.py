@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_anchor.data import position_ids_from_doc_ids
-from megatron_anchor.parallel import slice_for_cp_rank
+from megatron_anchor.parallel import batch_cp_index, shard_for_cp
 from megatron_anchor.rope import (
     BACKEND_ENV,
     RopeScaling,
@@ -114,11 +114,14 @@ def test_cp_sliced_positions_match_full_sample(mode: str, cp: int) -> None:
     t = sample(s=64)
     inv_freq, _ = compute_inv_freq(10000.0, 64)
     full = apply_rotary_fp32(t, positions, inv_freq)
-    for rank in range(cp):
-        local_t = slice_for_cp_rank(t, 0, cp, rank)
-        local_pos = slice_for_cp_rank(positions, 1, cp, rank)
-        local = apply_rotary_fp32(local_t, local_pos, inv_freq)
-        torch.testing.assert_close(local, slice_for_cp_rank(full, 0, cp, rank), rtol=0, atol=1e-6)
+    for layout in ("megatron", "balanced"):
+        index = batch_cp_index(doc_ids, cp, layout)  # [b, cp, S / cp]
+        for rank in range(cp):
+            local_t = shard_for_cp(t, index, rank, seq_dim=0)
+            local_pos = shard_for_cp(positions, index, rank)
+            local = apply_rotary_fp32(local_t, local_pos, inv_freq)
+            expected = shard_for_cp(full, index, rank, seq_dim=0)
+            torch.testing.assert_close(local, expected, rtol=0, atol=1e-6)
 
 
 def test_gradient_is_the_inverse_rotation() -> None:
