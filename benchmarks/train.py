@@ -4,7 +4,7 @@ Each configuration runs as its own torchrun job (gloo on CPU, NCCL on GPU) on sy
 (documents of S/8..S/2 tokens after the anchor). A job times full training steps (forward, backward,
 gradient all-reduce, AdamW), split into
 - attention: wall time inside every layer's core attention (fp32 RoPE + anchor_cp_attention with its ring
-  P2P and anchor broadcast), forward and backward, measured during those steps (``AttentionClock``);
+  P2P and the anchor exchange), forward and backward, measured during those steps (``AttentionClock``);
 - communication: the DP x CP gradient all-reduce, timed afterwards on a buffer the size of the gradients;
 - rest: the step minus both (projections, MLP, norms, loss, optimizer, data).
 

@@ -53,6 +53,9 @@ launch_pretrain() {  # launch_pretrain TRAINER_FLAGS...
     # step, saves and exits 0; torchrun leaves SIGTERM to them (torch >= 2.9 reads this variable; older
     # torchruns forward the signal and give the workers --shutdown-timeout to save).
     export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+    # megatron-core's sequence-parallel communication overlap relies on one CUDA work queue, as in
+    # Megatron-LM's recipes.
+    export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
     trap '' TERM
     exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
         --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" -m megatron_anchor.pretrain "$@"

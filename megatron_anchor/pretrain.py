@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[f
     )
     try:
         config_path = write_config(args) if dims.rank == 0 else None
-        run = build_run(args, dims)
+        run = build_run(args, dims, started_at=started)
         if dims.rank == 0:
             print(startup_summary(run, notes, config_path), flush=True)
         losses = train(run, started_at=started)

@@ -28,6 +28,7 @@ from megatron_anchor.convert import (  # noqa: E402
     import_hf_checkpoint,
     trainer_flags,
 )
+from megatron_anchor.data.tokenizers import has_hf_tokenizer  # noqa: E402
 from megatron_anchor.rope import parse_rope_scaling  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,8 +86,7 @@ def rope_override(args: argparse.Namespace) -> RopeOverride | None:
 
 def tokenizer_flags(hf_dir: str) -> list[str]:
     """The trainer's tokenizer flags for a HF directory that holds tokenizer files (else none)."""
-    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-    if not any(os.path.isfile(os.path.join(hf_dir, name)) for name in names):
+    if not has_hf_tokenizer(hf_dir):
         return []
     return ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", hf_dir]
 

@@ -17,6 +17,11 @@ TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
+def has_hf_tokenizer(directory: str) -> bool:
+    """Whether ``directory`` holds a Hugging Face tokenizer's files."""
+    return any(os.path.isfile(os.path.join(directory, name)) for name in HF_TOKENIZER_FILES)
+
+
 class SentencePieceTokenizer:
     """A SentencePiece ``.model`` file; ``bos_id``/``eos_id``/``pad_id`` are ``None`` where absent."""
 
@@ -76,7 +81,7 @@ class HuggingFaceTokenizer:
     def __init__(self, tokenizer_dir: str) -> None:
         if not os.path.isdir(tokenizer_dir):
             raise FileNotFoundError(f"--tokenizer-model: no tokenizer directory at {tokenizer_dir}")
-        if not any(os.path.isfile(os.path.join(tokenizer_dir, name)) for name in HF_TOKENIZER_FILES):
+        if not has_hf_tokenizer(tokenizer_dir):
             raise FileNotFoundError(
                 f"--tokenizer-model {tokenizer_dir}: no Hugging Face tokenizer files in this directory "
                 f"(expected one of {', '.join(HF_TOKENIZER_FILES)})"

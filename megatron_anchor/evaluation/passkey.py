@@ -20,6 +20,7 @@ from megatron_anchor.data import slice_batch_for_cp
 from megatron_anchor.evaluation.loading import gather_vocab
 from megatron_anchor.model import AnchorCoreAttention, AnchorLayout
 from megatron_anchor.parallel.cp_layout import batch_cp_index
+from megatron_anchor.parallel.layout_names import required_multiple
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -84,11 +85,11 @@ def last_token_logits(
     cp_layout: str = "balanced",
 ) -> torch.Tensor:
     """fp32 full-vocabulary logits ``[b, v]`` of the last of ``tokens [b, n]`` (the whole sequence, on
-    every CP rank); the model sees this rank's share of it in ``cp_layout``, padded to a multiple of 2*cp."""
+    every CP rank); the model sees this rank's share of it in ``cp_layout`` (padded as the layout needs)."""
     cp = dist.get_world_size(cp_group) if cp_group is not None else 1
     rank = dist.get_rank(cp_group) if cp_group is not None else 0
     b, n = tokens.shape
-    multiple = 2 * cp if cp > 1 else 1
+    multiple = required_multiple(cp_layout, cp)
     seq = -(-n // multiple) * multiple
     # Padding goes after the last real token: under causal attention it cannot change that token's logits.
     padded = F.pad(tokens, (0, seq - n), value=pad_id).cpu()  # [b, S]

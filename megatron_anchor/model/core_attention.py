@@ -16,7 +16,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.transformer.module import MegatronModule
 from torch.utils.checkpoint import checkpoint
 
-from megatron_anchor.attention import ATTENTION_MODES, anchor_cp_attention
+from megatron_anchor.attention import anchor_cp_attention
+from megatron_anchor.attention.reference import check_mode
 from megatron_anchor.model.layout import AnchorLayout
 from megatron_anchor.rope import apply_rotary_angles
 
@@ -37,8 +38,7 @@ class AnchorAttentionSetup:
     """Recompute this module in backward instead of keeping its activations (selective recompute)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ATTENTION_MODES:
-            raise ValueError(f"unknown attention mode {self.mode!r}; expected one of {ATTENTION_MODES}")
+        check_mode(self.mode)
 
 
 class AnchorCoreAttention(MegatronModule):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_anchor.attention import AttentionPlan, build_attention_plan
+from megatron_anchor.attention.comm import CPComm
 from megatron_anchor.rope import rotary_angles
 
 
@@ -48,10 +49,10 @@ class AnchorLayout(PackedSeqParams):
         """This rank's attention plan for the micro-batch: built on the first layer's call, then reused."""
         key = (mode, id(cp_group), str(device))
         if key not in self._plans:
-            cp_size = 1 if cp_group is None else dist.get_world_size(cp_group)
-            rank = 0 if cp_group is None else dist.get_rank(cp_group)
+            comm = CPComm(cp_group, device)
+            comm.check_same(self.doc_ids, self.cp_index)  # with MEGATRON_ANCHOR_CHECK_DOC_IDS=1
             self._plans[key] = build_attention_plan(
-                self.doc_ids, mode, cp_size=cp_size, rank=rank, cp_index=self.cp_index, device=device
+                self.doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=self.cp_index, device=device
             )
         return self._plans[key]
 

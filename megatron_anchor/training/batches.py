@@ -110,7 +110,8 @@ class CPSlicing:
 
 
 def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> dict:
-    """CP-slice a collated ``[b, S]`` batch; returns tokens/labels/loss_mask ``[b, S/cp]`` and the layout.
+    """CP-slice a collated ``[b, S]`` batch; returns tokens/labels/loss_mask ``[b, S/cp]`` (on ``device``),
+    the layout and this rank's number of valid (loss-counted) tokens.
 
     The layout keeps ``doc_ids`` and ``cp_index`` on the host, where the attention plan is built.
     """
@@ -120,7 +121,8 @@ def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> di
         doc_ids=batch["doc_ids"], positions=local["position_ids"].to(device), cp_index=cp_index
     )
     inputs = {k: local[k].to(device) for k in ("tokens", "labels", "loss_mask")}
-    return {**inputs, "layout": layout}
+    # Counted here, on the host copy: counting the device tensor would wait for the device.
+    return {**inputs, "layout": layout, "valid_tokens": float(local["loss_mask"].sum())}
 
 
 def micro_batches(

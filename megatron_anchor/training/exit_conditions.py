@@ -26,7 +26,9 @@ class ExitConditions:
         self.on_signal = args.exit_signal_handler
         self.minutes = args.exit_duration_in_mins
         self.interval = args.exit_interval
-        self.started = time.time() if started is None else started
+        # ``time.perf_counter()`` when the job started (pretrain's first line), so that imports, checks and
+        # the rendezvous count against --exit-duration-in-mins as they count against a scheduler's limit.
+        self.started = time.perf_counter() if started is None else started
         self._received: int | None = None
         self._previous = None
 
@@ -49,7 +51,7 @@ class ExitConditions:
         """Why the run stops after ``step`` (the same answer on every rank), or None (collective when
         --exit-signal-handler or --exit-duration-in-mins is given)."""
         if self.on_signal or self.minutes is not None:
-            elapsed = (time.time() - self.started) / 60
+            elapsed = (time.perf_counter() - self.started) / 60
             local = [self._received is not None, self.minutes is not None and elapsed > self.minutes]
             flags = torch.tensor(local, dtype=torch.int32, device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # any rank signalled or out of time

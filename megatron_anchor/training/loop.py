@@ -66,9 +66,10 @@ class Run:
     sp_names: set[str] = field(default_factory=set)
 
 
-def build_run(args: argparse.Namespace, dims: ParallelDims) -> Run:
-    """Model, wrapping, optimizer, data; then the ``--load`` checkpoint (resolved by ``validate_args``)."""
-    exits = ExitConditions(args)
+def build_run(args: argparse.Namespace, dims: ParallelDims, started_at: float | None = None) -> Run:
+    """Model, wrapping, optimizer, data; then the ``--load`` checkpoint (resolved by ``validate_args``).
+    ``started_at``: ``time.perf_counter()`` when the job started (for --exit-duration-in-mins)."""
+    exits = ExitConditions(args, started_at)
     exits.install()  # a SIGTERM during set-up is acted on after the first step
     device = device_for_rank()
     vocab = tokenizer_vocab_size(args)
@@ -178,7 +179,7 @@ def train_step(run: Run, step: int) -> dict:
     # The loss is the mean over every valid token of the global batch: sum of token losses / N, with N
     # summed over DP x CP (CP ranks hold disjoint tokens of a sample; TP ranks hold the same tokens).
     pairs = sum(visible_pairs(mb["layout"].doc_ids, args.attention_mode) for mb in micro) / dims.cp
-    counts = torch.tensor([float(sum(mb["loss_mask"].sum() for mb in micro)), pairs], device=run.device)
+    counts = torch.tensor([sum(mb["valid_tokens"] for mb in micro), pairs], device=run.device)
     n_tokens, pairs = _all_reduce_sum(counts, dims.dp_cp_group).tolist()
     # DDP and FSDP2 average gradients over the DP x CP replicas; scaling by their number turns that
     # average into the sum over ranks, so the gradient is that of the global-token mean.

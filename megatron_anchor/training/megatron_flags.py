@@ -105,7 +105,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--recompute-method", ACCEPTED, "uniform (1 layer per checkpoint) or block (the first N layers)"),
     Flag("--recompute-num-layers", ACCEPTED, "uniform: 1 only; block: how many leading layers"),
     Flag("--transformer-impl", ACCEPTED, "default: Transformer Engine's layers when TE imports, else local"),
-    Flag("--bf16", ACCEPTED, "bf16 autocast with fp32 master weights"),
+    Flag("--bf16", ACCEPTED, "bf16 compute, fp32 master weights (FSDP2: bf16 parameters, fp32 reduction)"),
     # Data and tokenizer.
     Flag("--data-path", ACCEPTED, "packed anchor datasets from tools/preprocess_data.py; blends as Megatron"),
     Flag("--split", ACCEPTED, ""),

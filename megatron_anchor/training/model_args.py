@@ -87,7 +87,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "local layers (Megatron: transformer_engine)",
     )
     add_rope_args(p)
-    p.set_defaults(**dict.fromkeys(ROPE_DEFAULTS))  # None = left out, resolved by apply_checkpoint_model
+    p.set_defaults(**dict.fromkeys(ROPE_DEFAULTS))  # None = left out: the checkpoint's, else a default
 
 
 def _flag(key: str) -> str:

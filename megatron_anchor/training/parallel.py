@@ -25,6 +25,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    _CHECKPOINT_PREFIX,
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
@@ -192,7 +193,9 @@ def gradient_sync(model: torch.nn.Module, enabled: bool):
     yield
 
 
-_CKPT_PREFIX = "_checkpoint_wrapped_module."  # inserted into names by full recompute
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without the prefix full recompute's checkpoint wrapper inserts."""
+    return name.replace(_CHECKPOINT_PREFIX, "")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -212,7 +215,7 @@ def reduce_sequence_parallel_grads(
     grads = [
         _local(p.grad)
         for name, p in raw_model.named_parameters()
-        if p.grad is not None and name.replace(_CKPT_PREFIX, "") in sp_names
+        if p.grad is not None and unwrapped_name(name) in sp_names
     ]
     if not grads:
         return
@@ -233,7 +236,7 @@ def clip_grad_norm_(
         if p.grad is None:
             continue
         grads.append(p.grad)
-        name = name.replace(_CKPT_PREFIX, "")
+        name = unwrapped_name(name)
         squares[0 if name in tp_names else 1] += _local(p.grad).double().pow(2).sum()
     if sharded:  # FSDP2 gradients are shards over DP x CP
         dist.all_reduce(squares, group=dims.dp_cp_group)

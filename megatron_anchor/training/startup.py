@@ -1,5 +1,6 @@
 """Start-up of a training process: the training stack imported without megatron-core's fallback warnings
-(one line instead), warnings that cannot apply here silenced, the start-up summary, the config file."""
+(one line instead), warnings that cannot apply here silenced, the config file (``summary`` prints the
+start-up summary)."""
 
 from __future__ import annotations
 

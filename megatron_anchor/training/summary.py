@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX, CheckpointWrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.utils.data import Dataset
 
 from megatron_anchor.training.metrics import peak_tflops, readable
+from megatron_anchor.training.parallel import unwrapped_name
 
 
 def parameter_count(model: torch.nn.Module, tp_names: set[str], tp: int) -> int:
@@ -16,7 +17,7 @@ def parameter_count(model: torch.nn.Module, tp_names: set[str], tp: int) -> int:
     """
     total = 0
     for name, param in model.named_parameters():
-        split = name.replace(_CHECKPOINT_PREFIX, "") in tp_names
+        split = unwrapped_name(name) in tp_names
         total += param.numel() * (tp if split else 1)
     return total
 

@@ -13,6 +13,7 @@ import os
 import sys
 
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
+from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
 
 NULL_TOKENIZER = "NullTokenizer"
@@ -41,10 +42,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     notes = resolve_model_config(args, args.tensor_model_parallel_size)
     s, cp = args.seq_length, args.context_parallel_size
     _require(s > 0, "--seq-length must be positive")
-    # megatron-core's layout cuts 2*cp chunks; the balanced one needs S / cp tokens per rank.
-    multiple = 2 * cp if args.cp_layout == "megatron" else cp
+    multiple = required_multiple(args.cp_layout, cp)
     _require(
-        cp == 1 or s % multiple == 0,
+        s % multiple == 0,
         f"--seq-length {s} must be divisible by {multiple} for --context-parallel-size {cp} "
         f"with --cp-layout {args.cp_layout}",
     )

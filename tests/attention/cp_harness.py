@@ -34,7 +34,7 @@ def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
         lengths = [seq_len // 8 + 1, seq_len // 8 - 2] + torch.randint(
             2, seq_len // 4, (rest,), generator=gen
         ).tolist()
-    elif name == "sparse":  # short documents: most chunk pairs are empty
+    elif name == "sparse":  # short documents: most of the sample is invisible to most queries
         lengths = torch.randint(6, 20, (rest,), generator=gen).tolist()
     elif name == "lognormal":  # realistic mix: log-normal lengths around S/16 and one long document
         lengths = [seq_len // 2] + (torch.randn(rest, generator=gen) * 0.6).exp().mul(
@@ -214,6 +214,13 @@ def run_errors(rank: int, world: int) -> dict | None:
         anchor_cp_attention(q, q, q, doc_ids, cp_group=dist.group.WORLD)
     except ValueError as err:
         messages["differ"] = str(err)
+    try:  # the model's path: the plan the layout builds once per micro-batch
+        from megatron_anchor.model.layout import AnchorLayout
+
+        layout = AnchorLayout(doc_ids=doc_ids, positions=torch.zeros(1, 4, dtype=torch.long))
+        layout.attention_plan("anchor", dist.group.WORLD, torch.device("cpu"))
+    except ValueError as err:
+        messages["differ_layout"] = str(err)
     finally:
         del os.environ["MEGATRON_ANCHOR_CHECK_DOC_IDS"]
     return messages if rank == 0 else None

@@ -87,3 +87,4 @@ def test_errors_in_a_group(cp):
     errors = results(cp)["errors"]
     assert "divisible by 2*context_parallel_size" in errors["indivisible"]
     assert "doc_ids or cp_index differ across CP ranks" in errors["differ"]
+    assert "doc_ids or cp_index differ across CP ranks" in errors["differ_layout"]
