@@ -3,9 +3,10 @@
 Tensors are packed in local order: q ``[T, h, d]``, k/v ``[T, h_kv, d]`` (``T = b * L``). Step 0 attends the
 local K/V; step ``s`` the rows rank ``rank - s`` sent (only those some local query needs), with step
 ``s + 1`` already in flight. Each step makes the plan's kernel calls (one per level: one for the megatron
-and balanced layouts) and merges their partial results into fp32 ``out``/``lse`` branch-free. In backward the K/V travel again (not kept from forward) and
-the remote dK/dV go straight back to their owner. The anchor's K/V arrive once, summed over the group, and
-fold in last. Nothing here reads a value back from the device.
+and balanced layouts) and merges their partial results into fp32 ``out``/``lse`` branch-free. In backward
+the K/V travel again (not kept from forward) and the remote dK/dV go straight back to their owner. The
+anchor's K/V arrive once, summed over the group, and fold in last. Nothing here reads a value back from
+the device.
 """
 
 from __future__ import annotations
