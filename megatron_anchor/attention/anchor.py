@@ -29,7 +29,7 @@ def _scores(q: torch.Tensor, k_anchor: torch.Tensor, fold: AnchorFold, scale: fl
     """``[h, T]`` fp32 logits of every row against the anchor, -inf on rows that do not see it."""
     batch = k_anchor.shape[0]
     q4 = q.view(batch, -1, *q.shape[1:])  # [b, L, h, d]
-    s = torch.einsum("blhd,blhd->blh", q4.float(), k_anchor.expand_as(q4)) * scale
+    s = torch.einsum("blhd,bhd->blh", q4.float(), k_anchor[:, 0]) * scale  # batched over (b, h): no expand
     return s.reshape(-1, q.shape[1]).masked_fill(~fold.rows[:, None], float("-inf")).t()
 
 
@@ -41,8 +41,8 @@ def fold_anchor(q, out, lse, anchor_kv, fold: AnchorFold, scale: float) -> None:
     safe = new_lse.masked_fill(new_lse.isinf(), 0.0)
     w_old, w_new = (torch.exp(x - safe).t()[..., None] for x in (lse, score))  # [T, h, 1]
     batch = k_anchor.shape[0]
-    anchor_part = (w_new.view(batch, -1, *w_new.shape[1:]) * v_anchor).view(out.shape)  # [T, h, d]
-    out.mul_(w_old).add_(anchor_part)
+    out4 = out.view(batch, -1, *out.shape[1:])  # [b, L, h, d]: one pass, no [T, h, d] temporary
+    out4.mul_(w_old.view(batch, -1, *w_old.shape[1:])).addcmul_(w_new.view(out4.shape[:3] + (1,)), v_anchor)
     lse.copy_(new_lse)
 
 
@@ -54,8 +54,8 @@ def fold_anchor_backward(dout, q, out, lse, anchor_kv, fold: AnchorFold, scale: 
     p = torch.exp(_scores(q, k_anchor, fold, scale) - lse).t().reshape(batch, -1, heads)  # [b, L, h]
     dout4, q4 = (t.view(batch, -1, heads, t.shape[-1]).float() for t in (dout, q))  # [b, L, h, d]
     delta = (dout4 * out.view(dout4.shape).float()).sum(-1)  # [b, L, h]
-    ds = p * (torch.einsum("blhd,blhd->blh", dout4, v_anchor.expand_as(dout4)) - delta)
-    dq += (ds[..., None] * k_anchor * scale).view(dq.shape)
+    ds = p * (torch.einsum("blhd,bhd->blh", dout4, v_anchor[:, 0]) - delta)
+    dq.view(dout4.shape).addcmul_(ds[..., None], k_anchor, value=scale)
     dk = torch.einsum("blh,blhd->bhd", ds, q4) * scale  # [b, h, d]
     dv = torch.einsum("blh,blhd->bhd", p, dout4)
     return reduce_kv_heads(torch.stack([dk, dv]), heads_kv, dim=2)  # [2, b, h_kv, d]

@@ -44,9 +44,8 @@ def merge_rows(out: torch.Tensor, lse: torch.Tensor, rows: Rows, part_out, part_
     new_lse = torch.logaddexp(old_lse, part_lse)
     safe = new_lse.masked_fill(new_lse.isinf(), 0.0)
     w_old, w_new = (torch.exp(x - safe).t()[..., None] for x in (old_lse, part_lse))  # [n, h, 1]
-    merged = old_out * w_old + part_out.float() * w_new
+    merged = old_out.mul_(w_old).addcmul_(part_out.float(), w_new)  # in place: a view or a gathered copy
     if isinstance(rows, slice):
-        old_out.copy_(merged)
         old_lse.copy_(new_lse)
     else:
         out.index_copy_(0, rows, merged)
@@ -91,7 +90,7 @@ def ring_forward(q, k, v, plan: AttentionPlan, comm: CPComm, backend, scale: flo
             keys, values = take(kv[0], call.k_rows), take(kv[1], call.k_rows)
             part_out, part_lse, data = backend.forward(take(q, call.q_rows), keys, values, call, scale)
             if out is None:  # ring step 0's one call covers every local row: it starts the result
-                out, lse = part_out.float(), part_lse.float()
+                out, lse = part_out.float().contiguous(), part_lse.float()  # folded into in place
             else:
                 merge_rows(out, lse, call.q_rows, part_out, part_lse)
             aux.append(data)
@@ -126,7 +125,7 @@ def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, com
         if step == 0:  # the one local call covers every row: its gradients start the result
             (call,) = sp.calls
             grads = _call_grads(backend, dout, q, kv, out, lse, call, scale, next(aux_iter), stats)
-            dq, dk, dv = (g.float() for g in grads)
+            dq, dk, dv = (g.float().contiguous() for g in grads)  # accumulated into in place
             continue
         buffer = None
         if kv is not None:

@@ -8,7 +8,7 @@ import torch
 
 from megatron_anchor.attention import anchor_cp_attention, dense_reference_attention
 from megatron_anchor.attention.backends import SdpaCpu, TorchTiled, VarlenReference, select_backend
-from megatron_anchor.attention.cpu_kernels import TINY
+from megatron_anchor.attention.cpu_kernels import NATIVE_FROM, TILE, TINY, pieces_of
 from megatron_anchor.attention.flash import AtenFlash, aten_flash_supported, gpu_backend_status
 from megatron_anchor.attention.plan import kernel_call
 from megatron_anchor.attention.ring import merge_rows
@@ -16,7 +16,8 @@ from megatron_anchor.attention.ring import merge_rows
 # (queries, keys) per sequence: tiny ones (grouped on the CPU), ones past the 512 block, keys > queries.
 LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64, 64)]
 # A causal call of square sequences, as ring step 0 makes (tiny runs grouped between longer ones).
-SQUARE = [(n, n) for n in (3, 100, 2, 70, 192, 1000, 5, 120, 2053, TINY - 1, 65)]
+# On the CPU 300 is tiled with a remainder block, 1000 and 2053 halved, 1000's halves tiled exactly.
+SQUARE = [(n, n) for n in (3, 100, 2, 70, 192, 1000, 5, 120, 2053, TINY - 1, 65, 300)]
 BACKENDS = [VarlenReference(), SdpaCpu(), TorchTiled()]
 
 
@@ -69,6 +70,48 @@ def test_varlen_forward_and_backward_match_fp64(backend, causal, lengths):
     for got, x in zip(grads, ref_in):
         assert got.shape == x.shape
         assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < 1e-5
+
+
+def test_cpu_pieces_cover_every_visible_pair_once():
+    """The CPU kernel's pieces (grouped, tiled, halved, alone) attend each visible pair exactly once."""
+    lengths = [*SQUARE, (NATIVE_FROM - 1, NATIVE_FROM - 1), (NATIVE_FROM, NATIVE_FROM)]
+    pieces = pieces_of(_call(lengths, causal=True))
+    start = 0
+    for n, _ in lengths:
+        covered = torch.zeros(n, n, dtype=torch.int8)
+        for p in pieces:
+            if p.q0 >= start + n or p.q1 <= start:
+                continue
+            block = torch.ones(p.q1 - p.q0, p.k1 - p.k0, dtype=torch.int8)
+            if p.mask is not None:
+                block = p.mask[: start + n - p.q0, : start + n - p.k0].to(torch.int8)
+            elif p.blocks > 1:
+                block = torch.block_diag(*[torch.ones(TILE, TILE, dtype=torch.int8).tril()] * p.blocks)
+            elif p.causal:
+                block = block.tril()
+            q0, k0 = max(p.q0, start), max(p.k0, start)
+            block = block[q0 - p.q0 :, k0 - p.k0 :]
+            covered[q0 - start : q0 - start + block.shape[0], k0 - start : k0 - start + block.shape[1]] += block
+        assert torch.equal(covered, torch.ones(n, n, dtype=torch.int8).tril()), n
+        start += n
+    assert any(p.blocks > 1 for p in pieces) and any(p.merge and p.q1 - p.q0 > TILE for p in pieces)
+    assert [p.merge for p in pieces] == sorted(p.merge for p in pieces)  # partial results after the first
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_tiled_cpu_causal_matches_fp64(dtype, tol):
+    """Tiled and halved causal sequences, merged in fp32 however the inputs are stored, against fp64."""
+    lengths = [(300, 300), (1500, 1500), (2 * TILE, 2 * TILE)]
+    q, k, v = _inputs(lengths, dtype=dtype, seed=3)
+    call = _call(lengths, causal=True)
+    out, lse, aux = SdpaCpu().forward(q, k, v, call, 0.25)
+    ref_in = [t.double().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = _reference(*ref_in, lengths, True, 0.25)
+    assert (out.double() - ref_out).abs().max() < tol and (lse.double() - ref_lse).abs().max() < tol
+    dout = torch.randn_like(q)
+    ref_out.backward(dout.double())
+    for got, x in zip(SdpaCpu().backward(dout, q, k, v, out, lse, call, 0.25, aux), ref_in):
+        assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < tol
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
