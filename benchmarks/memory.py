@@ -13,10 +13,11 @@ has created Adam's state. Measured, per rank:
 - communication: ``torch.distributed``'s collectives are wrapped before megatron-core is imported, and every
   call's tensor bytes (the gathered output, the reduced input) are summed per collective and group.
 
-The accounting below (bytes per token of what each layer keeps for backward, plus parameter, gradient and
-optimizer state per rank) is printed beside the measurements and then projects the README's recipes on
-H100 80 GB, with bf16 activations and this implementation's saved tensors (Transformer Engine's fused
-norm+linear and SwiGLU keep less: an upper bound there).
+The TP runs take the recipes' loss, ``--cross-entropy-chunk-size`` (``CHUNK`` tokens), and once without
+it. The accounting of ``memory_model.py`` (bytes per token of what each layer keeps for backward, plus
+parameter, gradient and optimizer state per rank) is printed beside the measurements and then projects the
+README's recipes on H100 80 GB, with bf16 activations and this implementation's saved tensors (Transformer
+Engine's fused norm+linear and SwiGLU keep less: an upper bound there).
 """
 
 from __future__ import annotations
@@ -31,15 +32,23 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
+
+from memory_model import (  # benchmarks/memory_model.py, beside this file
+    BENCH,
+    CHUNK,
+    MiB,
+    activation_bytes,
+    layer_elements_per_token,
+    print_projection,
+    print_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_anchor.parallel import free_port  # noqa: E402
 
-MiB, GiB = 2**20, 2**30
 CATEGORIES = {  # tracker categories -> the four reported ones
     "params": ("Parameter", "Sharded Param", "Unsharded Param", "All Gather", "Buffer"),
     "grads": ("Gradient", "Sharded Grad", "Unsharded Grad", "Reduce Scatter"),
@@ -56,77 +65,6 @@ COLLECTIVES = {  # torch.distributed function -> (argument holding the tensor(s)
     "send": ("tensor", "send"),
     "isend": ("tensor", "send"),
 }
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A Llama-family model's shape."""
-
-    layers: int
-    hidden: int
-    ffn: int
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    @property
-    def params(self) -> int:
-        """Parameters: untied embeddings, attention, SwiGLU MLP, two norms per layer, final norm."""
-        kv = 2 * self.kv_heads * self.hidden // self.heads
-        layer = self.hidden * (2 * self.hidden + kv) + 3 * self.hidden * self.ffn + 2 * self.hidden
-        return self.layers * layer + 2 * self.vocab * self.hidden + self.hidden
-
-
-BENCH = Shape(layers=4, hidden=256, ffn=688, heads=4, kv_heads=2, vocab=2048)
-
-
-def layer_elements_per_token(shape: Shape, tp: int, sp: bool, recompute: str | None) -> float:
-    """Activation elements one decoder layer keeps for backward per token of this rank's sequence.
-
-    Sharded by SP: each RMSNorm's input and normalised input, the qkv and fc1 inputs (6h). Split by TP:
-    the qkv output, rotated q and k, the attention output and proj input (4h + 3 kv), the SwiGLU MLP's
-    fc1 output, gate, product and fc2 input (5 ffn). Neither: the RoPE cos/sin (2 head_dim). Selective
-    recompute keeps the attention's inputs and output only; full recompute keeps the layer input.
-    """
-    h, d = shape.hidden, shape.hidden // shape.heads
-    kv, seq_shard = shape.kv_heads * d, tp if sp else 1
-    if recompute == "full":
-        return h / seq_shard
-    if recompute == "selective":
-        return 6 * h / seq_shard + (2 * h + 2 * kv + 5 * shape.ffn) / tp
-    return 6 * h / seq_shard + (4 * h + 3 * kv + 5 * shape.ffn) / tp + 2 * d
-
-
-def activation_bytes(shape: Shape, tokens: int, tp: int, sp: bool, recompute: str | None, act_bytes: int):
-    """(kept when forward ends, peak) activation bytes of one rank holding ``tokens`` of the sequence.
-
-    Beyond the layers, forward keeps the final norm's tensors and the output layer's input (3h, sharded by
-    SP) and the vocabulary-parallel cross-entropy's fp32 softmax (vocab / tp, 4 bytes; its backward works
-    in place). The peak is that, or the backward of the last layer: every layer's kept tensors, the layer
-    recomputed under full recompute, and the gradients of the hidden state and of fc1's output.
-    """
-    seq_shard = tp if sp else 1
-    kept_per_layer = layer_elements_per_token(shape, tp, sp, recompute)
-    head = act_bytes * 3 * shape.hidden / seq_shard + 4 * shape.vocab / tp
-    kept = tokens * (act_bytes * shape.layers * kept_per_layer + head)
-    recomputed = layer_elements_per_token(shape, tp, sp, None) if recompute == "full" else 0.0
-    grads = shape.hidden / seq_shard + 2 * shape.ffn / tp
-    in_backward = tokens * act_bytes * (shape.layers * kept_per_layer + recomputed + grads)
-    return kept, max(kept, in_backward)
-
-
-def state_bytes(shape: Shape, tp: int, shards: int, bf16: bool) -> dict:
-    """Parameters, gradients and Adam state per rank: fp32 masters, FSDP2 over ``shards`` DP x CP ranks.
-
-    FSDP2 keeps every layer's gathered parameters from its forward to its backward (reshard after forward
-    off), in bf16 under the bf16 policy.
-    """
-    p = shape.params / tp
-    return {
-        "params": 4 * p / shards + (2 if bf16 else 4) * p,
-        "grads": 4 * p / shards,
-        "optimizer": 8 * p / shards,
-    }
 
 
 # ---- inside torchrun -------------------------------------------------------------------------------------
@@ -247,18 +185,6 @@ def worker(configs_path: str, out_path: str) -> None:
 
 # ---- the driver --------------------------------------------------------------------------------------------
 
-LLAMA2_7B = Shape(layers=32, hidden=4096, ffn=11008, heads=32, kv_heads=32, vocab=32000)
-LLAMA3_8B = Shape(layers=32, hidden=4096, ffn=14336, heads=32, kv_heads=8, vocab=128256)
-LLAMA3_70B = Shape(layers=80, hidden=8192, ffn=28672, heads=64, kv_heads=8, vocab=128256)
-RECIPES = [  # name, shape, S, TP, CP, DP (as in examples/: 4 or 8 nodes of 8 GPUs), full recompute
-    ("Llama-2-7B 64K", LLAMA2_7B, 65536, 2, 4, 4),
-    ("Llama-3-8B 128K", LLAMA3_8B, 131072, 2, 8, 4),
-    ("Llama-3-8B 256K", LLAMA3_8B, 262144, 2, 8, 4),
-    ("Llama-3-8B 256K", LLAMA3_8B, 262144, 2, 16, 2),
-    ("Llama-3-70B 64K", LLAMA3_70B, 65536, 8, 4, 2),
-]
-H100_BYTES = 81559 * MiB  # what nvidia-smi reports for an H100 80 GB
-
 
 def trainer_flags(seq: int, *extra: str) -> list[str]:
     """Flags of the benchmark model at sequence length ``seq``, one sample per step."""
@@ -274,15 +200,19 @@ def trainer_flags(seq: int, *extra: str) -> list[str]:
 def grids(seqs: list[int]) -> tuple[list[dict], list[dict]]:
     """(TP=2 configurations with and without SP, FSDP2 configurations at DP=2 with fp32 and bf16 policies).
 
-    Full recompute (the recipes' setting) at every length; no and selective recompute at the middle one.
+    Full recompute and the chunked loss (the recipes' settings) at every length; at the middle one also
+    the whole-sequence loss, and no and selective recompute.
     """
     middle = seqs[len(seqs) // 2]
+    runs = [(s, "full", CHUNK) for s in seqs] + [(middle, "full", 0)]
     tp = []
-    for seq, recompute in [(s, "full") for s in seqs] + [(middle, "none"), (middle, "selective")]:
+    for seq, recompute, chunk in runs + [(middle, "none", CHUNK), (middle, "selective", CHUNK)]:
         for sp in (False, True):
-            extra = ["--tensor-model-parallel-size", "2"] + (["--sequence-parallel"] if sp else [])
+            extra = ["--tensor-model-parallel-size", "2", "--cross-entropy-chunk-size", str(chunk)]
+            extra += ["--sequence-parallel"] if sp else []
             extra += [] if recompute == "none" else ["--recompute-granularity", recompute]
-            tp.append({"seq": seq, "recompute": recompute, "sp": sp, "flags": trainer_flags(seq, *extra)})
+            config = {"seq": seq, "recompute": recompute, "chunk": chunk, "sp": sp}
+            tp.append(dict(config, flags=trainer_flags(seq, *extra)))
     sharded = ["--use-distributed-optimizer", "--recompute-granularity", "full"]
     fsdp = [
         {
@@ -311,14 +241,6 @@ def launch(configs: list[dict], nproc: int = 2) -> list[dict]:
     return json.loads((work / "results.json").read_text())
 
 
-def print_table(header: list[str], rows: list[list]) -> None:
-    """Columns right-aligned to their widest cell; floats with one decimal."""
-    cells = [header] + [[f"{c:.1f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-
-
 def _split_mib(r: dict) -> list[float]:
     return [r[k] / MiB for k in ("params", "grads", "optimizer", "activations", "total")]
 
@@ -326,31 +248,35 @@ def _split_mib(r: dict) -> list[float]:
 def print_tensor_parallel(rows: list[dict]) -> None:
     """Memory split and traffic of TP=2 with/without SP, beside the accounting; SP / no-SP ratios."""
     print("\nTP=2, one rank, MiB. Split of the peak; 'kept' = activations held when forward ends; 'layer' =")
-    print("the decoder's forward growth per layer; 'acc' = the accounting; traffic = TP collectives per step")
+    print("the decoder's forward growth per layer; 'acc' = the accounting; traffic = TP collectives per")
+    print(f"step; loss = --cross-entropy-chunk-size ({CHUNK}) or 'whole' (megatron-core's whole loss)")
     table, by_key = [], {}
     for r in rows:
         recompute = None if r["recompute"] == "none" else r["recompute"]
-        kept, peak = activation_bytes(BENCH, r["seq"], 2, r["sp"], recompute, 4)
+        kept, peak = activation_bytes(BENCH, r["seq"], 2, r["sp"], recompute, 4, r["chunk"])
         layer = r["seq"] * 4 * layer_elements_per_token(BENCH, 2, r["sp"], recompute)
         traffic = {k.split()[0]: v / MiB for k, v in r["traffic"].items() if k.endswith(" TP")}
+        loss = r["chunk"] or "whole"
         table.append(
-            [r["seq"], r["recompute"], "on" if r["sp"] else "off", *_split_mib(r), peak / MiB]
+            [r["seq"], r["recompute"], loss, "on" if r["sp"] else "off", *_split_mib(r), peak / MiB]
             + [r["kept"] / MiB, kept / MiB, r["per_layer"] / MiB, layer / MiB]
             + [traffic.get(k, 0.0) for k in ("all-reduce", "all-gather", "reduce-scatter")]
         )
-        by_key[r["seq"], r["recompute"], r["sp"]] = r
-    header = ["S", "recompute", "SP", "params", "grads", "optim", "activ", "total", "activ acc"]
+        by_key[r["seq"], r["recompute"], loss, r["sp"]] = r
+    header = ["S", "recompute", "loss", "SP", "params", "grads", "optim", "activ", "total", "activ acc"]
     header += ["kept", "kept acc", "layer", "layer acc", "all-reduce", "all-gather", "reduce-scatter"]
     print_table(header, table)
-    print("\nSP / no SP at TP=2, measured; wire = TP bytes a ring moves per rank (all-reduce 2(n-1)/n,")
-    print("all-gather and reduce-scatter (n-1)/n of the buffer):")
+    print("\nSP / no SP at TP=2, measured; 'kept' is the activation memory (held from forward to backward),")
+    print("'activ at peak' adds the backward's working memory (a recomputed layer); wire = TP bytes a ring")
+    print("moves per rank (all-reduce 2(n-1)/n, all-gather and reduce-scatter (n-1)/n of the buffer):")
     ratios = []
-    for (seq, recompute, sp), r in by_key.items():
-        off = by_key[seq, recompute, False]
+    for (seq, recompute, loss, sp), r in by_key.items():
+        off = by_key[seq, recompute, loss, False]
         if sp:
             measured = [r[k] / off[k] for k in ("per_layer", "kept", "activations", "total")]
-            ratios.append([seq, recompute, *(f"{x:.2f}x" for x in measured + [_wire(r) / _wire(off)])])
-    print_table(["S", "recompute", "layer", "kept", "activ at peak", "peak total", "TP wire bytes"], ratios)
+            ratios.append([seq, recompute, loss, *(f"{x:.2f}x" for x in measured + [_wire(r) / _wire(off)])])
+    header = ["S", "recompute", "loss", "layer", "kept", "activ at peak", "peak total", "TP wire bytes"]
+    print_table(header, ratios)
 
 
 def _wire(r: dict, n: int = 2) -> float:
@@ -375,26 +301,6 @@ def print_fsdp(rows: list[dict]) -> None:
     rs = bf16["traffic"]["reduce-scatter DPxCP"] / fp32["traffic"]["reduce-scatter DPxCP"]
     peak = bf16["total"] / fp32["total"]
     print(f"bf16 / fp32: all-gather bytes {ag:.3f}x, reduce-scatter bytes {rs:.3f}x, peak {peak:.2f}x")
-
-
-def print_projection() -> None:
-    """The accounting applied to the recipes (FSDP2 over DP x CP, bf16 activations) against an H100."""
-    print(f"\nProjection per GPU, GiB; H100 80 GB = {H100_BYTES / GiB:.1f} GiB. FSDP2 over DP x CP:")
-    states, table = [], []
-    for name, shape, seq, tp, cp, dp in RECIPES:
-        fp32, bf16 = (state_bytes(shape, tp, dp * cp, bf16=b) for b in (False, True))
-        state = [fp32["params"], bf16["params"], bf16["grads"], bf16["optimizer"]]
-        states.append([name, f"{tp}x{cp}x{dp}", shape.params / 1e9, *(x / GiB for x in state)])
-        for recompute in ("full", "selective", None):
-            act = [activation_bytes(shape, seq // cp, tp, sp, recompute, 2)[1] for sp in (False, True)]
-            total = [sum(bf16.values()) + a for a in act]
-            row = [name, seq // cp, recompute or "none", *(a / GiB for a in act), f"{act[1] / act[0]:.2f}x"]
-            table.append(row + [t / GiB for t in total] + [f"{t / H100_BYTES:.0%}" for t in total])
-    header = ["recipe", "TPxCPxDP", "B params", "params fp32", "params bf16 policy", "grads", "optim"]
-    print_table(header, states)
-    print("\nActivations at the peak and totals (bf16 policy), without / with --sequence-parallel:")
-    header = ["recipe", "tokens/GPU", "recompute", "activ", "activ SP", "SP/no SP", "total", "total SP"]
-    print_table(header + ["of H100", "of H100 SP"], table)
 
 
 def main() -> None:

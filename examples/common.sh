@@ -31,7 +31,8 @@ recipe_flags() {  # fills the array RECIPE
     fi
     RECIPE=(
         --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" --sequence-parallel
-        --use-distributed-optimizer --recompute-granularity full --bf16 --exit-signal-handler
+        --use-distributed-optimizer --recompute-granularity full --cross-entropy-chunk-size 4096 --bf16
+        --exit-signal-handler
         --data-path "$DATA" --split 998,1,1 --seq-length "$SEQ_LENGTH"
         --attention-mode anchor --position-ids global
         --micro-batch-size 1 --global-batch-size "$GLOBAL_BATCH" --train-iters "$TRAIN_ITERS"

@@ -91,7 +91,7 @@ def _single(seq: tuple[int, int, int, int], causal: bool) -> list[Piece]:
 
 
 def pieces_of(call: KernelCall) -> list[Piece]:
-    """The aten calls of ``call`` (partial results to merge come after the rows' first). Cached on the call."""
+    """The aten calls of ``call``, partial results to merge after each row's first; cached on the call."""
     if "cpu" in call.cache:
         return call.cache["cpu"]
     cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()

@@ -4,9 +4,9 @@ Tensors are packed in local order: q ``[T, h, d]``, k/v ``[T, h_kv, d]`` (``T = 
 local K/V; step ``s`` the rows rank ``rank - s`` sent (only those some local query needs), with step
 ``s + 1`` already in flight. Each step makes the plan's kernel calls (one per level: one for the megatron
 and balanced layouts) and merges their partial results into fp32 ``out``/``lse`` branch-free. In backward
-the K/V travel again (not kept from forward) and the remote dK/dV go straight back to their owner. The
-anchor's K/V arrive once, summed over the group, and fold in last. Nothing here reads a value back from
-the device.
+the K/V travel again (not kept from forward) and the remote dK/dV go straight back to their owner (two
+steps' replies in flight at most). The anchor's K/V arrive once, summed over the group, and fold in last.
+Nothing here reads a value back from the device.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, com
     ``out`` (q's dtype) and ``lse`` are the forward's final, merged values; ``aux`` its per-call data.
     """
     aux_iter = iter(aux)
-    replies: list[tuple[Pending, torch.Tensor]] = []
+    in_flight: tuple[Pending, torch.Tensor] | None = None  # the previous step's reply: two buffers at most
     for step, kv in key_buffers(comm, plan, k, v):
         sp = plan.steps[step]
         if step == 0:  # the one local call covers every row: its gradients start the result
@@ -137,16 +137,24 @@ def ring_backward(dout, q, k, v, out, lse, anchor, aux, plan: AttentionPlan, com
                 add_rows(buffer[1], call.k_rows, grads[2])
         if sp.recv_rows or sp.send_rows is not None:
             shape = None if sp.send_rows is None else (2, len(sp.send_rows), *k.shape[1:])
-            replies.append((comm.reply(step, buffer, shape, dk), sp.send_rows))
+            posted = (comm.reply(step, buffer, shape, dk), sp.send_rows)
+            _add_reply(dk, dv, in_flight)
+            in_flight = posted
     if anchor is not None:
         anchor_grad = fold_anchor_backward(dout, q, out, lse, anchor, plan.anchor, scale, dq)
         anchor_grad, _ = comm.sum_anchor(anchor_grad)
         owned = anchor_grad * plan.anchor.owned[None, :, None, None]
         dk.index_add_(0, plan.anchor.token0_rows, owned[0])
         dv.index_add_(0, plan.anchor.token0_rows, owned[1])
-    for reply, send_rows in replies:
-        received = reply.wait()
-        if received is not None:
-            dk.index_add_(0, send_rows, received[0])
-            dv.index_add_(0, send_rows, received[1])
+    _add_reply(dk, dv, in_flight)
     return dq, dk, dv
+
+
+def _add_reply(dk: torch.Tensor, dv: torch.Tensor, reply: tuple[Pending, torch.Tensor] | None) -> None:
+    """Wait for a step's dK/dV exchange (ours sent, the peer's received) and add what came to our rows."""
+    if reply is None:
+        return
+    received = reply[0].wait()
+    if received is not None:
+        dk.index_add_(0, reply[1], received[0])
+        dv.index_add_(0, reply[1], received[1])

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_anchor.model.chunked_loss import chunked_language_model_loss
 from megatron_anchor.model.core_attention import AnchorAttentionSetup
 from megatron_anchor.model.layout import AnchorLayout
 from megatron_anchor.model.sequence_parallel import use_host_sequence_parallel
@@ -48,6 +49,8 @@ class AnchorGPTConfig:
     """Selective recompute: the core attention is recomputed in backward."""
     sequence_parallel: bool = False
     """Shard norms, residuals and embeddings along the sequence inside each TP group (needs TP > 1)."""
+    loss_chunk_tokens: int = 0
+    """Output layer and loss in chunks of this many of the rank's tokens, recomputed in backward (0: off)."""
     use_te: bool | None = None
     """Transformer Engine layers: None picks them when TE imports."""
     extra: dict = field(default_factory=dict)
@@ -103,6 +106,8 @@ def transformer_config(cfg: AnchorGPTConfig, tp_size: int, cp_size: int) -> Tran
 class AnchorGPTModel(GPTModel):
     """GPTModel whose forward takes the packed-sample layout and returns the per-token loss."""
 
+    loss_chunk_tokens: int = 0  # set by build_anchor_gpt from AnchorGPTConfig
+
     def forward(  # type: ignore[override]
         self, tokens: torch.Tensor, labels: torch.Tensor | None, layout: AnchorLayout
     ) -> torch.Tensor:
@@ -114,6 +119,13 @@ class AnchorGPTModel(GPTModel):
             labels=labels,
             packed_seq_params=layout,
         )
+
+    def _postprocess(self, *, hidden_states, labels, **kwargs):  # megatron-core calls it by keyword
+        """The loss in recomputed chunks when ``loss_chunk_tokens`` is set; otherwise megatron-core's."""
+        plain = kwargs.get("inference_context") is not None or kwargs.get("mtp_in_postprocess")
+        if labels is None or not self.loss_chunk_tokens or plain:
+            return super()._postprocess(hidden_states=hidden_states, labels=labels, **kwargs)
+        return chunked_language_model_loss(self, hidden_states, labels, self.loss_chunk_tokens)
 
 
 def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -> AnchorGPTModel:
@@ -137,6 +149,7 @@ def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -
         position_embedding_type="none",
         parallel_output=True,
     )
+    model.loss_chunk_tokens = cfg.loss_chunk_tokens
     if cfg.sequence_parallel and not torch.cuda.is_available():
         use_host_sequence_parallel(model)  # megatron-core's SP collectives allocate on CUDA
     return model

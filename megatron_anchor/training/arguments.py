@@ -155,6 +155,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="1: empty the CUDA cache after each step; 2: also after evaluation",
     )
     g.add_argument(
+        "--cross-entropy-chunk-size",
+        type=int,
+        default=0,
+        metavar="TOKENS",
+        help="run the output layer and the loss over this many of the rank's tokens at a time, recomputed in "
+        "backward, so the [s, b, vocab/TP] logits and their fp32 softmax are never kept (0: off, "
+        "megatron-core's whole-sequence loss)",
+    )
+    g.add_argument(
         "--grad-reduce-in-bf16",
         action="store_true",
         help="with --bf16: reduce gradients across data-parallel ranks in bf16 (default fp32)",

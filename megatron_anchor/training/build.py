@@ -37,6 +37,7 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         recompute_attention=args.recompute_granularity == "selective",
         use_te={"local": False, "transformer_engine": True}.get(getattr(args, "transformer_impl", None)),
         sequence_parallel=getattr(args, "sequence_parallel", False),  # the evaluation tools have no such flag
+        loss_chunk_tokens=getattr(args, "cross_entropy_chunk_size", 0),
     )
 
 

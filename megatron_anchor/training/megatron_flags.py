@@ -234,6 +234,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--position-ids", PROJECT, "global (default) | reset"),
     Flag("--mask-cross-doc-labels", PROJECT, "no loss on a label that starts the next document"),
     Flag("--cp-layout", PROJECT, "balanced (default) | megatron: how a sample's tokens spread over CP"),
+    Flag("--cross-entropy-chunk-size", PROJECT, "output layer + loss in recomputed chunks: no logits kept"),
     Flag("--rope-scaling", PROJECT, "YaRN, Llama 3.1, NTK, LongRoPE, DPRoPE ... as JSON or a file"),
     Flag("--share-embeddings-and-output-weights", PROJECT, "tie input and output embeddings"),
     Flag("--log-jsonl", PROJECT, "one JSON object per log line"),

@@ -206,6 +206,10 @@ def _validate_precision_and_sequence_parallel(args: argparse.Namespace) -> None:
         args.bf16 or not args.grad_reduce_in_bf16,
         "--grad-reduce-in-bf16 applies to --bf16 training; without --bf16 gradients are fp32 and reduced so",
     )
+    _require(
+        args.cross_entropy_chunk_size >= 0,
+        f"--cross-entropy-chunk-size must be 0 (off) or positive, got {args.cross_entropy_chunk_size}",
+    )
     tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
     if args.sequence_parallel and tp == 1:
         # As Megatron: SP without TP is switched off with a notice (nothing to shard over).

@@ -226,6 +226,37 @@ def run_errors(rank: int, world: int) -> dict | None:
     return messages if rank == 0 else None
 
 
+def run_reply_depth(rank: int, world: int) -> int | None:
+    """Most dK/dV replies posted and not yet waited for at once in one backward (max over ranks)."""
+    from megatron_anchor.attention.comm import CPComm, Pending
+
+    depth = {"now": 0, "max": 0}
+    post, wait = CPComm.reply, Pending.wait
+
+    def counted_reply(self, *args, **kwargs):
+        pending = post(self, *args, **kwargs)
+        pending.is_reply = True
+        depth["now"] += 1
+        depth["max"] = max(depth["max"], depth["now"])
+        return pending
+
+    def counted_wait(self):
+        depth["now"] -= getattr(self, "is_reply", False)
+        return wait(self)
+
+    CPComm.reply, Pending.wait = counted_reply, counted_wait
+    try:
+        doc_ids = layout("lognormal", 32 * world, 5)[None]
+        cp_index = make_cp_index("random", doc_ids, world, 5, "anchor")  # every step exchanges rows
+        q = torch.randn(32, 1, 2, 8, requires_grad=True)
+        anchor_cp_attention(q, q, q, doc_ids, cp_group=dist.group.WORLD, cp_index=cp_index).sum().backward()
+    finally:
+        CPComm.reply, Pending.wait = post, wait
+    most = torch.tensor([depth["max"]])
+    dist.all_reduce(most, dist.ReduceOp.MAX)
+    return int(most) if rank == 0 else None
+
+
 def _worker(rank: int, world: int, port: int, path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -237,6 +268,7 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
             results["stats"][f"{mode}-{cp_layout}"] = run_stats(rank, world, mode, cp_layout)
     if world > 1:
         results["errors"] = run_errors(rank, world)
+        results["reply_depth"] = run_reply_depth(rank, world)
     if rank == 0:
         with open(path, "w") as f:
             json.dump(results, f)

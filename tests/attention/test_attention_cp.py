@@ -88,3 +88,9 @@ def test_errors_in_a_group(cp):
     assert "divisible by 2*context_parallel_size" in errors["indivisible"]
     assert "doc_ids or cp_index differ across CP ranks" in errors["differ"]
     assert "doc_ids or cp_index differ across CP ranks" in errors["differ_layout"]
+
+
+@pytest.mark.parametrize("cp", [4, 8])
+def test_backward_keeps_two_steps_of_dkdv_replies_in_flight_at_most(cp):
+    """Each ring step's fp32 dK/dV reply is waited for once the next is posted, not all at the end."""
+    assert results(cp)["reply_depth"] == 2

@@ -91,7 +91,8 @@ def test_cpu_pieces_cover_every_visible_pair_once():
                 block = block.tril()
             q0, k0 = max(p.q0, start), max(p.k0, start)
             block = block[q0 - p.q0 :, k0 - p.k0 :]
-            covered[q0 - start : q0 - start + block.shape[0], k0 - start : k0 - start + block.shape[1]] += block
+            rows, cols = q0 - start, k0 - start
+            covered[rows : rows + block.shape[0], cols : cols + block.shape[1]] += block
         assert torch.equal(covered, torch.ones(n, n, dtype=torch.int8).tril()), n
         start += n
     assert any(p.blocks > 1 for p in pieces) and any(p.merge and p.q1 - p.q0 > TILE for p in pieces)
