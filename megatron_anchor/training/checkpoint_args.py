@@ -23,6 +23,7 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
+from megatron_anchor.training.preflight import writable_problem
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
@@ -82,11 +83,27 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
         if not args.finetune and not meta.get("weights_only"):
             notes += _check_resume(args, meta, path)
     if args.save:
-        try:
-            probe_writable(args.save, "--save")
-        except CheckpointError as err:
-            raise ValueError(str(err)) from err
+        check_save_writable(args.save)
     return notes
+
+
+def check_save_writable(save: str) -> None:
+    """``--save`` can take a checkpoint; nothing is created before training starts.
+
+    An existing directory gets a write probe (read-only mounts, quotas and full disks fail it), once per
+    node (``LOCAL_RANK`` 0, every rank writes its own shards there); a missing one needs a writable parent.
+    """
+    if not os.path.isdir(save):
+        problem = writable_problem("--save", save)
+        if problem:
+            raise ValueError(problem)
+        return
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    try:
+        probe_writable(save, "--save")
+    except CheckpointError as err:
+        raise ValueError(str(err)) from err
 
 
 def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:

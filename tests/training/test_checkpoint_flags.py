@@ -98,14 +98,22 @@ def test_resume_needs_steps_left_and_the_same_schedule():
         _validate([*TINY, "--train-iters", "10", "--tensor-model-parallel-size", "2", "--load", str(ckpt)], 2)
 
 
-def test_save_is_probed_at_start_up(tmp_path):
+def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(ValueError, match=r"--save .*file/ckpt is not writable: \[Errno 20 ENOTDIR\]"):
+    with pytest.raises(ValueError, match=r"--save .*file/ckpt: .*file is a file, not a directory"):
         _validate([*TINY, "--save", str(blocker / "ckpt")])
     args = _validate([*TINY, "--save", str(tmp_path / "new" / "ckpt")])
-    assert (tmp_path / "new" / "ckpt").is_dir() and not list((tmp_path / "new" / "ckpt").iterdir())
+    assert not (tmp_path / "new").exists()  # created by the first save, not by the flag checks (or --dry-run)
     assert args.checkpoint_notes == []
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    probes = []
+    monkeypatch.setattr("megatron_anchor.training.checkpoint_args.probe_writable", lambda *a: probes.append(a))
+    _validate([*TINY, "--save", str(existing)])
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    _validate([*TINY, "--save", str(existing)])
+    assert probes == [(str(existing), "--save")]  # an existing directory: one write probe per node
 
 
 def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):

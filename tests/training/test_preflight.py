@@ -83,7 +83,7 @@ def test_output_paths_must_be_creatable(inputs, tmp_path):
         f"--log-jsonl {tmp_path} is a directory"
     ]
     # --save is probed by the flag checks themselves (the checkpoint contract), before any pre-flight.
-    with pytest.raises(ValueError, match=r"--save .*/a_file/ckpt is not writable: \[Errno 20 ENOTDIR\]"):
+    with pytest.raises(ValueError, match=r"--save .*/a_file/ckpt: .*/a_file is a file, not a directory"):
         _findings([*base, "--save", str(tmp_path / "a_file" / "ckpt")])
     wandb = _findings([*base, "--wandb-save-dir", str(tmp_path / "a_file" / "wandb"), "--wandb-project", "p"])
     assert any(e.startswith(f"--wandb-save-dir {tmp_path}/a_file/wandb") for e in wandb.errors)
