@@ -109,7 +109,8 @@ def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatc
     existing = tmp_path / "existing"
     existing.mkdir()
     probes = []
-    monkeypatch.setattr("megatron_anchor.training.checkpoint_args.probe_writable", lambda *a: probes.append(a))
+    probe = "megatron_anchor.training.checkpoint_args.probe_writable"
+    monkeypatch.setattr(probe, lambda *a: probes.append(a))
     _validate([*TINY, "--save", str(existing)])
     monkeypatch.setenv("LOCAL_RANK", "3")
     _validate([*TINY, "--save", str(existing)])
