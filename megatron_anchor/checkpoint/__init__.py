@@ -22,7 +22,6 @@ _EXPORTS = {
     "find_checkpoint": "layout",
     "is_checkpoint": "layout",
     "iter_dir_name": "layout",
-    "os_error_message": "integrity",
     "previous_checkpoint": "layout",
     "probe_writable": "integrity",
     "read_meta": "layout",

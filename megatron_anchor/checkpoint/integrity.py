@@ -6,14 +6,13 @@ and truncation, and runs at several GB/s, so a multi-GB checkpoint costs seconds
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import socket
 import zlib
 
 import torch.distributed as dist
 
+from megatron_anchor._files import free_space, os_error_message
 from megatron_anchor.checkpoint.layout import META_FILE, CheckpointError, previous_checkpoint
 
 _BLOCK = 8 << 20
@@ -86,26 +85,6 @@ def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
         hint = f"; load the previous checkpoint instead: --load {previous}" if previous else ""
         more = f" (and {len(mine) - 1} more)" if len(mine) > 1 else ""
         raise CheckpointError(f"checkpoint file {mine[0]}{more}{hint}")
-
-
-def free_space(path: str) -> str:
-    """Free space on the filesystem holding ``path`` (or its nearest existing parent), human-readable."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe) and probe != os.path.dirname(probe):
-        probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe).free
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if free < 1024 or unit == "TiB":
-            return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"
-        free /= 1024
-    return ""
-
-
-def os_error_message(err: OSError, path: str) -> str:
-    """``[Errno 28] No space left on device: 'file' (1.2 MiB free on path)``: errno, file and free space."""
-    name = errno.errorcode.get(err.errno, "?") if err.errno is not None else "?"
-    where = err.filename or path
-    return f"[Errno {err.errno} {name}] {err.strerror or err}: {where!r} ({free_space(path)} free on {path})"
 
 
 def write_probe(directory: str, nbytes: int = 4096) -> None:

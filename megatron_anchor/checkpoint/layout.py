@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 
+from megatron_anchor._files import sync_directory, write_synced
+
 LATEST = "latest"
 META_FILE = "meta.json"
 TMP_SUFFIX = ".tmp"
@@ -84,14 +86,7 @@ def read_meta(checkpoint_dir: str) -> dict:
 
 def write_meta(checkpoint_dir: str, meta: dict) -> None:
     """Write ``meta.json`` and flush it to disk (it is the mark of a complete checkpoint)."""
-    _write_synced(os.path.join(checkpoint_dir, META_FILE), json.dumps(meta, indent=1, default=str) + "\n")
-
-
-def _write_synced(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(os.path.join(checkpoint_dir, META_FILE), json.dumps(meta, indent=1, default=str) + "\n")
 
 
 def _step_of(name: str) -> int | None:
@@ -128,10 +123,6 @@ def commit_checkpoint(tmp_dir: str, final_dir: str) -> None:
         shutil.rmtree(final_dir)
     os.rename(tmp_dir, final_dir)
     pointer_tmp = os.path.join(save_dir, LATEST + TMP_SUFFIX)
-    _write_synced(pointer_tmp, os.path.basename(final_dir) + "\n")
+    write_synced(pointer_tmp, os.path.basename(final_dir) + "\n")
     os.replace(pointer_tmp, os.path.join(save_dir, LATEST))
-    dir_fd = os.open(save_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the renames themselves reach the disk
-    finally:
-        os.close(dir_fd)
+    sync_directory(save_dir)  # the renames themselves reach the disk

@@ -13,12 +13,12 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import struct
 from collections.abc import Iterator
 
 import numpy as np
 
+from megatron_anchor._files import free_space, sync_and_close, sync_directory
 from megatron_anchor.data.output_lock import OutputLock
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
@@ -86,7 +86,7 @@ class IndexedWriter:
     def commit(self) -> tuple[str, str]:
         """Write the index, sync both files, move them to their final names; return ``(bin, idx)`` paths."""
         with self._naming(self.tmp_bin):
-            _sync_and_close(self._bin)
+            sync_and_close(self._bin)
         lengths = np.concatenate([np.zeros(0, np.int32), *self._sequence_lengths])  # [sequences] int32
         pointers = np.zeros(len(lengths), dtype=np.int64)  # byte offset of each sequence
         np.cumsum(lengths[:-1].astype(np.int64) * np.dtype(self.dtype).itemsize, out=pointers[1:])
@@ -98,14 +98,14 @@ class IndexedWriter:
             )
             for array in (lengths, pointers, document_indices):
                 idx.write(array.tobytes(order="C"))
-            _sync_and_close(idx)
+            sync_and_close(idx)
         final_bin, final_idx = self.prefix + ".bin", self.prefix + ".idx"
         with contextlib.suppress(FileNotFoundError):
             os.remove(final_idx)  # so that no moment pairs an earlier run's .idx with the new .bin
         os.replace(self.tmp_bin, final_bin)
         os.replace(self.tmp_idx, final_idx)
         with self._naming(self.directory):
-            _sync_directory(self.directory)  # the renames themselves
+            sync_directory(self.directory)  # the renames themselves
         self._lock.release()
         return final_bin, final_idx
 
@@ -126,22 +126,8 @@ class IndexedWriter:
         except OSError as error:
             if error.filename is not None or error.errno is None:
                 raise
-            free = shutil.disk_usage(self.directory).free
-            raise OSError(error.errno, f"{error.strerror} ({free / 1e6:,.1f} MB free there)", path) from error
-
-
-def _sync_and_close(stream) -> None:
-    stream.flush()
-    os.fsync(stream.fileno())
-    stream.close()
-
-
-def _sync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            free = free_space(self.directory)
+            raise OSError(error.errno, f"{error.strerror} ({free} free there)", path) from error
 
 
 def remove_stale_temporaries(prefix: str) -> list[str]:

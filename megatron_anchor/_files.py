@@ -1,0 +1,54 @@
+"""Durable writes and file-system error messages, shared by the data writer and the checkpoints (torch-free).
+
+A file is complete on disk only after ``fsync``; a rename is durable only after its directory is synced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+
+def sync_and_close(stream) -> None:
+    """Flush ``stream``, fsync it and close it."""
+    stream.flush()
+    os.fsync(stream.fileno())
+    stream.close()
+
+
+def sync_directory(directory: str) -> None:
+    """fsync ``directory`` itself, so that the renames and creations in it reach the disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` and fsync it."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def free_space(path: str) -> str:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent), human-readable."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and probe != os.path.dirname(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"
+        free /= 1024
+    return ""
+
+
+def os_error_message(err: OSError, path: str) -> str:
+    """``[Errno 28 ENOSPC] No space left on device: 'file' (1.2 MiB free on path)``."""
+    name = errno.errorcode.get(err.errno, "?") if err.errno is not None else "?"
+    where = err.filename or path
+    return f"[Errno {err.errno} {name}] {err.strerror or err}: {where!r} ({free_space(path)} free on {path})"
