@@ -74,12 +74,19 @@ def resolve_checkpoint(path: str) -> str:
     return found
 
 
+_META_TEXT: dict[tuple, str] = {}  # (path, mtime, size) -> text: each version read once per process
+
+
 def read_meta(checkpoint_dir: str) -> dict:
-    """The checkpoint's ``meta.json``."""
+    """The checkpoint's ``meta.json`` (a fresh dict each call; the file is read again only if it changed)."""
     path = os.path.join(checkpoint_dir, META_FILE)
-    try:
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _META_TEXT:
         with open(path) as f:
-            return json.load(f)
+            _META_TEXT[key] = f.read()
+    try:
+        return json.loads(_META_TEXT[key])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
 

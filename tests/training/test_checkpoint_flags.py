@@ -10,6 +10,7 @@ import shutil
 import pytest
 from train_harness import TINY, reference_run
 
+from megatron_anchor.checkpoint.layout import read_meta
 from megatron_anchor.training import build_parser, validate_args
 
 # TINY without its model flags: the checkpoint supplies them.
@@ -148,3 +149,29 @@ def test_switches_are_reported_as_the_command_line_says_them():
         "--share-embeddings-and-output-weights contradicts checkpoint ckpt, which has no "
         "--share-embeddings-and-output-weights"
     )
+
+
+def test_resume_checks_read_meta_json_once_and_again_only_when_it_changes(tmp_path, monkeypatch):
+    ckpt, _, _, _ = reference_run()
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    meta_file = copy / "iter_0000006" / "meta.json"
+    opened = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith("meta.json"):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    flags = [*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--load", str(copy)]
+    _validate(flags)
+    _validate(flags)
+    assert opened == [str(meta_file)]  # model flags, vocabulary and resume checks share one read
+    meta = read_meta(str(meta_file.parent))
+    meta["step"] = -1  # callers get their own dict
+    assert read_meta(str(meta_file.parent))["step"] == 6
+    text = meta_file.read_text()
+    meta_file.write_text(text.replace('"step": 6', '"step": 7 '))  # a new version (other size)
+    assert read_meta(str(meta_file.parent))["step"] == 7 and len(opened) == 2
