@@ -14,6 +14,7 @@ _EXPORTS = {
     "LATEST": "layout",
     "META_FILE": "layout",
     "TMP_SUFFIX": "layout",
+    "check_tp_size": "layout",
     "checkpoint_files": "integrity",
     "checkpoint_meta": "meta",
     "commit_checkpoint": "layout",

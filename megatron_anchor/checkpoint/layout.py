@@ -91,6 +91,15 @@ def read_meta(checkpoint_dir: str) -> dict:
         raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
 
 
+def check_tp_size(meta: dict, where: str, tp: int) -> None:
+    """ValueError unless the checkpoint of ``meta`` (named ``where`` in the message) has TP size ``tp``."""
+    if meta["tp"] != tp:
+        raise ValueError(
+            f"{where} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} "
+            f"(TP resharding is not supported: convert it again at that TP size)"
+        )
+
+
 def write_meta(checkpoint_dir: str, meta: dict) -> None:
     """Write ``meta.json`` and flush it to disk (it is the mark of a complete checkpoint)."""
     write_synced(os.path.join(checkpoint_dir, META_FILE), json.dumps(meta, indent=1, default=str) + "\n")

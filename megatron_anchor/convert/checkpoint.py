@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from megatron_anchor.checkpoint import (
     TMP_SUFFIX,
     CheckpointError,
+    check_tp_size,
     checkpoint_files,
     commit_checkpoint,
     describe_files,
@@ -168,6 +169,15 @@ def load_model_weights(path: str, model: torch.nn.Module, tp_rank: int) -> dict:
     dcp.load({f"tp{tp_rank}": {"model": state}}, checkpoint_id=path, planner=DefaultLoadPlanner())
     # Not strict: the _extra_state entries are absent on purpose (every other name was checked above).
     set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
+    return meta
+
+
+def load_verified_weights(path: str, model: torch.nn.Module, tp: int, tp_rank: int) -> dict:
+    """Check checkpoint ``path``'s TP size and checksums, then load its model weights; returns its meta."""
+    meta = read_meta(path)
+    check_tp_size(meta, f"checkpoint {path}", tp)
+    verify_checkpoint(path, meta)
+    load_model_weights(path, model, tp_rank)
     return meta
 
 

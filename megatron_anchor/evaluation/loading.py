@@ -14,8 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_anchor.checkpoint import read_meta, verify_checkpoint
-from megatron_anchor.convert.checkpoint import load_model_weights
+from megatron_anchor.convert.checkpoint import load_verified_weights
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import ParallelDims, init_distributed
 from megatron_anchor.training.build import build_model, build_model_config
@@ -64,14 +63,7 @@ def load_weights(load_dir: str, model: torch.nn.Module, dims: ParallelDims) -> N
     """Verify the checksums of checkpoint ``load_dir`` (a resolved checkpoint directory) and restore only
     its model weights (collective). No optimizer is built: evaluation needs none, and a large model cannot
     spare its memory."""
-    meta = read_meta(load_dir)
-    if meta["tp"] != dims.tp:
-        raise ValueError(
-            f"checkpoint {load_dir} holds --tensor-model-parallel-size {meta['tp']} shards; "
-            f"this run uses {dims.tp} (convert it again at that TP size)"
-        )
-    verify_checkpoint(load_dir, meta)
-    load_model_weights(load_dir, model, dims.tp_rank)
+    load_verified_weights(load_dir, model, dims.tp, dims.tp_rank)
 
 
 def build_eval_model(args: argparse.Namespace, dims: ParallelDims, device: torch.device) -> torch.nn.Module:

@@ -38,11 +38,10 @@ from megatron_anchor.checkpoint import (
     read_meta,
     remove_stale_tmp,
     tokenizer_identity,
-    verify_checkpoint,
     write_failure_detail,
     write_meta,
 )
-from megatron_anchor.convert.checkpoint import EXTRA_STATE, load_model_weights
+from megatron_anchor.convert.checkpoint import EXTRA_STATE, load_verified_weights
 from megatron_anchor.model import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record
 from megatron_anchor.training.checkpoint_args import schedule_record
@@ -165,9 +164,7 @@ def load_checkpoint(
     """Verify checkpoint ``path`` and restore the model, then (unless told not to, and unless the checkpoint
     holds weights only) the optimizer and, at the same world size, the RNG states. Returns its meta with
     ``rng_restored`` added (collective)."""
-    meta = read_meta(path)
-    verify_checkpoint(path, meta)
-    load_model_weights(path, model, dims.tp_rank)
+    meta = load_verified_weights(path, model, dims.tp, dims.tp_rank)
     full = not meta.get("weights_only")
     if full and load_optim:
         osd = get_optimizer_state_dict(model, optimizer)

@@ -13,6 +13,7 @@ import os
 
 from megatron_anchor.checkpoint import (
     CheckpointError,
+    check_tp_size,
     find_checkpoint,
     probe_writable,
     read_meta,
@@ -74,12 +75,7 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
     path = args.load_checkpoint
     if path is not None:
         meta = read_meta(path)
-        tp = args.tensor_model_parallel_size
-        if meta["tp"] != tp:
-            raise ValueError(
-                f"--load {path} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} "
-                f"(TP resharding is not supported)"
-            )
+        check_tp_size(meta, f"--load {path}", args.tensor_model_parallel_size)
         if not args.finetune and not meta.get("weights_only"):
             notes += _check_resume(args, meta, path)
     if args.save:
