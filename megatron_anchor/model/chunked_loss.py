@@ -21,14 +21,16 @@ def sequence_shard_size(model: torch.nn.Module) -> int:
     return layer.tp_group.size() if layer.sequence_parallel else 1
 
 
-def chunk_label_columns(start: int, end: int, shard_len: int, shards: int) -> torch.Tensor:
+def chunk_label_columns(
+    start: int, end: int, shard_len: int, shards: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Sequence positions of the rows the output layer gives for shard rows ``[start, end)``.
 
     Under SP the output layer all-gathers the chunk: TP rank ``r``'s rows come ``r``-th, and its shard
-    begins at position ``r * shard_len``.
+    begins at position ``r * shard_len``. Built on ``device`` (no host-to-device copy).
     """
-    rows = torch.arange(start, end)
-    return torch.cat([rows + rank * shard_len for rank in range(shards)])
+    rows = torch.arange(start, end, device=device)
+    return (torch.arange(shards, device=device)[:, None] * shard_len + rows).flatten()
 
 
 def _chunk_loss(model, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None):
@@ -49,8 +51,8 @@ def chunked_language_model_loss(
     losses, columns = [], []
     for start in range(0, shard_len, chunk):
         end = min(shard_len, start + chunk)
-        cols = chunk_label_columns(start, end, shard_len, shards).to(labels.device)
-        chunk_labels = labels.index_select(1, cols)
+        cols = chunk_label_columns(start, end, shard_len, shards, labels.device)
+        chunk_labels = labels[:, start:end] if shards == 1 else labels.index_select(1, cols)
         loss = checkpoint(_chunk_loss, model, hidden[start:end], chunk_labels, weight, use_reentrant=False)
         losses.append(loss)
         columns.append(cols)
