@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MiB, GiB = 2**20, 2**30
-CHUNK = 1024  # --cross-entropy-chunk-size measured and projected (examples/ use 4096)
+CHUNK = 1024  # --cross-entropy-chunk-size measured and projected, as in examples/
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def activation_bytes(
     Beyond the layers, forward keeps the final norm's tensors and the output layer's input (3h, sharded by
     SP) and, without ``--cross-entropy-chunk-size`` (``chunk`` 0), the vocabulary-parallel cross-entropy's
     fp32 softmax (vocab / tp, 4 bytes; its backward works in place). With chunks, backward recomputes one
-    chunk's logits at a time (``chunk`` shard rows, times tp under SP: fp32 logits, softmax and gradient).
+    chunk's logits at a time (``chunk`` sequence positions: fp32 logits, softmax and gradient).
     The peak is the larger of that moment and the backward of the last layer: every layer's kept tensors,
     the layer recomputed under full recompute, and the gradients of the hidden state and of fc1's output.
     """
@@ -67,7 +67,7 @@ def activation_bytes(
     kept_per_layer = layer_elements_per_token(shape, tp, sp, recompute)
     head = act_bytes * 3 * shape.hidden / seq_shard + (0 if chunk else 4 * shape.vocab / tp)
     kept = tokens * (act_bytes * shape.layers * kept_per_layer + head)
-    head_backward = kept + min(chunk * seq_shard, tokens) * 3 * 4 * shape.vocab / tp
+    head_backward = kept + min(chunk, tokens) * 3 * 4 * shape.vocab / tp
     recomputed = layer_elements_per_token(shape, tp, sp, None) if recompute == "full" else 0.0
     grads = shape.hidden / seq_shard + 2 * shape.ffn / tp
     in_backward = tokens * act_bytes * (shape.layers * kept_per_layer + recomputed + grads)

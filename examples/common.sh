@@ -31,7 +31,7 @@ recipe_flags() {  # fills the array RECIPE
     fi
     RECIPE=(
         --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" --sequence-parallel
-        --use-distributed-optimizer --recompute-granularity full --cross-entropy-chunk-size 4096 --bf16
+        --use-distributed-optimizer --recompute-granularity full --cross-entropy-chunk-size 1024 --bf16
         --exit-signal-handler
         --data-path "$DATA" --split 998,1,1 --seq-length "$SEQ_LENGTH"
         --attention-mode anchor --position-ids global

@@ -43,14 +43,15 @@ def chunked_language_model_loss(
 ) -> torch.Tensor:
     """Token losses ``[b, s]`` from the final hidden states ``[s / shards, b, h]`` and labels ``[b, s]``.
 
-    ``chunk`` rows of this rank's hidden states at a time (times the TP size under SP), recomputed in
-    backward. ``model`` is a megatron-core language model (its output layer and loss).
+    ``chunk`` sequence positions of logits at a time (under SP, ``chunk / tp`` rows of each TP rank's
+    shard, gathered), recomputed in backward. ``model`` is a megatron-core language model.
     """
     weight = model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
     shards, shard_len = sequence_shard_size(model), hidden.shape[0]
+    step = max(1, chunk // shards)
     losses, columns = [], []
-    for start in range(0, shard_len, chunk):
-        end = min(shard_len, start + chunk)
+    for start in range(0, shard_len, step):
+        end = min(shard_len, start + step)
         cols = chunk_label_columns(start, end, shard_len, shards, labels.device)
         chunk_labels = labels[:, start:end] if shards == 1 else labels.index_select(1, cols)
         loss = checkpoint(_chunk_loss, model, hidden[start:end], chunk_labels, weight, use_reentrant=False)

@@ -50,7 +50,7 @@ class AnchorGPTConfig:
     sequence_parallel: bool = False
     """Shard norms, residuals and embeddings along the sequence inside each TP group (needs TP > 1)."""
     loss_chunk_tokens: int = 0
-    """Output layer and loss in chunks of this many of the rank's tokens, recomputed in backward (0: off)."""
+    """Output layer and loss over this many sequence positions at a time, recomputed in backward (0: off)."""
     use_te: bool | None = None
     """Transformer Engine layers: None picks them when TE imports."""
     extra: dict = field(default_factory=dict)

@@ -159,9 +159,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="TOKENS",
-        help="run the output layer and the loss over this many of the rank's tokens at a time, recomputed in "
-        "backward, so the [s, b, vocab/TP] logits and their fp32 softmax are never kept (0: off, "
-        "megatron-core's whole-sequence loss)",
+        help="run the output layer and the loss over this many sequence positions at a time (their logits: "
+        "TOKENS x micro-batch x vocab/TP), recomputed in backward, so the [s, b, vocab/TP] logits and their "
+        "fp32 softmax are never kept (0: off, megatron-core's whole-sequence loss)",
     )
     g.add_argument(
         "--grad-reduce-in-bf16",

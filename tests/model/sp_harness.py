@@ -38,7 +38,8 @@ def _run(chunk: int, sequence_parallel: bool) -> tuple[torch.Tensor, dict]:
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    """TP=2: the whole-sequence loss without SP, then with SP and chunks of 5 shard rows; rank 0 saves."""
+    """TP=2: the whole-sequence loss without SP, then with SP and chunks of 6 positions (3 rows of each
+    16-row shard, the last chunk 1 row); rank 0 saves."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
@@ -47,7 +48,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         ps.initialize_model_parallel(tensor_model_parallel_size=2)
-        results = {"whole": _run(0, False), "chunked_sp": _run(5, True)}
+        results = {"whole": _run(0, False), "chunked_sp": _run(6, True)}
         ps.destroy_model_parallel()
     finally:
         dist.destroy_process_group()

@@ -65,7 +65,7 @@ def test_label_columns_follow_the_sequence_parallel_gather():
 
 
 def test_chunked_loss_under_sequence_parallel_equals_the_whole_loss(tmp_path):
-    """TP=2 with SP, chunks of 5 of each rank's 16 rows: token losses in sequence order and gradients."""
+    """TP=2 with SP, chunks of 6 positions (3 of each rank's 16 rows): token losses in order, gradients."""
     out = tmp_path / "losses.pt"
     mp.spawn(sp_harness.worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     results = torch.load(out)

@@ -32,9 +32,9 @@ def test_tp2_sequence_parallel_ddp_full_recompute_equals_single_process(tmp_path
 
 
 def test_tp2_cp2_sequence_parallel_fsdp2_selective_recompute_chunked_loss_equals_single_process(tmp_path):
-    """Also the loss in recomputed chunks of 5 of the 16 shard rows (a remainder chunk; labels gathered)."""
+    """Also the loss in recomputed chunks of 6 positions: 3 rows of each 16-row shard, gathered."""
     flags = [*TINY, *SP, "--context-parallel-size", "2", "--use-distributed-optimizer"]
-    flags += ["--cross-entropy-chunk-size", "5"]
+    flags += ["--cross-entropy-chunk-size", "6"]
     records, proc = run_pretrain(4, [*flags, "--recompute-granularity", "selective"], tmp_path)
     _assert_matches_reference(records, tmp_path)
 
