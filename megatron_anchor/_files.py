@@ -28,10 +28,9 @@ def sync_directory(directory: str) -> None:
 
 def write_synced(path: str, text: str) -> None:
     """Write ``text`` to ``path`` and fsync it."""
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(path, "w") as stream:  # closed on an error too
+        stream.write(text)
+        sync_and_close(stream)
 
 
 def free_space(path: str) -> str:

@@ -4,12 +4,14 @@ A call's sequences are arranged once per plan into kernel pieces (cached on the 
 layer):
 - a sequence runs alone, and runs of tiny sequences (under ``TINY`` rows, where the per-call overhead
   dominates) share one call with a block-diagonal mask;
-- a medium causal sequence (``2 * TILE <= n < TILED_BELOW``) is cut into ``TILE``-row blocks: one batched
-  causal call over the diagonal blocks, then one full call per block row over the keys before it, merged
-  by log-sum-exp. aten's kernel computes every key of a query block up to its 512-key block on the
-  diagonal, so below 768 rows a causal call costs a whole square (about 50% efficiency) and 70% at 1K;
-  the tiled form wastes only the small diagonal blocks (measured 1.3-1.4x faster forward+backward at
-  300-512 rows, 1.07x at 1K, no gain past 1.5K).
+- a causal sequence of ``2 * TILE`` to ``HALVED_FROM`` rows is cut into ``TILE``-row blocks: one batched
+  causal call over the diagonal blocks, then one full call per block row over the keys before it;
+- one of ``HALVED_FROM`` to ``NATIVE_FROM`` rows is halved, each half again, plus one full call of the
+  second half over the first; longer ones run as they are.
+aten's causal kernel computes every key of a query block up to the end of its 512-key block on the
+diagonal: below 768 rows a causal call costs the whole square (about 50% of its efficiency at 8K), 70% at
+1K, 81% at 1.5K; full calls reach 90-108% from 128 rows. The pieces, merged by log-sum-exp in fp32, run
+1.4x faster forward+backward at 400-512 rows and 1.1x at 0.8-2.3K (measured on one thread).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
+from megatron_anchor.attention.merge import merge_rows
 from megatron_anchor.attention.plan import KernelCall
 
 TINY = 64  # shorter sequences run in groups (per-call overhead dominates)
@@ -140,19 +143,6 @@ def _attn_mask(piece: Piece, like: torch.Tensor) -> tuple[bool, torch.Tensor | N
     return False, torch.zeros(mask.shape, dtype=like.dtype).masked_fill(~mask, float("-inf"))
 
 
-def _merge(out: torch.Tensor, lse: torch.Tensor, piece: Piece, part_out, part_lse) -> None:
-    """Fold a partial result into the piece's rows of ``out``/``lse`` in place (fp32 arithmetic)."""
-    rows = slice(piece.q0, piece.q1)
-    old = lse[:, rows]
-    new = torch.logaddexp(old, part_lse)
-    w_old, w_part = (torch.exp(x - new).t()[..., None] for x in (old, part_lse))
-    if out.dtype == torch.float32:
-        out[rows].mul_(w_old).addcmul_(part_out, w_part)
-    else:
-        out[rows] = (out[rows].float() * w_old + part_out.float() * w_part).to(out.dtype)
-    lse[:, rows] = new
-
-
 class SdpaCpu:
     """aten's CPU flash-attention kernels per sequence (or group of tiny sequences, or tiles)."""
 
@@ -164,10 +154,10 @@ class SdpaCpu:
         return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
     def forward(self, q, k, v, call: KernelCall, scale: float):
-        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``."""
+        """``(out [Tq, h, d] like q, lse [h, Tq] fp32, None)``; tiles merge in fp32."""
         heads = q.shape[1]
         k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=torch.float32)
         lse = torch.empty(heads, q.shape[0], dtype=torch.float32)
         for piece in pieces_of(call):
             causal, mask = _attn_mask(piece, q)
@@ -177,17 +167,18 @@ class SdpaCpu:
             )  # fmt: skip
             part_out, part_lse = _flat(part_out), part_lse.transpose(0, 1).flatten(1)
             if piece.merge:
-                _merge(out, lse, piece, part_out, part_lse)
+                merge_rows(out, lse, slice(piece.q0, piece.q1), part_out, part_lse)
             else:
                 out[piece.q0 : piece.q1] = part_out
                 lse[:, piece.q0 : piece.q1] = part_lse
-        return out, lse, None
+        return out.to(q.dtype), lse, None
 
     def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
-        """``(dq, dk, dv)`` like q, k, v: every piece's backward with the final, merged out and lse."""
+        """``(dq, dk, dv)`` like q, k, v: every piece's backward with the final, merged out and lse (the
+        pieces' gradients summed in fp32)."""
         heads, heads_kv = q.shape[1], k.shape[1]
         k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
         for piece in pieces_of(call):
             causal, mask = _attn_mask(piece, q)
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -197,4 +188,5 @@ class SdpaCpu:
             dq[piece.q0 : piece.q1] += _flat(grads[0])
             dk[piece.k0 : piece.k1] += _flat(grads[1])
             dv[piece.k0 : piece.k1] += _flat(grads[2])
-        return dq, reduce_kv_heads(dk, heads_kv), reduce_kv_heads(dv, heads_kv)
+        dk, dv = (reduce_kv_heads(g, heads_kv).to(k.dtype) for g in (dk, dv))
+        return dq.to(q.dtype), dk, dv

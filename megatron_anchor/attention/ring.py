@@ -17,14 +17,8 @@ import torch
 
 from megatron_anchor.attention.anchor import fold_anchor, fold_anchor_backward, local_anchor_kv
 from megatron_anchor.attention.comm import CPComm, Pending
+from megatron_anchor.attention.merge import merge_rows, take
 from megatron_anchor.attention.plan import AttentionPlan, AttentionStats, Rows
-
-
-def take(t: torch.Tensor, rows: Rows, dim: int = 0) -> torch.Tensor:
-    """Rows of ``t`` along ``dim``: a view for a slice, a gather for an index tensor."""
-    if isinstance(rows, slice):
-        return t[rows] if dim == 0 else t[:, rows]
-    return t.index_select(dim, rows)
 
 
 def add_rows(t: torch.Tensor, rows: Rows, values: torch.Tensor) -> None:
@@ -33,23 +27,6 @@ def add_rows(t: torch.Tensor, rows: Rows, values: torch.Tensor) -> None:
         t[rows] += values
     else:
         t.index_add_(0, rows, values.to(t.dtype))
-
-
-def merge_rows(out: torch.Tensor, lse: torch.Tensor, rows: Rows, part_out, part_lse) -> None:
-    """Fold a normalised partial result of ``rows`` into ``out [T, h, d]`` / ``lse [h, T]`` (fp32), in place.
-
-    Branch-free: a row not seen yet (lse -inf) takes the part; exp(-inf - finite) = 0.
-    """
-    old_out, old_lse = take(out, rows), take(lse, rows, dim=1)
-    new_lse = torch.logaddexp(old_lse, part_lse)
-    safe = new_lse.masked_fill(new_lse.isinf(), 0.0)
-    w_old, w_new = (torch.exp(x - safe).t()[..., None] for x in (old_lse, part_lse))  # [n, h, 1]
-    merged = old_out.mul_(w_old).addcmul_(part_out.float(), w_new)  # in place: a view or a gathered copy
-    if isinstance(rows, slice):
-        old_lse.copy_(new_lse)
-    else:
-        out.index_copy_(0, rows, merged)
-        lse.index_copy_(1, rows, new_lse)
 
 
 def _post_kv(comm: CPComm, plan: AttentionPlan, step: int, k, v) -> Pending | None:

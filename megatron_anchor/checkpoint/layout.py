@@ -74,14 +74,16 @@ def resolve_checkpoint(path: str) -> str:
     return found
 
 
-_META_TEXT: dict[tuple, str] = {}  # (path, mtime, size) -> text: each version read once per process
+# (path, inode, mtime, ctime, size) -> text: each version read once per process (a copy that keeps the mtime
+# still has a new inode or ctime, which no tool sets back)
+_META_TEXT: dict[tuple, str] = {}
 
 
 def read_meta(checkpoint_dir: str) -> dict:
     """The checkpoint's ``meta.json`` (a fresh dict each call; the file is read again only if it changed)."""
     path = os.path.join(checkpoint_dir, META_FILE)
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     if key not in _META_TEXT:
         with open(path) as f:
             _META_TEXT[key] = f.read()
@@ -95,8 +97,8 @@ def check_tp_size(meta: dict, where: str, tp: int) -> None:
     """ValueError unless the checkpoint of ``meta`` (named ``where`` in the message) has TP size ``tp``."""
     if meta["tp"] != tp:
         raise ValueError(
-            f"{where} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} "
-            f"(TP resharding is not supported: convert it again at that TP size)"
+            f"{where} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} (TP "
+            f"resharding is not supported: run at TP {meta['tp']}, or convert its weights again at TP {tp})"
         )
 
 

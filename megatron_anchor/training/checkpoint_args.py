@@ -84,20 +84,22 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
 
 
 def check_save_writable(save: str) -> None:
-    """``--save`` can take a checkpoint; nothing is created before training starts.
+    """``--save`` can take a checkpoint; no directory is created before training starts.
 
-    An existing directory gets a write probe (read-only mounts, quotas and full disks fail it), once per
-    node (``LOCAL_RANK`` 0, every rank writes its own shards there); a missing one needs a writable parent.
+    A write probe (read-only mounts, quotas and full disks fail it) runs in ``--save``, or in its nearest
+    existing parent when it does not exist yet, once per node (``LOCAL_RANK`` 0: every rank writes its own
+    shards there).
     """
-    if not os.path.isdir(save):
-        problem = writable_problem("--save", save)
-        if problem:
-            raise ValueError(problem)
-        return
+    problem = writable_problem("--save", save)
+    if problem:
+        raise ValueError(problem)
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return
+    existing = os.path.abspath(save)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
     try:
-        probe_writable(save, "--save")
+        probe_writable(existing, "--save")
     except CheckpointError as err:
         raise ValueError(str(err)) from err
 

@@ -10,8 +10,8 @@ from megatron_anchor.attention import anchor_cp_attention, dense_reference_atten
 from megatron_anchor.attention.backends import SdpaCpu, TorchTiled, VarlenReference, select_backend
 from megatron_anchor.attention.cpu_kernels import NATIVE_FROM, TILE, TINY, pieces_of
 from megatron_anchor.attention.flash import AtenFlash, aten_flash_supported, gpu_backend_status
+from megatron_anchor.attention.merge import merge_rows
 from megatron_anchor.attention.plan import kernel_call
-from megatron_anchor.attention.ring import merge_rows
 
 # (queries, keys) per sequence: tiny ones (grouped on the CPU), ones past the 512 block, keys > queries.
 LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64, 64)]

@@ -5,6 +5,7 @@ writable. All of them read files only, so they run here without a process group.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -113,9 +114,10 @@ def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatc
     probe = "megatron_anchor.training.checkpoint_args.probe_writable"
     monkeypatch.setattr(probe, lambda *a: probes.append(a))
     _validate([*TINY, "--save", str(existing)])
+    _validate([*TINY, "--save", str(existing / "not" / "yet")])  # its nearest existing parent is probed
     monkeypatch.setenv("LOCAL_RANK", "3")
     _validate([*TINY, "--save", str(existing)])
-    assert probes == [(str(existing), "--save")]  # an existing directory: one write probe per node
+    assert probes == [(str(existing), "--save")] * 2  # one write probe per node, nothing created
 
 
 def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):
@@ -175,3 +177,10 @@ def test_resume_checks_read_meta_json_once_and_again_only_when_it_changes(tmp_pa
     text = meta_file.read_text()
     meta_file.write_text(text.replace('"step": 6', '"step": 7 '))  # a new version (other size)
     assert read_meta(str(meta_file.parent))["step"] == 7 and len(opened) == 2
+    # A same-size copy put in place with the old mtime (cp -p, rsync -t): a new inode, so read again.
+    other = meta_file.with_name("other.json")
+    other.write_text(text.replace('"step": 6', '"step": 8 '))
+    stat = meta_file.stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(other, meta_file)
+    assert read_meta(str(meta_file.parent))["step"] == 8
