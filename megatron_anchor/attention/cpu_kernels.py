@@ -16,6 +16,7 @@ diagonal: below 768 rows a causal call costs the whole square (about 50% of its 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -34,8 +35,9 @@ class Piece(NamedTuple):
     """One aten call: query rows ``[q0, q1)`` over key rows ``[k0, k1)``.
 
     ``blocks > 1``: the rows are that many equal blocks, each causal over its own keys (one batched call).
-    ``mask``: a block-diagonal bool ``[q1 - q0, k1 - k0]`` of grouped tiny sequences. ``merge``: the rows
-    already hold a partial result to fold this one into.
+    ``mask``: a bool ``[q1 - q0, k1 - k0]`` passed as the additive mask instead of the causal flag
+    (block-diagonal over grouped tiny sequences, or one causal sequence with more keys than queries).
+    ``merge``: the rows already hold a partial result to fold this one into.
     """
 
     q0: int
@@ -48,16 +50,21 @@ class Piece(NamedTuple):
     merge: bool = False
 
 
-def _group(seqs: list[tuple[int, int, int, int]], causal: bool) -> Piece:
-    """One masked call over consecutive sequences (a single one keeps its own kind, no mask)."""
+def _bottom_right_causal(rows: int, keys: int) -> torch.Tensor:
+    """Bool ``[rows, keys]``: query i sees keys up to ``keys - rows + i`` (causal aligned to the end)."""
+    return torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows)
+
+
+def _group(seqs: list[tuple[int, int, int, int]], causal: bool) -> list[Piece]:
+    """One masked call over consecutive sequences (a single one runs as it is)."""
     if len(seqs) == 1:
-        return Piece(*seqs[0], causal)
+        return _single(seqs[0], causal)
     q0, k0 = seqs[0][0], seqs[0][2]
     mask = torch.zeros(seqs[-1][1] - q0, seqs[-1][3] - k0, dtype=torch.bool)
     for a, b, c, e in seqs:
-        block = torch.ones(b - a, e - c, dtype=torch.bool)
-        mask[a - q0 : b - q0, c - k0 : e - k0] = block.tril(e - c - (b - a)) if causal else block
-    return Piece(q0, seqs[-1][1], k0, seqs[-1][3], False, mask)
+        block = _bottom_right_causal(b - a, e - c) if causal else torch.ones(b - a, e - c, dtype=torch.bool)
+        mask[a - q0 : b - q0, c - k0 : e - k0] = block
+    return [Piece(q0, seqs[-1][1], k0, seqs[-1][3], False, mask)]
 
 
 def _tiled(q0: int, k0: int, n: int) -> list[Piece]:
@@ -90,7 +97,9 @@ def _single(seq: tuple[int, int, int, int], causal: bool) -> list[Piece]:
     q0, q1, k0, k1 = seq
     if causal and q1 - q0 == k1 - k0:
         return causal_square(q0, k0, q1 - q0)
-    return [Piece(*seq, causal)]
+    if causal:  # aten's causal flag aligns to the top-left: other shapes take the mask
+        return [Piece(*seq, False, _bottom_right_causal(q1 - q0, k1 - k0))]
+    return [Piece(*seq, False)]
 
 
 def pieces_of(call: KernelCall) -> list[Piece]:
@@ -102,15 +111,15 @@ def pieces_of(call: KernelCall) -> list[Piece]:
     for i in range(call.sequences):
         seq = (cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1])
         if seq[1] - seq[0] >= TINY and seq[3] - seq[2] >= TINY:
-            pieces += [_group(pending, call.causal)] if pending else []
+            pieces += _group(pending, call.causal) if pending else []
             pieces += _single(seq, call.causal)
             pending = []
             continue
         pending.append(seq)
         if pending[-1][1] - pending[0][0] >= TINY:
-            pieces.append(_group(pending, call.causal))
+            pieces += _group(pending, call.causal)
             pending = []
-    pieces += [_group(pending, call.causal)] if pending else []
+    pieces += _group(pending, call.causal) if pending else []
     call.cache["cpu"] = sorted(pieces, key=lambda p: p.merge)
     return call.cache["cpu"]
 
@@ -131,16 +140,15 @@ def _lse_rows(lse: torch.Tensor, piece: Piece) -> torch.Tensor:
     return lse[:, piece.q0 : piece.q1].unflatten(1, (piece.blocks, -1)).transpose(0, 1).contiguous()
 
 
-def _attn_mask(piece: Piece, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
-    """(is_causal, additive mask) of one piece; causal with m != n needs the explicit mask."""
-    mask = piece.mask
-    if mask is None and piece.causal and piece.q1 - piece.q0 != piece.k1 - piece.k0:
-        mask = torch.ones(piece.q1 - piece.q0, piece.k1 - piece.k0, dtype=torch.bool).tril(
-            piece.k1 - piece.k0 - (piece.q1 - piece.q0)
-        )
-    if mask is None:
-        return piece.causal, None
-    return False, torch.zeros(mask.shape, dtype=like.dtype).masked_fill(~mask, float("-inf"))
+def _additive_masks(call: KernelCall, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    """Each piece's mask as aten's additive ``dtype`` mask (None: no mask); built once per plan and dtype."""
+    key = ("cpu_masks", dtype)
+    if key not in call.cache:
+        call.cache[key] = [
+            None if p.mask is None else torch.zeros(p.mask.shape, dtype=dtype).masked_fill(~p.mask, -math.inf)
+            for p in pieces_of(call)
+        ]
+    return call.cache[key]
 
 
 class SdpaCpu:
@@ -159,11 +167,10 @@ class SdpaCpu:
         k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
         out = torch.empty(q.shape, dtype=torch.float32)
         lse = torch.empty(heads, q.shape[0], dtype=torch.float32)
-        for piece in pieces_of(call):
-            causal, mask = _attn_mask(piece, q)
+        for piece, mask in zip(pieces_of(call), _additive_masks(call, q.dtype)):
             part_out, part_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                _rows(q, piece), _rows(k, piece, True), _rows(v, piece, True), 0.0, causal, attn_mask=mask,
-                scale=scale,
+                _rows(q, piece), _rows(k, piece, True), _rows(v, piece, True), 0.0, piece.causal,
+                attn_mask=mask, scale=scale,
             )  # fmt: skip
             part_out, part_lse = _flat(part_out), part_lse.transpose(0, 1).flatten(1)
             if piece.merge:
@@ -179,11 +186,10 @@ class SdpaCpu:
         heads, heads_kv = q.shape[1], k.shape[1]
         k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
         dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
-        for piece in pieces_of(call):
-            causal, mask = _attn_mask(piece, q)
+        for piece, mask in zip(pieces_of(call), _additive_masks(call, q.dtype)):
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 *(_rows(t, piece) for t in (dout, q)), _rows(k, piece, True), _rows(v, piece, True),
-                _rows(out, piece), _lse_rows(lse, piece), 0.0, causal, attn_mask=mask, scale=scale,
+                _rows(out, piece), _lse_rows(lse, piece), 0.0, piece.causal, attn_mask=mask, scale=scale,
             )  # fmt: skip
             dq[piece.q0 : piece.q1] += _flat(grads[0])
             dk[piece.k0 : piece.k1] += _flat(grads[1])
