@@ -33,12 +33,17 @@ def write_synced(path: str, text: str) -> None:
         sync_and_close(stream)
 
 
-def free_space(path: str) -> str:
-    """Free space on the filesystem holding ``path`` (or its nearest existing parent), human-readable."""
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest parent that exists."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe) and probe != os.path.dirname(probe):
         probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe).free
+    return probe
+
+
+def free_space(path: str) -> str:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent), human-readable."""
+    free = shutil.disk_usage(nearest_existing(path)).free
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if free < 1024 or unit == "TiB":
             return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from megatron_anchor._files import nearest_existing
 from megatron_anchor.checkpoint import (
     CheckpointError,
     check_tp_size,
@@ -95,11 +96,8 @@ def check_save_writable(save: str) -> None:
         raise ValueError(problem)
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    existing = os.path.abspath(save)
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
     try:
-        probe_writable(existing, "--save")
+        probe_writable(nearest_existing(save), "--save")  # a directory: writable_problem checked that
     except CheckpointError as err:
         raise ValueError(str(err)) from err
 

@@ -14,6 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
+from megatron_anchor._files import nearest_existing
 from megatron_anchor.training.profiling import trace_dir
 from megatron_anchor.training.step_log import wandb_dir
 
@@ -102,9 +103,7 @@ def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
         if os.path.isdir(target):
             return f"{flag} {path} is a directory"
         target = os.path.dirname(target)
-    probe = target
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = nearest_existing(target)
     if not os.path.isdir(probe):
         return f"{flag} {path}: {probe} is a file, not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
