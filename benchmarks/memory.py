@@ -28,8 +28,6 @@ import gc
 import inspect
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -43,11 +41,7 @@ from memory_model import (  # benchmarks/memory_model.py, beside this file
     print_projection,
     print_table,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from megatron_anchor.parallel import free_port  # noqa: E402
+from torchrun_job import run_worker  # benchmarks/torchrun_job.py (puts the repo on the path)
 
 CATEGORIES = {  # tracker categories -> the four reported ones
     "params": ("Parameter", "Sharded Param", "Unsharded Param", "All Gather", "Buffer"),
@@ -229,15 +223,8 @@ def launch(configs: list[dict], nproc: int = 2) -> list[dict]:
     """Measure ``configs`` in one torchrun job; returns rank 0's results."""
     work = Path(tempfile.mkdtemp())
     (work / "configs.json").write_text(json.dumps(configs))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-        "--worker", str(work / "configs.json"), str(work / "results.json"),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark job failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    argv = ["--worker", str(work / "configs.json"), str(work / "results.json")]
+    run_worker(__file__, argv, nproc, OMP_NUM_THREADS="1")
     return json.loads((work / "results.json").read_text())
 
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from megatron_anchor.parallel import free_port  # noqa: E402
+from torchrun_job import (
+    run_worker,  # benchmarks/torchrun_job.py, beside this file (puts the repo on the path)
+)
 
 
 def model_flags(quick: bool, seq_length: int, mode: str, cp: int) -> list[str]:
@@ -139,15 +136,7 @@ def worker(argv: list[str], out_path: str, steps: int) -> None:
 def launch(flags: list[str], nproc: int, steps: int) -> dict:
     """Run one configuration under torchrun; returns the rank-0 timings."""
     out = Path(tempfile.mkdtemp()) / "result.json"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-        "--worker", str(out), "--steps", str(steps), "--", *flags,
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark job failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    run_worker(__file__, ["--worker", str(out), "--steps", str(steps), "--", *flags], nproc)
     return json.loads(out.read_text())
 
 
