@@ -28,12 +28,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
-from megatron_anchor.attention import (
-    AttentionStats,
-    anchor_cp_attention,
-    build_attention_plan,
-    visible_keys_per_query,
-)
+from megatron_anchor.attention import anchor_cp_attention, build_attention_plan, visible_keys_per_query
+from megatron_anchor.parallel import free_port
 from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
 
 
@@ -42,10 +38,10 @@ def layout_of(doc_ids: torch.Tensor, mode: str, cp: int, layout: str) -> torch.T
     return batch_cp_index(doc_ids, cp, "megatron" if mode == "causal" else layout, mode)
 
 
-def busiest_rank_pairs(doc_ids: torch.Tensor, mode: str, index: torch.Tensor) -> int:
-    """Visible pairs of the busiest CP rank's queries: the ring waits for that rank at every step."""
+def visible_and_busiest(doc_ids: torch.Tensor, mode: str, index: torch.Tensor) -> tuple[int, int]:
+    """Visible pairs of the sample, and of the busiest CP rank's queries (the ring waits for that rank)."""
     per_query = visible_keys_per_query(doc_ids[0], mode)
-    return max(int(per_query[rank_index].sum()) for rank_index in index[0])
+    return int(per_query.sum()), int(per_query[index[0]].sum(dim=1).max())
 
 
 def matmul_rate(dtype: torch.dtype, trials: int = 5) -> float:
@@ -98,25 +94,23 @@ def time_modes(args, seq_len: int, rank: int, world: int, layout: str) -> dict:
         start = time.perf_counter()
         plan = build_attention_plan(doc_ids, mode, cp_size=world, rank=rank, cp_index=index)
         plan_ms = 1e3 * (time.perf_counter() - start)
-        stats = AttentionStats()
-        group = dist.group.WORLD
-        call = functools.partial(
-            anchor_cp_attention, q, k, v, plan=plan, cp_group=group, backend=args.backend, stats=stats
-        )
+        group, backend = dist.group.WORLD, args.backend
+        call = functools.partial(anchor_cp_attention, q, k, v, plan=plan, cp_group=group, backend=backend)
         with torch.no_grad():
             fwd = _timed(call, args.repeat)
         both = _timed(functools.partial(_forward_backward, call), args.repeat)
-        counts = torch.tensor([plan.stats.rows_sent, plan.stats.idle_steps, plan.stats.calls, plan_ms])
+        counts = torch.tensor([plan.stats.rows_sent, plan.stats.idle_steps, plan_ms])
         dist.all_reduce(counts)
+        visible, busiest = visible_and_busiest(doc_ids, mode, index)
         result[mode] = {
             "fwd": fwd,
             "fwd_bwd": both,
-            "visible": int(visible_keys_per_query(doc_ids, mode).sum()),
-            "busiest_rank": busiest_rank_pairs(doc_ids, mode, index),
+            "visible": visible,
+            "busiest_rank": busiest,
             "rows_sent": int(counts[0]),
             "idle_steps": int(counts[1]),
             "max_calls_per_step": max(len(step.calls) for step in plan.steps),
-            "plan_ms": float(counts[3]) / world,
+            "plan_ms": float(counts[2]) / world,
         }
     return result
 
@@ -155,13 +149,8 @@ def _worker(rank: int, world: int, port: int, args, path: str) -> None:
 
 def run_group(world: int, args) -> dict:
     """Run every measurement in a fresh ``world``-process gloo group."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, port, args, f"{tmp}/r.json"), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), args, f"{tmp}/r.json"), nprocs=world, join=True)
         with open(f"{tmp}/r.json") as f:
             return json.load(f)
 
