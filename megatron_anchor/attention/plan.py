@@ -221,7 +221,7 @@ def build_attention_plan(
     check_doc_ids(doc_ids)
     batch, seq_len = doc_ids.shape
     if cp_index is None:
-        cp_index = megatron_cp_index(seq_len, cp_size).expand(batch, cp_size, seq_len // cp_size)
+        cp_index = megatron_cp_index(seq_len, cp_size, batch)
     cp_index = cp_index.cpu()
     check_cp_index(cp_index, batch, seq_len, cp_size)
     device = torch.device(device or "cpu")

@@ -20,9 +20,11 @@ def slice_batch_for_cp(
     document boundary of the sample on every rank. Fields that are not per-token (e.g. ``dataset_id [b]``)
     are passed through.
     """
+    if cp_index is None and cp_size == 1:
+        return dict(batch)  # one rank holds the whole sample in order: nothing to copy
     batch_size, seq_len = batch["tokens"].shape[:2]
     if cp_index is None:
-        cp_index = megatron_cp_index(seq_len, cp_size).expand(batch_size, cp_size, seq_len // cp_size)
+        cp_index = megatron_cp_index(seq_len, cp_size, batch_size)
     sliced = {}
     for name, value in batch.items():
         per_token = isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == seq_len

@@ -46,16 +46,18 @@ def cp_token_index(seq_len: int, cp_size: int, cp_rank: int, device=None) -> tor
     )
 
 
-def megatron_cp_index(seq_len: int, cp_size: int) -> torch.Tensor:
-    """Every rank's global token indices ``[cp_size, seq_len // cp_size]`` in the load-balanced layout."""
-    return torch.stack([cp_token_index(seq_len, cp_size, rank) for rank in range(cp_size)])
+def megatron_cp_index(seq_len: int, cp_size: int, batch: int | None = None) -> torch.Tensor:
+    """Every rank's global token indices ``[cp_size, seq_len // cp_size]`` in the load-balanced layout;
+    with ``batch``, the same for every sample ``[batch, cp_size, seq_len // cp_size]`` (a view)."""
+    index = torch.stack([cp_token_index(seq_len, cp_size, rank) for rank in range(cp_size)])
+    return index if batch is None else index.expand(batch, *index.shape)
 
 
 def batch_cp_index(doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str = "anchor") -> torch.Tensor:
     """``[b, cp, S / cp]`` int64 layout of every sample of ``doc_ids [b, S]`` (host tensors)."""
     batch, seq_len = doc_ids.shape
     if layout == "megatron":
-        return megatron_cp_index(seq_len, cp_size).expand(batch, cp_size, seq_len // cp_size)
+        return megatron_cp_index(seq_len, cp_size, batch)
     if layout == "balanced":
         from megatron_anchor.parallel.balanced_layout import balanced_cp_index
 

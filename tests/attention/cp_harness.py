@@ -64,7 +64,7 @@ def layout_index(cp_index: torch.Tensor | None, batch: int, seq_len: int, cp: in
     """The explicit ``[b, cp, S / cp]`` index of a case (megatron-core's when None)."""
     if cp_index is not None:
         return cp_index
-    return megatron_cp_index(seq_len, cp).expand(batch, cp, seq_len // cp)
+    return megatron_cp_index(seq_len, cp, batch)
 
 
 @dataclass

@@ -20,7 +20,7 @@ def _doc_ids() -> torch.Tensor:
 
 def _index(kind: str, batch: int, cp: int, seed: int) -> torch.Tensor:
     if kind == "megatron":
-        return megatron_cp_index(SEQ_LEN, cp).expand(batch, cp, SEQ_LEN // cp)
+        return megatron_cp_index(SEQ_LEN, cp, batch)
     gen = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(SEQ_LEN, generator=gen).view(cp, -1) for _ in range(batch)])
 
