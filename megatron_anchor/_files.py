@@ -46,9 +46,9 @@ def free_space(path: str) -> str:
     free = shutil.disk_usage(nearest_existing(path)).free
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if free < 1024 or unit == "TiB":
-            return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"
+            break
         free /= 1024
-    return ""
+    return f"{free:.1f} {unit}" if unit != "B" else f"{free} B"
 
 
 def os_error_message(err: OSError, path: str) -> str:

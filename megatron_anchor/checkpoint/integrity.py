@@ -12,7 +12,7 @@ import zlib
 
 import torch.distributed as dist
 
-from megatron_anchor._files import free_space, os_error_message
+from megatron_anchor._files import free_space, os_error_message, sync_and_close
 from megatron_anchor.checkpoint.layout import META_FILE, CheckpointError, previous_checkpoint
 
 _BLOCK = 8 << 20
@@ -95,8 +95,7 @@ def write_probe(directory: str, nbytes: int = 4096) -> None:
     try:
         with open(probe, "wb") as f:
             f.write(bytes(nbytes))
-            f.flush()
-            os.fsync(f.fileno())
+            sync_and_close(f)
     finally:
         if os.path.exists(probe):
             os.remove(probe)

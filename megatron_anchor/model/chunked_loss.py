@@ -53,11 +53,9 @@ def chunked_language_model_loss(
     for start in range(0, shard_len, step):
         end = min(shard_len, start + step)
         cols = chunk_label_columns(start, end, shard_len, shards, labels.device)
-        chunk_labels = labels[:, start:end] if shards == 1 else labels.index_select(1, cols)
+        chunk_labels = labels.index_select(1, cols)
         loss = checkpoint(_chunk_loss, model, hidden[start:end], chunk_labels, weight, use_reentrant=False)
         losses.append(loss)
         columns.append(cols)
-    loss = torch.cat(losses, dim=1)
-    if shards == 1:
-        return loss  # chunks already in sequence order
-    return loss.index_select(1, torch.argsort(torch.cat(columns)))
+    loss = torch.cat(losses, dim=1)  # [b, s] in the order of the chunks' columns
+    return loss if shards == 1 else loss.index_select(1, torch.argsort(torch.cat(columns)))

@@ -233,7 +233,7 @@ def _two_stretches(
     arranged: _Arranged, left: _Left, count: int, want: float, slack: float
 ) -> tuple[int, int, int, int]:
     """The two ends of everything left."""
-    top, work, _ = _two_ends(arranged, left, count, want, slack)
+    top, work = _two_ends(arranged, left, count, want, slack)
     return count - top, 0, top, work
 
 
@@ -245,7 +245,7 @@ def _three_stretches(
     if top is None:
         return None
     top_work = int(arranged.work_before[left.b1] - arranged.work_before[left.b1 - top])
-    knob, light_work, _ = _two_ends(arranged, left.light_only(), count - top, want - top_work, slack)
+    knob, light_work = _two_ends(arranged, left.light_only(), count - top, want - top_work, slack)
     return count - top - knob, knob, top, top_work + light_work
 
 
@@ -279,12 +279,12 @@ def _heavy_take(arranged: _Arranged, left: _Left, count: int, want: float, slack
 
 def _two_ends(
     arranged: _Arranged, left: _Left, count: int, want: float, slack: float
-) -> tuple[int, int, float]:
-    """``(top, work, miss)``: ``top`` of ``count`` tokens from the top of ``left``, the rest from below."""
+) -> tuple[int, int]:
+    """``(top, work)``: ``top`` of ``count`` tokens from the top of ``left``, the rest from below."""
     before, size = arranged.work_before, left.size
     if count == size:  # all of it: nothing to choose
         work = int(left.work_to(before, size, size)[0])
-        return 0, work, abs(work - want)
+        return 0, work
     # Every array below is indexed by y, the tokens from the top (0 .. count).
     bottom_work = left.work_to(before, 0, count)[::-1]  # work of [0, count - y)
     top_before = left.work_to(before, size - count, size)[::-1]  # work of [0, size - y)
@@ -304,4 +304,4 @@ def _two_ends(
     if close.any():  # the cheapest cuts among the splits within tolerance, then the closest
         miss = np.where(close & (cuts == cuts[close].min()), miss, np.inf)
     top = count - int(np.argmin(miss[::-1]))  # ties: the most from the top
-    return top, int(work[top]), float(miss[top])
+    return top, int(work[top])
