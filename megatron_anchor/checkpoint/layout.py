@@ -60,9 +60,9 @@ def why_not_a_checkpoint(path: str) -> str:
             "is a Hugging Face model directory, not a checkpoint: convert it first with "
             "tools/convert_hf_checkpoint.py import"
         )
-    iters = sorted(n for n in os.listdir(path) if _ITER_RE.match(n) and is_checkpoint(os.path.join(path, n)))
-    if iters:
-        return f"has no '{LATEST}' file; give one of its checkpoints, e.g. {os.path.join(path, iters[-1])}"
+    steps = complete_steps(path)
+    if steps:
+        return f"has no '{LATEST}' file; give one of its checkpoints, e.g. {os.path.join(path, steps[-1][1])}"
     return f"holds neither {META_FILE} nor a '{LATEST}' file"
 
 
@@ -118,12 +118,14 @@ def previous_checkpoint(checkpoint_dir: str) -> str | None:
     step = _step_of(name)
     if step is None or not os.path.isdir(parent):
         return None
-    older = [
-        (s, n)
-        for n in os.listdir(parent)
-        if (s := _step_of(n)) is not None and s < step and is_checkpoint(os.path.join(parent, n))
-    ]
-    return os.path.join(parent, max(older)[1]) if older else None
+    older = [(s, n) for s, n in complete_steps(parent) if s < step]
+    return os.path.join(parent, older[-1][1]) if older else None
+
+
+def complete_steps(parent: str) -> list[tuple[int, str]]:
+    """``(step, name)`` of the complete ``iter_*`` checkpoints in ``parent``, by step."""
+    steps = ((_step_of(n), n) for n in os.listdir(parent))
+    return sorted((s, n) for s, n in steps if s is not None and is_checkpoint(os.path.join(parent, n)))
 
 
 def remove_stale_tmp(save_dir: str) -> list[str]:

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from train_harness import TINY, reference_run
 
-from megatron_anchor.checkpoint.layout import read_meta
+from megatron_anchor.checkpoint.layout import read_meta, why_not_a_checkpoint
 from megatron_anchor.training import build_parser, validate_args
 
 # TINY without its model flags: the checkpoint supplies them.
@@ -184,3 +184,11 @@ def test_resume_checks_read_meta_json_once_and_again_only_when_it_changes(tmp_pa
     os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.replace(other, meta_file)
     assert read_meta(str(meta_file.parent))["step"] == 8
+
+
+def test_a_directory_without_latest_suggests_its_newest_checkpoint_by_step(tmp_path):
+    for name in ("iter_9999999", "iter_10000000", "iter_0000005"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text("{}")
+    (tmp_path / "iter_20000000").mkdir()  # incomplete: no meta.json
+    assert why_not_a_checkpoint(str(tmp_path)).endswith(f"e.g. {tmp_path / 'iter_10000000'}")
