@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_anchor.checkpoint import LATEST, checkpoint_meta, resolve_checkpoint, tokenizer_identity
+from megatron_anchor.checkpoint import LATEST, checkpoint_meta, tokenizer_identity
 from megatron_anchor.convert.checkpoint import CheckpointReader, write_weights_checkpoint
 from megatron_anchor.convert.hf_config import (
     check_supported,
@@ -240,4 +240,4 @@ def _max_positions(meta: dict, model: dict) -> int | None:
     return max(lengths) if lengths else None
 
 
-__all__ = ["KEEP", "RopeOverride", "export_hf_checkpoint", "import_hf_checkpoint", "resolve_checkpoint"]
+__all__ = ["KEEP", "RopeOverride", "export_hf_checkpoint", "import_hf_checkpoint"]

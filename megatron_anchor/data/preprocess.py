@@ -142,7 +142,7 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
             # Opened (and locked) once the workers exist, so that they do not inherit the lock: it must end
             # with this process. Nothing has been read yet: a locked or unwritable output costs no work.
             chunk_results = pool.map(read_chunks(paths, config.chunk_bytes))
-            stats = _write_outputs(config, chunk_results, counts, dtype, (mode, anchor))
+            stats = _write_outputs(config, chunk_results, counts, dtype, mode, anchor)
     except WorkerDied as error:
         raise PreprocessError(
             f"a tokenizer {error}; nothing was written. If memory is short (the out-of-memory killer sends "
@@ -155,14 +155,15 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     return summary
 
 
-def _write_outputs(config: PreprocessConfig, chunk_results, counts: Counter, dtype: type, packing: tuple):
-    """Write every key's documents, plain or packed (``packing``: mode, anchor); commit all or abort all."""
+def _write_outputs(
+    config: PreprocessConfig, chunk_results, counts: Counter, dtype: type, mode: str, anchor: int | None
+):
+    """Write every key's documents, plain or packed (``mode``, ``anchor``); commit all or abort all."""
     writers: list[IndexedWriter] = []
     try:
         for key in config.json_keys:
             writers.append(IndexedWriter(output_prefix(config, key), dtype))
         results = _checked(chunk_results, counts, config)
-        mode, anchor = packing
         if mode == "none":
             stats = _write_plain(results, writers)
         else:
