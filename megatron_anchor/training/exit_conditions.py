@@ -55,9 +55,10 @@ class ExitConditions:
             local = [self._received is not None, self.minutes is not None and elapsed > self.minutes]
             flags = torch.tensor(local, dtype=torch.int32, device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # any rank signalled or out of time
-            if flags[0]:
+            signalled, out_of_time = flags.tolist()  # one read of the device
+            if signalled:
                 return "SIGTERM received (--exit-signal-handler)"
-            if flags[1]:
+            if out_of_time:
                 return f"--exit-duration-in-mins {self.minutes:g} reached"
         if self.interval and step % self.interval == 0:
             return f"--exit-interval {self.interval} reached"

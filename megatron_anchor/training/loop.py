@@ -73,7 +73,7 @@ def build_run(args: argparse.Namespace, dims: ParallelDims, started_at: float | 
     exits.install()  # a SIGTERM during set-up is acted on after the first step
     device = device_for_rank()
     vocab = tokenizer_vocab_size(args)
-    cfg = build_model_config(args, resolve_vocab_size(args, vocab))
+    cfg = build_model_config(args, resolve_vocab_size(args))
     raw = build_model(cfg, dims, device, args.seed)
     tp_names = tensor_parallel_param_names(raw)
     sp_names = sequence_parallel_param_names(raw)
@@ -217,7 +217,7 @@ def evaluate(run: Run) -> float:
             with _autocast(run):
                 token_loss = run.model(mb["tokens"], mb["labels"], mb["layout"])  # [b, s_local]
             totals[0] += (token_loss.float() * mb["loss_mask"]).sum()
-            totals[1] += mb["loss_mask"].sum()
+            totals[1] += mb["valid_tokens"]  # counted on the host by micro_batches
     run.model.train()
     loss_sum, n_tokens = _all_reduce_sum(totals, dims.dp_cp_group).tolist()
     return loss_sum / max(n_tokens, 1.0)

@@ -32,7 +32,7 @@ def tokenizer_vocab_size(args: argparse.Namespace) -> int:
     return tokenizer_size(args.tokenizer_type, args.tokenizer_model)
 
 
-def resolve_vocab_size(args: argparse.Namespace, vocab: int | None = None) -> int:
-    """The vocabulary size (``vocab``, else ``tokenizer_vocab_size``), padded as Megatron does."""
-    vocab = tokenizer_vocab_size(args) if vocab is None else vocab
-    return pad_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+def resolve_vocab_size(args: argparse.Namespace) -> int:
+    """``tokenizer_vocab_size``, padded as Megatron does."""
+    tp = args.tensor_model_parallel_size
+    return pad_vocab_size(tokenizer_vocab_size(args), args.make_vocab_size_divisible_by, tp)
