@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
+from megatron_anchor.attention.merge import merge_weights
 from megatron_anchor.attention.plan import AnchorFold
 
 
@@ -37,9 +38,7 @@ def fold_anchor(q, out, lse, anchor_kv, fold: AnchorFold, scale: float) -> None:
     """In place: merge the anchor into ``out [T, h, d]`` and ``lse [h, T]`` (fp32) of the rows that see it."""
     k_anchor, v_anchor = _per_row(anchor_kv, q.shape[1])
     score = _scores(q, k_anchor, fold, scale)  # [h, T]
-    new_lse = torch.logaddexp(lse, score)
-    safe = new_lse.masked_fill(new_lse.isinf(), 0.0)
-    w_old, w_new = (torch.exp(x - safe).t()[..., None] for x in (lse, score))  # [T, h, 1]
+    new_lse, w_old, w_new = merge_weights(lse, score)  # w: [T, h, 1]
     batch = k_anchor.shape[0]
     out4 = out.view(batch, -1, *out.shape[1:])  # [b, L, h, d]: one pass, no [T, h, d] temporary
     out4.mul_(w_old.view(batch, -1, *w_old.shape[1:])).addcmul_(w_new.view(out4.shape[:3] + (1,)), v_anchor)
