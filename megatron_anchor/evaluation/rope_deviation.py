@@ -128,7 +128,7 @@ class DeviationProbe(AnchorCoreAttention):
         setup = self.setup
         if self.recorder.rope == "megatron_unfused":
             return megatron_unfused_rope(t, layout.positions, setup.inv_freq, setup.mscale, setup.interleaved)
-        angles = layout.rope_angles(setup.inv_freq)  # the model's own fp32 angle table
+        angles = layout.rope_angles(setup.inv_freq_on(t.device))  # the model's own fp32 angle table
         return apply_rotary_angles(t, angles, setup.mscale, interleaved=setup.interleaved)
 
     def forward(self, query, key, value, attention_mask, *, packed_seq_params=None, **kwargs):
