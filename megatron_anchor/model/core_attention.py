@@ -37,7 +37,7 @@ class AnchorAttentionSetup:
     """Rotate adjacent pairs (GPT-J style) instead of halves."""
     recompute: bool = False
     """Recompute this module in backward instead of keeping its activations (selective recompute)."""
-    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # inv_freq copies
 
     def __post_init__(self) -> None:
         check_mode(self.mode)

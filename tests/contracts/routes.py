@@ -183,7 +183,7 @@ def _version_cell(route: Route) -> str:
 
 def routes_table() -> str:
     """The markdown table of every route x version and its outcome."""
-    lines = ["| route | version (source) | outcome | bound as |", "|---|---|---|---|"]
+    lines = ["| route | version (source) | its stand-in through the binder | bound as |", "|---|---|---|---|"]
     for route in ROUTES:
         lines.append(
             f"| `{route.backend}` | {_version_cell(route)} | {outcome(route)} | {binding_notes(route)} |"
