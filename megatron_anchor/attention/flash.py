@@ -35,16 +35,8 @@ _ATEN_FORWARD_FIXED = {
 }  # fmt: skip
 _ATEN_BACKWARD_FIXED = {"dropout_p": 0.0, "window_size_left": None, "window_size_right": None}
 _ATEN_FORWARD_CALL = (
-    "query",
-    "key",
-    "value",
-    "cum_seq_q",
-    "cum_seq_k",
-    "max_q",
-    "max_k",
-    "is_causal",
-    "scale",
-)
+    "query", "key", "value", "cum_seq_q", "cum_seq_k", "max_q", "max_k", "is_causal", "scale",
+)  # fmt: skip
 _ATEN_BACKWARD_CALL = (*_ATEN_FORWARD_CALL, "grad_out", "out", "logsumexp", "rng_state", "unused")
 _ATEN_RETURNS = ("output", "softmax_logsumexp", "rng_state", "unused")
 

@@ -108,17 +108,12 @@ class FlashAttnPackage:
     ) -> None:
         self.name, self.lse_layout, self.version = name, lse_layout, version
         self._forward, self._backward = forward, backward
-        self._fwd = Binding(
-            qualified_name(forward),
-            python_parameters(forward),
-            _FORWARD_FIXED,
-            _FORWARD_CALL,
-            REQUIRED_MEANINGS,
-        )
-        self._bwd = Binding(
-            qualified_name(backward), python_parameters(backward), _BACKWARD_FIXED, _BACKWARD_CALL,
-            REQUIRED_MEANINGS,
-        )  # fmt: skip
+        self._fwd = self._binding(forward, _FORWARD_FIXED, _FORWARD_CALL)
+        self._bwd = self._binding(backward, _BACKWARD_FIXED, _BACKWARD_CALL)
+
+    @staticmethod
+    def _binding(fn: Callable, fixed: dict, per_call: tuple[str, ...]) -> Binding:
+        return Binding(qualified_name(fn), python_parameters(fn), fixed, per_call, REQUIRED_MEANINGS)
 
     @staticmethod
     def _values(q, k, v, call: KernelCall, scale: float) -> dict:
