@@ -12,9 +12,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from megatron_anchor._files import file_crc32
+
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 # A Hugging Face tokenizer directory holds at least one of these (fast, config, or a slow vocabulary).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
 
 
 def has_hf_tokenizer(directory: str) -> bool:
@@ -147,6 +151,28 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
     raise ValueError(
         f"--tokenizer-type {tokenizer_type!r} is not supported; expected one of {TOKENIZER_TYPES}"
     )
+
+
+def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
+    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches).
+
+    Recorded in checkpoints' ``meta.json`` and beside preprocessed data (``data_record``).
+    """
+    crc = None
+    if tokenizer_model and os.path.isfile(tokenizer_model):
+        crc = file_crc32(tokenizer_model)
+    elif tokenizer_model and os.path.isdir(tokenizer_model):
+        paths = [(n, os.path.join(tokenizer_model, n)) for n in VOCAB_FILES]
+        parts = [f"{n}:{file_crc32(p)}" for n, p in paths if os.path.isfile(p)]
+        crc = ",".join(parts) or None
+    model = os.path.abspath(tokenizer_model) if tokenizer_model else None
+    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
+
+
+def describe_tokenizer(identity: dict) -> str:
+    """``SentencePieceTokenizer /path/tok.model (32,000 ids, CRC-32 1a2b3c4d)`` for messages."""
+    crc = f", CRC-32 {identity['crc32']}" if identity.get("crc32") else ""
+    return f"{identity.get('type')} {identity.get('model')} ({identity.get('vocab_size'):,} ids{crc})"
 
 
 def default_anchor_id(tokenizer: Tokenizer) -> int:

@@ -105,7 +105,7 @@ def test_second_run_to_a_locked_prefix_is_refused(tmp_path, corpus):
     line = one_line_error(second.stderr)
     assert f"out_text_document.lock: another run (pid {first.pid} on" in line
     assert first.returncode == 0, err
-    assert outputs(tmp_path) == ["out_text_document.bin", "out_text_document.idx"]
+    assert outputs(tmp_path) == [f"out_text_document{s}" for s in (".bin", ".idx", ".meta.json")]
     documents = read_documents(str(tmp_path / "out_text_document"))  # the first run's, and all of them
     assert len(documents) == corpus.read_text(encoding="utf-8").count("\n")
     tokens = int(out.split("tokens ")[1].split("\n")[0].replace(",", ""))
