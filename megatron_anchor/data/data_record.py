@@ -24,6 +24,7 @@ import os
 import zlib
 
 from megatron_anchor._files import write_synced
+from megatron_anchor.data.tokenizers import describe_tokenizer
 
 RECORD_SUFFIX = ".meta.json"
 RECORD_FORMAT = 1
@@ -105,4 +106,30 @@ def _difference(path: str, want: dict | None) -> str | None:
         for offset, crc in want.get("samples", []):
             if _block_crc(stream, offset, want.get("block", SAMPLE_BLOCK)) != crc:
                 return f"other bytes at offset {offset:,}"
+    return None
+
+
+def check_data_tokenizer(prefix: str, training: dict | None, vocab_size: int) -> str | None:
+    """Refuse data preprocessed with another tokenizer than ``training`` (``tokenizer_identity``; None when
+    the run has only ``--vocab-size``); return a note where the data records no tokenizer."""
+    recorded = (read_record(prefix) or {}).get("tokenizer")
+    if not recorded:
+        return (
+            f"--data-path {prefix}: no tokenizer recorded beside it (in {record_path(prefix)}; Megatron-LM's "
+            f"own preprocessing writes none): its token ids are checked against the vocabulary of "
+            f"{vocab_size:,} sample by sample, its tokenizer cannot be"
+        )
+    if training is None:
+        if recorded.get("vocab_size", 0) > vocab_size:
+            raise ValueError(
+                f"--data-path {prefix} was preprocessed with {describe_tokenizer(recorded)}, more ids than "
+                f"--vocab-size {vocab_size:,}"
+            )
+        return None
+    if (recorded.get("vocab_size"), recorded.get("crc32")) != (training["vocab_size"], training["crc32"]):
+        raise ValueError(
+            f"--data-path {prefix} was preprocessed with {describe_tokenizer(recorded)}, not the training "
+            f"--tokenizer-model {describe_tokenizer(training)}: preprocess it again with the training "
+            "tokenizer, or train with the data's"
+        )
     return None
