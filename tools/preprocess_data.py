@@ -1,4 +1,4 @@
-"""Turn a jsonl corpus into megatron-core indexed datasets, optionally packed into anchored samples.
+r"""Turn a jsonl corpus into megatron-core indexed datasets, optionally packed into anchored samples.
 
 Megatron-LM's flags and file naming (``{output_prefix}_{key}_document.bin/.idx``), plus anchor packing:
 
