@@ -55,6 +55,8 @@ def open_prefix(prefix: str, config) -> AnchorPackedDataset | IndexedDataset:
         )
     if config.tokenizer.anchor is None:
         raise ValueError(f"{prefix}: {PLAIN_NEEDS_TOKENIZER}")
+    if config.sequence_length < 2:  # megatron-core's sample index builder asserts it (an abort, no message)
+        raise ValueError(f"{prefix}: a Megatron-LM plain dataset needs --seq-length 2 or more")
     return GPTDataset.build_low_level_dataset(prefix, config)
 
 

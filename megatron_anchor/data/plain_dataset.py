@@ -33,8 +33,8 @@ class AnchorGPTDataset(GPTDataset):
     """
 
     def _build_document_sample_shuffle_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if len(self.indices) == 0 or self._get_num_tokens_per_epoch() == 0:
-            # megatron-core would loop for ever looking for epochs that add tokens
+        if len(self.indices) == 0 or self._get_num_tokens_per_epoch() <= 1:
+            # megatron-core would loop for ever looking for epochs that add tokens, or assert in C++
             return np.zeros(0, np.int32), np.zeros((1, 2), np.int32), np.zeros(0, np.uint32)
         if self.config.shuffle:
             return super()._build_document_sample_shuffle_indices()
