@@ -91,7 +91,9 @@ def build_datasets(args: argparse.Namespace, padded_vocab_size: int) -> Datasets
     return Datasets(train=train, valid=valid)
 
 
-def _data_path_datasets(args: argparse.Namespace, n_train: int, n_valid: int) -> tuple[Dataset, Dataset]:
+def _data_path_datasets(
+    args: argparse.Namespace, n_train: int, n_valid: int
+) -> tuple[Dataset, Dataset | None]:
     """``--data-path``'s train and validation splits; every sample's token ids are checked against the
     model's vocabulary (``tokenizer_vocab_size``), plain files get the tokenizer's anchor and EOD."""
     from megatron_anchor.data import AnchorTokens, DataError, build_tokenizer, build_train_valid_test_datasets
