@@ -3,7 +3,9 @@ front, document boundaries from the index and from EOD, the same samples as gree
 
 from __future__ import annotations
 
+import json
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -106,7 +108,7 @@ def test_samples_are_megatron_cores_gpt_samples_with_the_anchor_in_front(tmp_pat
 def test_the_same_corpus_plain_and_greedy_packed_gives_the_same_samples(tmp_path):
     """The tool's plain output (byte-identical to Megatron-LM's with --append-eod) read on the fly, against
     its greedy-packed output: the same tokens, labels and document boundaries, sample by sample."""
-    from anchor_data_helpers import corpus_texts, run_tool, write_jsonl
+    from anchor_data_helpers import corpus_texts, run_tool, sp_model, write_jsonl
 
     write_jsonl(tmp_path / "c.jsonl", corpus_texts(30))
     common = ("--input", tmp_path / "c.jsonl", "--append-eod")
@@ -114,6 +116,14 @@ def test_the_same_corpus_plain_and_greedy_packed_gives_the_same_samples(tmp_path
     assert run_tool(*common, "--output-prefix", tmp_path / "packed", "--seq-length", 64) == 0
     plain, packed = (str(tmp_path / f"{name}_text_document") for name in ("plain", "packed"))
     assert (prefix_layout(plain), prefix_layout(packed)) == ("plain", "packed")
+    records = [json.loads(open(f"{p}.meta.json").read()) for p in (plain, packed)]  # the record, by hand
+    crc = f"{zlib.crc32(open(sp_model(), 'rb').read()):08x}"
+    tokenizer = {"type": "SentencePieceTokenizer", "model": sp_model(), "vocab_size": 600, "crc32": crc}
+    assert records[0]["tokenizer"] == records[1]["tokenizer"] == tokenizer
+    assert records[1]["run_id"] != records[0]["run_id"]
+    assert (records[0]["append_eod"], records[0]["eod_id"]) == (True, EOD)
+    packing = [records[1][k] for k in ("layout", "seq_length", "pack", "anchor_id")]
+    assert packing == ["packed", 64, "greedy", ANCHOR]
     tokens = AnchorTokens(ANCHOR, EOD)  # the bundled tokenizer's BOS and EOS
     a, b = (
         build_train_valid_test_datasets(
