@@ -1,4 +1,5 @@
-"""Durable writes and file-system error messages, shared by the data writer and the checkpoints (torch-free).
+"""Durable writes, file checksums and file-system error messages, shared by the data writer and the
+checkpoints (torch-free).
 
 A file is complete on disk only after ``fsync``; a rename is durable only after its directory is synced.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import zlib
+
+_CRC_BLOCK = 8 << 20  # bytes read per step of a checksum
 
 
 def sync_and_close(stream) -> None:
@@ -31,6 +35,17 @@ def write_synced(path: str, text: str) -> None:
     with open(path, "w") as stream:  # closed on an error too
         stream.write(text)
         sync_and_close(stream)
+
+
+def file_crc32(path: str) -> str:
+    """CRC-32 of the file's bytes as 8 hex digits (streamed in 8 MiB blocks)."""
+    crc = 0
+    buf = bytearray(_CRC_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
 
 
 def nearest_existing(path: str) -> str:

@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
-import zlib
 
 import torch.distributed as dist
 
-from megatron_anchor._files import free_space, os_error_message, sync_and_close
+from megatron_anchor._files import file_crc32, free_space, os_error_message, sync_and_close
 from megatron_anchor.checkpoint.layout import META_FILE, CheckpointError, previous_checkpoint
-
-_BLOCK = 8 << 20
-
-
-def file_crc32(path: str) -> str:
-    """CRC-32 of the file's bytes as 8 hex digits."""
-    crc = 0
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return f"{crc:08x}"
 
 
 def describe_files(root: str, names: list[str]) -> dict[str, dict]:

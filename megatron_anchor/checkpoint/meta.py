@@ -17,29 +17,9 @@ take omitted flags from them.
 
 from __future__ import annotations
 
-import os
-
-from megatron_anchor.checkpoint.integrity import file_crc32
+from megatron_anchor.data.tokenizers import tokenizer_identity  # noqa: F401  (part of the contract)
 
 FORMAT_VERSION = 2
-# Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
-_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
-
-
-def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
-    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches)."""
-    crc = None
-    if tokenizer_model and os.path.isfile(tokenizer_model):
-        crc = file_crc32(tokenizer_model)
-    elif tokenizer_model and os.path.isdir(tokenizer_model):
-        parts = [
-            f"{n}:{file_crc32(p)}"
-            for n in _VOCAB_FILES
-            if os.path.isfile(p := os.path.join(tokenizer_model, n))
-        ]
-        crc = ",".join(parts) or None
-    model = os.path.abspath(tokenizer_model) if tokenizer_model else None
-    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
 
 
 def checkpoint_meta(
