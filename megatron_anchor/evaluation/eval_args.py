@@ -46,7 +46,8 @@ def finish_model_args(
     from megatron_anchor.training.checkpoint_args import resolve_model_config
 
     notes = _take_recorded_tokenizer(args, tokenizer_required)
-    args.seq_length = seq_length
+    if seq_length is not None:
+        args.seq_length = seq_length
     args.checkpoint_notes = notes + resolve_model_config(args, args.tensor_model_parallel_size)
     args.trained_length = trained_length(read_meta(args.load_checkpoint)) if args.load_checkpoint else None
     if args.tokenizer_model is None and (tokenizer_required or args.vocab_size is None):
