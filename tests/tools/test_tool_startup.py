@@ -31,28 +31,29 @@ print(json.dumps(seen))
 """
 
 
-def _loaded(commands: list[tuple[str, list[str]]]) -> tuple[dict[str, list[str]], str]:
-    """``{command: heavy modules loaded after it}`` and stderr, from one fresh interpreter."""
+def _loaded(commands: list[tuple[str, list[str]]]) -> tuple[dict[str, list[str]], str, str]:
+    """``{command: heavy modules loaded after it}``, stdout and stderr, from one fresh interpreter."""
     code = _PROBE.format(heavy=HEAVY, commands=commands)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout, proc.stderr
 
 
 def test_help_of_every_tool_loads_no_heavy_package() -> None:
     commands = [(tool, [f"tools/{tool}", "--help"]) for tool in TOOLS]
     commands.append(("-m megatron_anchor.pretrain", ["megatron_anchor.pretrain", "--help"]))
-    loaded, _ = _loaded(commands)
+    loaded, helps, _ = _loaded(commands)
     assert {name: found for name, found in loaded.items() if found} == {}
+    assert "SPEC" not in helps  # the help texts say what they mean; users have no SPEC document
 
 
 def test_conversion_loads_no_megatron_core_and_warns_nothing(tmp_path: Path) -> None:
     hf_dir = save_tiny_hf("llama", tmp_path / "hf")
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     script = "tools/convert_hf_checkpoint.py"
-    loaded, stderr = _loaded([
+    loaded, _, stderr = _loaded([
         ("import", [script, "import", "--hf-dir", str(hf_dir), "--save", str(ckpt), "--quiet"]),
         ("export", [script, "export", "--load", str(ckpt), "--hf-dir", str(out), "--quiet"]),
     ])  # fmt: skip
