@@ -154,10 +154,11 @@ def sample_tokens(args: argparse.Namespace, padded_vocab: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> dict:
     """Run the diagnostic; print tables, write PNGs and JSON; return the results."""
     args = parse_args(argv)
-    from megatron_anchor.training.startup import import_training_stack
+    from megatron_anchor.training.startup import import_training_stack, silence_inapplicable_warnings
 
     stack = ("megatron_anchor.evaluation.loading", "megatron_anchor.evaluation.rope_deviation")
     fallbacks = import_training_stack(uses_wandb=False, modules=stack)
+    silence_inapplicable_warnings()
     from megatron_anchor.evaluation.loading import build_eval_model, init_eval_distributed
     from megatron_anchor.evaluation.rope_deviation import run_diagnostic
     from megatron_anchor.training import teardown_distributed

@@ -85,10 +85,11 @@ def _forward_tokens(length: int, generated: int) -> int:
 def main(argv: list[str] | None = None) -> dict:
     """Run the grid; rank 0 prints the table and writes the JSON and the heatmap; returns the results."""
     args = parse_args(argv)
-    from megatron_anchor.training.startup import import_training_stack
+    from megatron_anchor.training.startup import import_training_stack, silence_inapplicable_warnings
 
     stack = ("megatron_anchor.evaluation.loading", "megatron_anchor.evaluation.passkey")
     fallbacks = import_training_stack(uses_wandb=False, modules=stack)
+    silence_inapplicable_warnings()
     import torch
     from megatron.core import parallel_state as ps
 
