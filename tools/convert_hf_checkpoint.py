@@ -9,7 +9,10 @@ run with a new RoPE base; prints the matching trainer flags::
 Export (a checkpoint, converted or trained -> a HF directory transformers loads)::
 
     python tools/convert_hf_checkpoint.py export --load runs/llama2-64k --hf-dir Llama-2-7b-64k \\
-        --hf-source ckpt/llama2-7b-tp2 --dtype bfloat16
+        --dtype bfloat16
+
+The checkpoint records the model, its RoPE, the source model's config and the tokenizer it was trained with:
+export needs no other flag.
 """
 
 from __future__ import annotations
@@ -56,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--hf-dir", required=True, help="HF directory to write")
     exp.add_argument(
         "--hf-source", default=None,
-        help="converted checkpoint or original HF directory: config and tokenizer files of the model",
+        help="converted checkpoint or original HF directory: config and tokenizer files for a checkpoint "
+        "that does not record them",
     )
-    exp.add_argument("--dtype", choices=DTYPES, default=None, help="default: the source model's dtype")
-    exp.add_argument("--max-position-embeddings", type=int, default=None, help="default: trained length")
+    exp.add_argument("--dtype", choices=DTYPES, default=None, help="default: the checkpoint's dtype")
+    exp.add_argument(
+        "--max-position-embeddings", type=int, default=None,
+        help="default: the longer of the source model's context and the trained --seq-length",
+    )
     exp.add_argument("--max-shard-size-gb", type=float, default=5.0)
     _add_rope_flags(exp)
     for p in (imp, exp):

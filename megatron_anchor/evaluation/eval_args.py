@@ -54,6 +54,13 @@ def finish_model_args(
         needs = "--tokenizer-type/--tokenizer-model" + ("" if tokenizer_required else " or --vocab-size")
         where = f" (checkpoint {args.load_checkpoint} records none)" if args.load_checkpoint else ""
         raise ValueError(f"give {needs}{where}")
+    if args.tokenizer_model is not None:
+        from megatron_anchor.training.vocab import tokenizer_size
+
+        try:  # a tokenizer that does not load is one line here, not a traceback after the model loads
+            tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        except (OSError, ValueError) as err:
+            raise ValueError(str(err)) from err
     return args
 
 

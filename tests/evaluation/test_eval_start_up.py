@@ -99,6 +99,14 @@ def test_errors_of_one_command_line_come_together(tmp_path: Path, capsys) -> Non
     ]  # fmt: skip
 
 
+def test_a_tokenizer_that_does_not_load_is_one_line(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flags = [*TINY, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(empty)]
+    lines = _errors(eval_passkey.parse_args, [*flags, "--lengths", "64", "--out-dir", str(tmp_path)], capsys)
+    assert len(lines) == 1 and f"--tokenizer-model {empty}: no Hugging Face tokenizer files" in lines[0]
+
+
 def test_passkey_takes_the_tokenizer_the_checkpoint_records(tmp_path: Path, capsys) -> None:
     tokenizer_dir = write_hf_tokenizer(tmp_path / "tok", vocab=80)
     ckpt = _checkpoint(tmp_path, 256, tokenizer_dir)
@@ -118,5 +126,6 @@ def test_deviation_lengths_follow_the_trained_length(tmp_path: Path, capsys) -> 
     assert (args.lengths, args.sweep_length, args.seq_length) == ([64, 128, 256], 256, 256)
     note = "growth over T = 64..256 (the checkpoint's trained length; --lengths to change)"
     assert args.length_note == note
-    args = bf16_rope_deviation.parse_args(["--load", str(ckpt), "--lengths", "64,512", "--out-dir", "c"])
+    flags = ["--load", str(ckpt), "--lengths", "64,512", "--out-dir", str(tmp_path)]
+    args = bf16_rope_deviation.parse_args(flags)
     assert (args.lengths, args.sweep_length, args.seq_length) == ([64, 512], 256, 512)
