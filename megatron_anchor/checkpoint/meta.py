@@ -17,6 +17,8 @@ take omitted flags from them.
 
 from __future__ import annotations
 
+import os
+
 from megatron_anchor.data.tokenizers import tokenizer_identity  # noqa: F401  (part of the contract)
 
 FORMAT_VERSION = 2
@@ -50,3 +52,30 @@ def checkpoint_meta(
         "schedule": schedule,
         **extra,
     }
+
+
+def recorded_tokenizer(meta: dict) -> tuple[str | None, str] | None:
+    """``(type, path)`` of the tokenizer a checkpoint was written with, or None when it records none.
+    ValueError (one line, naming the path) when its files are gone or have changed since."""
+    record = meta.get("tokenizer") or {}
+    path = record.get("model")
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise ValueError(f"its tokenizer {path} no longer exists")
+    crc = tokenizer_identity(record.get("type"), path, 0)["crc32"]
+    if record.get("crc32") and crc != record["crc32"]:
+        was = record["crc32"]
+        raise ValueError(f"its tokenizer files at {path} have changed since (CRC-32 {crc}, {was} then)")
+    return record.get("type"), path
+
+
+def trained_length(meta: dict) -> int | None:
+    """The sequence length a checkpoint's weights were trained at: the run's ``--seq-length`` (recorded with
+    its schedule), else a converted model's context (``max_position_embeddings``); None if neither."""
+    length = (meta.get("schedule") or {}).get("seq_length")
+    if length:
+        return int(length)
+    context = (meta.get("model") or {}).get("max_position_embeddings")
+    context = context or (meta.get("hf_config") or {}).get("max_position_embeddings")
+    return int(context) if context else None

@@ -15,7 +15,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from megatron_anchor._files import nearest_existing
+from megatron_anchor._files import writable_problem
 from megatron_anchor.training.profiling import trace_dir
 from megatron_anchor.training.step_log import wandb_dir
 
@@ -131,22 +131,6 @@ def _check_plain(args: argparse.Namespace, prefix: str, found: Findings) -> None
         problem = writable_problem(f"--data-path {prefix}: megatron-core's index cache", cache)
         if problem:
             found.errors.append(f"{problem}; give --data-cache-path DIR")
-
-
-def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
-    """Why ``path`` cannot be written (a directory, or a file in one), or None: it exists and is writable,
-    or its nearest existing ancestor is a writable directory (the run creates the rest)."""
-    target = os.path.abspath(path)
-    if is_file:
-        if os.path.isdir(target):
-            return f"{flag} {path} is a directory"
-        target = os.path.dirname(target)
-    probe = nearest_existing(target)
-    if not os.path.isdir(probe):
-        return f"{flag} {path}: {probe} is a file, not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{flag} {path}: {probe} is not writable"
-    return None
 
 
 def _check_outputs(args: argparse.Namespace, found: Findings) -> None:

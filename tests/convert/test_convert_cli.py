@@ -151,7 +151,8 @@ def test_export_of_trained_checkpoint_needs_its_rope(sharded_llama: Path, tmp_pa
     meta = json.loads((trained / "meta.json").read_text())
     (trained / "meta.json").write_text(
         json.dumps(
-            {k: meta[k] for k in ("step", "tp", "cp", "dp", "world")} | {"step": 10, "seq_length": 128}
+            {k: meta[k] for k in ("step", "tp", "cp", "dp", "world")}
+            | {"step": 10, "schedule": {"seq_length": 128}}  # where the trainer records its length
         )
     )
     with pytest.raises(ValueError, match="does not record its model shape"):
