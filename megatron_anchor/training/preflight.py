@@ -2,9 +2,11 @@
 ``--vocab-size``), every ``--data-path`` prefix is a packed dataset of ``--seq-length``, every output path
 can be written, the packages the requested logging needs are installed.
 
-``--dry-run`` prints the findings; a training run stops on the first start-up with any error. Packages
-and GPUs are checked on the machine where the check runs, so for a dry run on a login node their absence
-is a warning (the training nodes may have them) and for a training run an error.
+Each check runs on its own and adds to the run's one report (``report.Report``), skipped when a flag
+check it needs failed; ``--dry-run`` prints the report; a training run stops before it starts when the
+report has any error. Packages and GPUs are checked on the machine where the check runs, so for a dry run
+on a login node their absence is a warning (the training nodes may have them) and for a training run an
+error.
 """
 
 from __future__ import annotations
@@ -12,47 +14,44 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-from dataclasses import dataclass, field
 
 from megatron_anchor._files import nearest_existing
+from megatron_anchor.training.data_plan import data_plan
 from megatron_anchor.training.profiling import trace_dir
+from megatron_anchor.training.report import Report
 from megatron_anchor.training.step_log import wandb_dir
 
-
-@dataclass
-class Findings:
-    """Errors (the run cannot work), warnings (it may not), facts (what was found)."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    facts: list[str] = field(default_factory=list)
-
-    def report(self) -> str:
-        """One line per finding: errors, then warnings, then facts."""
-        return "\n".join(
-            [f"error: {e}" for e in self.errors]
-            + [f"warning: {w}" for w in self.warnings]
-            + [f"ok: {f}" for f in self.facts]
-        )
+Findings = Report  # errors (the run cannot work), warnings (it may not), facts (what was found)
 
 
-def preflight(args: argparse.Namespace, dry_run: bool) -> Findings:
-    """Every check of this module on the validated ``args``."""
-    found = Findings()
-    _check_tokenizer(args, found)
-    _check_data(args, found)
-    _check_outputs(args, found)
-    _check_machine(args, found, dry_run)
+def preflight(args: argparse.Namespace, dry_run: bool, report: Report | None = None) -> Report:
+    """Every check of this module on the checked ``args``, added to ``report`` (a new one by default)."""
+    found = report if report is not None else Report()
+    run = lambda name, check, **kw: found.run(name, check, args=args, **kw)  # noqa: E731
+    samples: dict[str, int] = {}
+    run("tokenizer size", lambda: _check_tokenizer(args, found), after=("tokenizer",))
+    run("data files", lambda: samples.update(_check_data(args, found)), after=("sequence", "data"))
+    run("outputs", lambda: _check_outputs(args, found))
+    run("machine", lambda: _check_machine(args, found, dry_run))
+    if args.data_path:
+        run("data plan", lambda: _add_data_plan(args, samples, found), after=("data files", "batch", "schedule"))
     return found
 
 
-def _check_tokenizer(args: argparse.Namespace, found: Findings) -> None:
+def _add_data_plan(args: argparse.Namespace, samples: dict[str, int], found: Report) -> None:
+    facts, warnings, errors = data_plan(args, samples)
+    found.facts += facts
+    found.warnings += warnings
+    found.errors += errors
+
+
+def _check_tokenizer(args: argparse.Namespace, found: Report) -> None:
     if args.tokenizer_model is None:
         return
     from megatron_anchor.training.vocab import tokenizer_size
 
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
         return
@@ -72,27 +71,30 @@ def _data_prefixes(data_path: list[str]) -> list[str]:
     return prefixes
 
 
-def _check_data(args: argparse.Namespace, found: Findings) -> None:
+def _check_data(args: argparse.Namespace, found: Report) -> dict[str, int]:
+    """Each --data-path prefix opens as a dataset of --seq-length; returns its samples by prefix."""
+    samples: dict[str, int] = {}
     if not args.data_path:
-        return
+        return samples
     from megatron_anchor.data import AnchorPackedDataset
 
     try:
         prefixes = _data_prefixes(args.data_path)
     except (ValueError, AssertionError) as err:
         found.errors.append(f"--data-path {' '.join(args.data_path)}: {err}")
-        return
+        return samples
     for prefix in prefixes:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
         if missing:
             found.errors.append(f"--data-path {prefix}: no file {missing[0]}")
             continue
         try:
-            samples = len(AnchorPackedDataset(prefix, seq_length=args.seq_length))
+            samples[prefix] = len(AnchorPackedDataset(prefix, seq_length=args.seq_length))
         except (ValueError, AssertionError, OSError) as err:
             found.errors.append(f"--data-path {prefix}: {err}")
             continue
-        found.facts.append(f"data {prefix}: {samples:,} samples of {args.seq_length + 1:,} tokens")
+        found.facts.append(f"data {prefix}: {samples[prefix]:,} samples of {args.seq_length + 1:,} tokens")
+    return samples
 
 
 def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
@@ -111,7 +113,7 @@ def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
     return None
 
 
-def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
+def _check_outputs(args: argparse.Namespace, found: Report) -> None:
     outputs = [
         ("--log-jsonl", args.log_jsonl, True),
         ("--tensorboard-dir", args.tensorboard_dir, False),
@@ -125,7 +127,7 @@ def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
             found.errors.append(problem)
 
 
-def _check_machine(args: argparse.Namespace, found: Findings, dry_run: bool) -> None:
+def _check_machine(args: argparse.Namespace, found: Report, dry_run: bool) -> None:
     """Optional packages and devices the flags need on the machine that trains."""
     needs = []
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
