@@ -58,15 +58,19 @@ def _notes(args: argparse.Namespace, fallbacks: str | None) -> list[str]:
 
 
 def _dry_run(args: argparse.Namespace, report: Report, notes: list[str]) -> None:
-    """Print the report, the resolved configuration and a verdict; exit 2 (the command line) or 1 (the
-    machine) if any check failed."""
+    """Print the report (its errors on stderr), the resolved configuration and a verdict; exit 2 (the
+    command line) or 1 (the machine) if any check failed."""
     if {"parallel", "batch", "schedule"}.isdisjoint(report.failed):
         print(
             f"dry run: {args.world_size} processes = TP {args.tensor_model_parallel_size} x CP "
             f"{args.context_parallel_size} x DP {args.data_parallel_size}; {args.train_iters:,} steps of "
             f"{args.global_batch_size} x {args.seq_length:,} tokens"
         )
-    print("\n".join(line for line in [report.report(), *[f"note: {n}" for n in notes]] if line))
+    if report.errors:  # on stderr, the rest of the report on stdout
+        print("\n".join(f"error: {e}" for e in report.errors), file=sys.stderr, flush=True)
+    findings = [*[f"warning: {w}" for w in report.warnings], *[f"ok: {f}" for f in report.facts]]
+    notes = [*getattr(args, "checkpoint_notes", []), *notes]  # a training run prints them as it loads
+    print("\n".join([*findings, *[f"note: {n}" for n in notes]]))
     print("resolved configuration:\n" + format_config(args))
     print(f"dry run: {report.verdict()}" + ("" if not report.errors else " (listed above): nothing started"),
           flush=True)
@@ -97,9 +101,9 @@ def main(argv: list[str] | None = None) -> list[float]:
         return []
     if report.errors:
         if rank == 0 or os.environ.get("LOCAL_RANK") == "0":  # once per node: its files may differ
-            lines = [f"{len(report.errors)} problem(s) before the start:", *report.errors]
-            print("error: " + "\n  ".join(lines) + "\n(see --help; --dry-run checks a command line)",
-                  file=sys.stderr, flush=True)
+            errors = report.errors
+            lines = errors if len(errors) == 1 else [f"{len(errors)} problems before the start:", *errors]
+            print("error: " + "\n  ".join(lines), file=sys.stderr, flush=True)
         sys.exit(report.exit_code())
     return _train(args, notes, started)
 

@@ -1,11 +1,13 @@
 """Write every command-line flag of Megatron-LM's training parser to
-``megatron_anchor/training/megatron_lm_flags.json`` (flag names, argument group, dest, nargs and default only).
+``megatron_anchor/training/megatron_lm_flags.json`` (names, argument group, dest, nargs, default only).
 
 Source: Megatron-LM, tag ``core_v0.16.0``, ``megatron/training/arguments.py``: its
 ``add_megatron_arguments(parser)`` is run on a checkout of the tag, so that the flags its dataclass-driven
 argument groups generate (``TransformerConfig``, ``TrainingConfig``, ``CheckpointConfig``, ...) are
 listed exactly as Megatron-LM's own ``--help`` lists them. Defaults are the parser's (Megatron's
-``validate_args`` fills a few more, e.g. ``--split``).
+``validate_args`` fills a few more, e.g. ``--split``). Flags the file adds only when an optional package
+imports (e.g. NVIDIA Kitchen's) are read from the file's ``add_argument`` calls as well, marked
+``"conditional": true``.
 
 Usage (a clone of NVIDIA/Megatron-LM with its tags; ``six`` and ``einops``, which Megatron-LM's training
 package imports, importable, e.g. ``pip download six einops -d W`` and the wheels unzipped into DIR)::
@@ -19,6 +21,7 @@ argument definitions do not use; it is replaced by an empty module, so Triton ne
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -87,6 +90,42 @@ def megatron_flags(source_root: str) -> list[dict]:
     return entries
 
 
+def _literal(node: ast.expr | None, fallback: object = None) -> object:
+    try:
+        return fallback if node is None else ast.literal_eval(node)
+    except ValueError:
+        return fallback
+
+
+def conditional_flags(source_root: str, known: set[str]) -> list[dict]:
+    """``add_argument`` calls of the arguments file whose flags the parser run did not define (added only
+    when an optional package imports), with the group title of the function that adds them."""
+    tree = ast.parse(Path(source_root, SOURCE_FILE).read_text())
+    entries = []
+    for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        calls = [c for c in ast.walk(func) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)]
+        titles = [_literal(k.value) for c in calls if c.func.attr == "add_argument_group" for k in c.keywords
+                  if k.arg == "title"]  # fmt: skip
+        for call in (c for c in calls if c.func.attr == "add_argument"):
+            names = [a.value for a in call.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")]
+            if not names or set(names) & known:
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            action = _literal(kw.get("action"))
+            switch = action in ("store_true", "store_false", "store_const")
+            entries.append(
+                {
+                    "flags": names,
+                    "group": titles[0] if titles else func.name,
+                    "dest": _literal(kw.get("dest")) or names[0][2:].replace("-", "_"),
+                    "nargs": 0 if switch else _literal(kw.get("nargs")),
+                    "default": _literal(kw.get("default"), action == "store_false" if switch else None),
+                    "conditional": True,
+                }
+            )
+    return entries
+
+
 def main() -> None:
     """Extract and write the JSON file."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         commit = _checkout(args.repo, args.tag, tmp)
         entries = megatron_flags(tmp)
+        entries += conditional_flags(tmp, {f for e in entries for f in e["flags"]})
     header = {
         "source": {
             "repository": "NVIDIA/Megatron-LM",

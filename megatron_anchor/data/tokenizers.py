@@ -143,11 +143,17 @@ class GPT2BPETokenizer(HuggingFaceTokenizer):
         for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
             if not os.path.isfile(path or ""):
                 raise FileNotFoundError(f"{flag}: no file at {path}")
+        import inspect
+
         from transformers import GPT2TokenizerFast
 
         self.vocab_file, self.merge_file = vocab_file, merge_file
+        # transformers 5 names the two files vocab/merges; 4.x vocab_file/merges_file.
+        names = ("vocab_file", "merges_file")
+        if "vocab_file" not in inspect.signature(GPT2TokenizerFast.__init__).parameters:
+            names = ("vocab", "merges")
         try:
-            self._tok = GPT2TokenizerFast(vocab_file=vocab_file, merges_file=merge_file)
+            self._tok = GPT2TokenizerFast(**dict(zip(names, (vocab_file, merge_file))))
         except Exception as error:  # tokenizers' parse errors are plain Exceptions
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise OSError(f"--vocab-file {vocab_file} / --merge-file {merge_file}: not GPT-2 BPE files ({reason})")

@@ -18,7 +18,7 @@ from megatron_anchor.training.megatron_flags import (
     fill_help,
     not_accepted,
 )
-from megatron_anchor.training.megatron_lm import megatron_lm_flags
+from megatron_anchor.training.megatron_lm import megatron_feature, megatron_lm_flags
 from megatron_anchor.training.model_args import add_model_args
 from megatron_anchor.training.report import Report
 
@@ -91,48 +91,85 @@ def _without(argv: list[str], flags: set[str]) -> list[str]:
     return out
 
 
-def _suggestion(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+def _suggestion(name: str, parsed: list[str]) -> str:
+    """The nearest flag this trainer takes, else the nearest other Megatron-LM flag (with why it is not
+    taken), as "; did you mean ...?"; empty when none is close."""
+    close = difflib.get_close_matches(name, parsed, n=1, cutoff=0.75)
+    if not close:
+        close = difflib.get_close_matches(name, list(megatron_lm_flags()), n=1, cutoff=0.75)
     if not close:
         return ""
     status = not_accepted(close[0])
     return f"; did you mean {close[0]}?" + (f" ({status[1]})" if status else "")
 
 
+def _segments(argv: list[str]) -> list[tuple[str | None, list[str]]]:
+    """``argv`` as ``(flag token, the values after it)`` pairs; values before any flag under None."""
+    segments: list[tuple[str | None, list[str]]] = [(None, [])]
+    for token in argv:
+        if token.startswith("--") and token != "--":
+            segments.append((token, []))
+        else:
+            segments[-1][1].append(token)
+    return segments
+
+
+def _is_megatron_default(name: str, values: list[str]) -> bool:
+    """Whether ``values`` of Megatron-LM flag ``name`` are its default (the feature stays off)."""
+    entry = megatron_lm_flags()[name]
+    default = entry.default if isinstance(entry.default, list) else [entry.default]
+    if name.endswith("-parallel-size") and values == ["1"]:
+        return True  # a parallel size of 1 is no parallelism, whatever the flag's default
+    if not entry.takes_value or len(values) != len(default):
+        return False
+    try:
+        return all(float(v) == float(d) for v, d in zip(values, default))
+    except (TypeError, ValueError):
+        return [str(d) for d in default] == values
+
+
+def megatron_status(name: str, values: list[str], given: set[str]) -> tuple[str, str] | None:
+    """What a flag this trainer does not define gets, with ``values`` after it on a command line whose
+    flags are ``given``: (``refused`` or ``no effect``, why), or None for a name Megatron-LM does not know.
+    A feature's flag at Megatron's off value changes nothing (unless the feature is switched on)."""
+    status = not_accepted(name, given)
+    if status is None or status[0] == NO_EFFECT:
+        return status
+    feature = megatron_feature(name)
+    switched_on = feature is not None and feature.switched_on_by in given
+    if not switched_on and _is_megatron_default(name, values):
+        return NO_EFFECT, f"Megatron-LM's default value: {status[1]}"
+    return status
+
+
 def screen_flags(
     argv: list[str], parser: TrainerArgumentParser
 ) -> tuple[list[str], list[str], list[str]]:
     """``(argv to parse, errors, no-effect flags given)``. Megatron-LM flags this trainer lacks are taken
-    out with their values: refused with their feature's reason or, for a performance or telemetry switch,
-    kept as ``--flag value`` text to list at start-up. A name Megatron-LM does not know either gets the
-    nearest known name; a value after a switch is reported."""
+    out with their values: refused with their feature's reason, unless they change nothing (a performance
+    or telemetry switch, or a feature's flag at Megatron's default value, e.g. ``--expert-model-parallel-size
+    1``), which are kept as ``--flag value`` text to list at start-up. A name Megatron-LM does not know
+    either gets the nearest known name; a value after a switch is reported."""
     actions = {s: a for a in parser._actions for s in a.option_strings}
-    known = sorted({*actions, *megatron_lm_flags()})
     kept, errors, no_effect = [], [], []
-    mode, switch = "keep", None  # mode: keep / drop / no_effect (the tokens after the last flag)
-    for token in argv:
-        if not token.startswith("--") or token == "--":
-            if mode == "keep" and switch is not None:
-                errors.append(f"{switch} takes no value: {token}")
-            elif mode == "keep":
-                kept.append(token)
-            elif mode == "no_effect":
-                no_effect[-1] += f" {token}"
+    given = {t.split("=", 1)[0] for t in argv if t.startswith("--")}
+    for token, values in _segments(argv):
+        name = None if token is None else token.split("=", 1)[0]
+        action = actions.get(name)
+        if token is None or action is not None:
+            if action is not None and action.nargs == 0 and values:
+                errors.append(f"{name} takes no value: {' '.join(values)}")
+                values = []
+            kept += [token, *values] if token is not None else values
             continue
-        name = token.split("=", 1)[0]
-        action, switch = actions.get(name), None
-        if action is not None:
-            mode = "keep"
-            kept.append(token)
-            switch = name if action.nargs == 0 and "=" not in token else None
-            continue
-        status = not_accepted(name)
-        if status is not None and status[0] == NO_EFFECT:
-            no_effect.append(token)
-            mode = "no_effect" if megatron_lm_flags()[name].takes_value and "=" not in token else "drop"
-            continue
-        mode = "drop"
-        errors.append(f"{name}: {status[1]}" if status else f"{name}: unknown flag" + _suggestion(name, known))
+        values = [token.split("=", 1)[1]] if "=" in token else values
+        status = megatron_status(name, values, given)
+        if status is None:
+            errors.append(f"{name}: unknown flag" + _suggestion(name, sorted(actions)))
+        elif status[0] == NO_EFFECT:
+            no_effect.append(" ".join([name, *values]))
+        else:
+            errors.append(f"{name}: {status[1]}")
     return kept, errors, no_effect
 
 

@@ -35,7 +35,7 @@ def _requested(args: argparse.Namespace) -> list[int]:
 
 
 def _epochs(read: int, held: int) -> str:
-    return f"{read / held:.2f} epochs" if held else "nothing to read"
+    return f"{read / held:,.2f} epochs" if held else "nothing to read"
 
 
 def data_plan(args: argparse.Namespace, samples: dict[str, int]) -> tuple[list[str], list[str], list[str]]:
@@ -67,11 +67,13 @@ def data_plan(args: argparse.Namespace, samples: dict[str, int]) -> tuple[list[s
             why = "not read by training" if name == "test" else "not read: no --eval-interval"
             facts.append(f"{name} split: {held:,} samples ({why})")
             continue
-        parts = [
-            f"{sizes[p][i]:,} of {p}: {_epochs(per_dataset[k][i], sizes[p][i])}" for k, p in enumerate(prefixes)
-        ]
         reads = "every evaluation reads" if name == "valid" else "the run reads"
-        facts.append(f"{name} split: {held:,} samples; {reads} {requested[i]:,}: " + "; ".join(parts))
+        if len(prefixes) == 1:
+            parts = [_epochs(per_dataset[0][i], held)]
+        else:
+            parts = [f"{sizes[p][i]:,} of {p}: {_epochs(per_dataset[k][i], sizes[p][i])}"
+                     for k, p in enumerate(prefixes)]  # fmt: skip
+        facts.append(f"{name} split: {held:,} samples; {reads} {requested[i]:,} (" + "; ".join(parts) + ")")
         errors += [
             f"--split {args.split} leaves {p} no {name} samples, but its blend weight asks for "
             f"{per_dataset[k][i]:,}"

@@ -343,16 +343,20 @@ def check_restated(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return given, errors
 
 
-def not_accepted(flag: str) -> tuple[str, str] | None:
+def not_accepted(flag: str, given: frozenset[str] | set[str] | None = None) -> tuple[str, str] | None:
     """(``refused`` or ``no effect``, why) for a flag this trainer does not define: a refused row, else the
-    Megatron-LM feature it belongs to; None for a name Megatron-LM does not know either (a typo)."""
+    Megatron-LM feature it belongs to; None for a name Megatron-LM does not know either (a typo).
+    ``given``: the command line's flags, if known (a feature's flag without its switch changes nothing)."""
     row = lookup(flag)
     if row is not None and row.kind == REFUSED:
         return REFUSED, row.help
     feature = megatron_feature(flag)
     if feature is None:
         return None
-    return (NO_EFFECT if feature.no_effect else REFUSED), feature.reason
+    switch = feature.switched_on_by
+    if feature.no_effect or (given is not None and switch and flag != switch and switch not in given):
+        return NO_EFFECT, feature.reason if feature.no_effect else f"without {switch}: {feature.reason}"
+    return REFUSED, feature.reason
 
 
 def refused_reason(flag: str) -> str | None:

@@ -55,7 +55,9 @@ def megatron_lm_source() -> str:
 @dataclass(frozen=True)
 class Feature:
     """A Megatron-LM feature this trainer lacks: its flags (by name, prefix or Megatron argument group) and
-    the one reason they are refused, or, when ``no_effect``, why they change nothing here."""
+    the one reason they are refused, or, when ``no_effect``, why they change nothing here. With
+    ``switched_on_by``, the feature's other flags change nothing unless that flag is given too (as MoE's
+    without ``--num-experts`` in Megatron-LM)."""
 
     name: str
     reason: str
@@ -63,6 +65,7 @@ class Feature:
     prefixes: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     no_effect: bool = False
+    switched_on_by: str | None = None
 
     def covers(self, flag: MegatronFlag) -> bool:
         """Whether ``flag`` belongs to this feature."""
@@ -79,7 +82,7 @@ FEATURES: tuple[Feature, ...] = (
         "MoE", "mixture-of-experts (MoE) layers are not implemented: dense models only",
         ("--num-experts", "--expert-model-parallel-size", "--expert-tensor-parallel-size",
          "--overlap-moe-expert-parallel-comm", "--ep-overlap-early-attn-memory-release"),
-        ("--moe-",), ("moe",),
+        ("--moe-",), ("moe",), switched_on_by="--num-experts",
     ),
     Feature(
         "MLA", "multi-latent attention (MLA) is not implemented", ("--multi-latent-attention",), (), ("mla",)
@@ -216,8 +219,12 @@ FEATURES: tuple[Feature, ...] = (
          "--exp-avg-dtype", "--exp-avg-sq-dtype", "--start-weight-decay", "--end-weight-decay",
          "--weight-decay-incr-style", "--apply-wd-to-qk-layernorm", "--no-weight-decay-cond-type",
          "--lr-warmup-init", "--dump-param-to-param-group-map", "--use-checkpoint-opt_param-scheduler",
-         "--use-checkpoint-opt-param-scheduler", "--decrease-batch-size-if-needed", "--rampup-batch-size"),
+         "--use-checkpoint-opt-param-scheduler"),
         ("--muon-", "--lr-wsd-"),
+    ),
+    Feature(
+        "batch-size ramp-up", "the global batch is fixed: the data position is step x --global-batch-size",
+        ("--rampup-batch-size", "--decrease-batch-size-if-needed"),
     ),
     Feature(
         "offloading", "CPU offloading of activations, weights or the optimizer is not implemented",

@@ -48,6 +48,11 @@ MODEL_DEFAULTS: dict[str, object] = {
     "make_vocab_size_divisible_by": 128,
     **ROPE_DEFAULTS,
 }
+# The Llama family's architecture (also Qwen2's and Mistral's, Qwen2 adding --add-qkv-bias) as flags.
+LLAMA_ARCHITECTURE_FLAGS = (
+    "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+    "--hidden-dropout", "0",
+)  # fmt: skip
 # Switches by key: (the flag, the value it sets).
 SWITCHES = {
     "apply_layernorm_1p": ("--apply-layernorm-1p", True),
@@ -57,6 +62,9 @@ SWITCHES = {
     "untie_embeddings_and_output_weights": ("--untie-embeddings-and-output-weights", True),
     "rotary_interleaved": ("--rotary-interleaved", True),
 }
+# Recorded keys taken when left out, never compared when given: the initialisation std does nothing to
+# loaded weights, and the padded vocabulary that the divisor gives is compared with the checkpoint's rows.
+UNCHECKED_KEYS = ("init_method_std", "make_vocab_size_divisible_by")
 # Megatron's --use-rope-scaling: Llama 3.1's scaling with these fixed values (megatron-core 0.16
 # RotaryEmbedding._apply_scaling) and --rope-scaling-factor.
 MEGATRON_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -163,21 +171,21 @@ def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> l
     apply_megatron_rope_scaling(args)
     recorded = recorded_model(meta)
     taken, changed, errors = [], [], []
-    for key in (*SHAPE_KEYS, *CHANGEABLE_KEYS, "init_method_std", "make_vocab_size_divisible_by"):
+    for key in (*SHAPE_KEYS, *CHANGEABLE_KEYS, *UNCHECKED_KEYS):
         if key not in recorded or (recorded[key] is None and key != "rope_scaling"):
             continue  # not recorded (rope_scaling None is: no scaling)
         want = recorded[key]
         if key == "rope_scaling":
             is_given, given = _given_scaling(args)
         else:
-            given = getattr(args, key)
+            given = getattr(args, key, None)
             is_given = given is not None
         if not is_given:
             if want is not None:
                 setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
                 if key not in SWITCHES or _switch_on(key, want):  # an unset switch goes unsaid
                     taken.append(_setting(key, want))
-        elif not _same(key, given, want):
+        elif not _same(key, given, want) and key not in UNCHECKED_KEYS:
             if key not in CHANGEABLE_KEYS:
                 errors.append(_conflict(key, given, want, path))
             else:

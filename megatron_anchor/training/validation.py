@@ -52,6 +52,7 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     run = lambda name, check, **kw: report.run(name, check, args=args, **kw)  # noqa: E731
     tp_cp = ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size")
     tokenizer = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+    run("pipeline", lambda: _validate_pipeline(args), needs=tp_cp)
     run("parallel", lambda: _validate_parallel(args, world_size), needs=tp_cp)
     run("tokenizer", lambda: _validate_tokenizer(args), needs=tokenizer)
     run("vocabulary", lambda: _validate_padded_vocab(args), after=("parallel", "tokenizer"),
@@ -93,13 +94,13 @@ def _restated(args: argparse.Namespace) -> None:
     raise_all(errors)
 
 
-def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
-    tp, cp, pp = (
-        args.tensor_model_parallel_size,
-        args.context_parallel_size,
-        args.pipeline_model_parallel_size,
-    )
+def _validate_pipeline(args: argparse.Namespace) -> None:
+    pp = args.pipeline_model_parallel_size
     _require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
+
+
+def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
     _require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
     _require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
     args.data_parallel_size = world_size // (tp * cp)
@@ -252,7 +253,9 @@ def _load_tokenizer(args: argparse.Namespace) -> None:
     try:
         tokenizer_size(args.tokenizer_type, args.tokenizer_model, args.merge_file)
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
-        raise ValueError(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}") from None
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        named = text if text.startswith("--") else f"--tokenizer-model {args.tokenizer_model}: {text}"
+        raise ValueError(f"{named} (--tokenizer-type {args.tokenizer_type})") from None
 
 
 def _validate_padded_vocab(args: argparse.Namespace) -> None:
