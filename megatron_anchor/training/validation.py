@@ -59,6 +59,7 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
         needs=("padded_vocab_size",))  # fmt: skip
     run("model", lambda: args.checkpoint_notes.extend(resolve_model_config(args, args.tensor_model_parallel_size)),
         after=("parallel", "tokenizer", "vocabulary"))  # fmt: skip
+    run("vocabulary source", lambda: _validate_vocabulary_source(args), after=("model",))
     run("sequence", lambda: _validate_sequence(args), after=("parallel",), needs=("seq_length", "cp_layout"))
     run("batch", lambda: _validate_batch(args), after=("parallel",), needs=("micro_batch_size",))
     run("schedule", lambda: _validate_schedule(args), after=("batch",))
@@ -67,7 +68,7 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     run("data", lambda: _validate_data(args))
     run("logging", lambda: _validate_logging(args))
     run("recompute", lambda: _validate_recompute(args), after=("model",))
-    run("learning rates", lambda: _validate_decoupled_lr(args))
+    run("learning rates", lambda: _validate_learning_rates(args), needs=("lr", "min_lr"))
     run("restated", lambda: _restated(args), after=("model", "sequence"))
     # After the batch and schedule defaults: a resume must keep them.
     run("checkpoint", lambda: args.checkpoint_notes.extend(check_resume_and_save(args)),
@@ -172,8 +173,6 @@ def _validate_schedule(args: argparse.Namespace) -> None:
         0 <= args.lr_warmup_iters <= args.lr_decay_iters,
         f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, lr-decay-iters {args.lr_decay_iters}]",
     )
-    _require(math.isfinite(args.lr), "--lr must be finite")
-    _require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
     errors = [
         f"--{flag.replace('_', '-')} must be positive"
         for flag in ("log_interval", "eval_interval", "save_interval", "exit_interval")
@@ -184,8 +183,10 @@ def _validate_schedule(args: argparse.Namespace) -> None:
     raise_all(errors)
 
 
-def _validate_decoupled_lr(args: argparse.Namespace) -> None:
-    """Megatron's separate LR for the input embedding and output layer."""
+def _validate_learning_rates(args: argparse.Namespace) -> None:
+    """--lr and --min-lr, and Megatron's separate LR for the input embedding and output layer."""
+    _require(math.isfinite(args.lr), "--lr must be finite")
+    _require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
     lr, min_lr = args.decoupled_lr, args.decoupled_min_lr
     if lr is None:
         _require(min_lr is None, "--decoupled-min-lr needs --decoupled-lr (Megatron-LM would ignore it)")
@@ -238,12 +239,16 @@ def _validate_tokenizer(args: argparse.Namespace) -> None:
             + (f": use {hint}" if hint else f"; expected one of {supported}")
         )
     _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
-    _require(
-        model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
-        "give --tokenizer-type/--tokenizer-model or --vocab-size",
-    )
     if model is not None:
         _load_tokenizer(args)
+
+
+def _validate_vocabulary_source(args: argparse.Namespace) -> None:
+    """A tokenizer, --vocab-size or --padded-vocab-size (a --load checkpoint gives --vocab-size)."""
+    _require(
+        args.tokenizer_model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
+        "give --tokenizer-type/--tokenizer-model or --vocab-size",
+    )
 
 
 def _load_tokenizer(args: argparse.Namespace) -> None:
