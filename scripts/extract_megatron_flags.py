@@ -107,7 +107,8 @@ def conditional_flags(source_root: str, known: set[str]) -> list[dict]:
         titles = [_literal(k.value) for c in calls if c.func.attr == "add_argument_group" for k in c.keywords
                   if k.arg == "title"]  # fmt: skip
         for call in (c for c in calls if c.func.attr == "add_argument"):
-            names = [a.value for a in call.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")]
+            names = [a.value for a in call.args if isinstance(a, ast.Constant)]
+            names = [n for n in names if str(n).startswith("--")]
             if not names or set(names) & known:
                 continue
             kw = {k.arg: k.value for k in call.keywords}

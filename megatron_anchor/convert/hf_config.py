@@ -136,7 +136,8 @@ def architecture_flags(model: dict) -> list[str]:
 def export_problems(model: dict) -> list[str]:
     """Why a recorded model is not a Llama/Qwen2/Mistral that transformers can load (empty: it is)."""
     arch = {**LEGACY_ARCHITECTURE, **model}
-    wanted = {"normalization": "RMSNorm", "apply_layernorm_1p": False, "swiglu": True, "add_bias_linear": False}
+    wanted = {"normalization": "RMSNorm", "apply_layernorm_1p": False, "swiglu": True}
+    wanted["add_bias_linear"] = False
     return [f"{key} {arch[key]} (Hugging Face's Llama family: {value})" for key, value in wanted.items()
             if arch[key] != value]
 

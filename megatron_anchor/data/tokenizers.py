@@ -156,7 +156,8 @@ class GPT2BPETokenizer(HuggingFaceTokenizer):
             self._tok = GPT2TokenizerFast(**dict(zip(names, (vocab_file, merge_file))))
         except Exception as error:  # tokenizers' parse errors are plain Exceptions
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise OSError(f"--vocab-file {vocab_file} / --merge-file {merge_file}: not GPT-2 BPE files ({reason})")
+            files = f"--vocab-file {vocab_file} / --merge-file {merge_file}"
+            raise OSError(f"{files}: not GPT-2 BPE files ({reason})") from None
 
     def __reduce__(self):
         return (GPT2BPETokenizer, (self.vocab_file, self.merge_file))

@@ -77,10 +77,11 @@ def build_optimizer(
             key = (p.dim() >= 2, decoupled and unwrapped_name(name) in decoupled_names)
             groups.setdefault(key, []).append(p)
     param_groups = [
-        {"params": groups.get(key, []), "weight_decay": args.weight_decay if key[0] else 0.0, "decoupled": key[1]}
-        for key in ((True, False), (False, False), (True, True), (False, True))
-        if key in groups or not key[1]  # the two plain groups always (a checkpoint's layout)
-    ]
+        {"params": groups.get((decay, dec), []), "weight_decay": args.weight_decay if decay else 0.0,
+         "decoupled": dec}
+        for decay, dec in ((True, False), (False, False), (True, True), (False, True))
+        if (decay, dec) in groups or not dec  # the two plain groups always (a checkpoint's layout)
+    ]  # fmt: skip
     return torch.optim.AdamW(
         param_groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps
     )

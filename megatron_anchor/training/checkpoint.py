@@ -175,7 +175,7 @@ def load_checkpoint(
     meta = load_verified_weights(path, model, dims.tp, dims.tp_rank)
     full = not meta.get("weights_only")
     if full and load_optim and meta.get("optimizer_saved") is False:
-        raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): resume with --no-load-optim")
+        raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): add --no-load-optim")
     if full and load_optim:
         osd = get_optimizer_state_dict(model, optimizer)
         dcp.load({f"tp{dims.tp_rank}": {"optim": osd}}, checkpoint_id=path)

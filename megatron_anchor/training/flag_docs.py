@@ -70,7 +70,8 @@ def differing_defaults(parser: argparse.ArgumentParser) -> dict[str, tuple[objec
 
 def _megatron_says(flag: str, theirs: object) -> str:
     why = DIFFERENT_DEFAULTS[flag]
-    return ("Megatron-LM requires it" if theirs is None else f"Megatron-LM: {theirs}") + (f"; {why}" if why else "")
+    megatron = "Megatron-LM requires it" if theirs is None else f"Megatron-LM: {theirs}"
+    return megatron + (f"; {why}" if why else "")
 
 
 def unstated_differences(args: argparse.Namespace) -> str | None:
@@ -139,8 +140,8 @@ def with_tables(readme: str) -> str:
         pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(readme):
             raise ValueError(f"no {start} ... {end} markers")
-        table = make()
-        readme = pattern.sub(lambda _: f"{start}\n{table}\n{end}", readme)
+        block = f"{start}\n{make()}\n{end}"
+        readme = pattern.sub(lambda _, block=block: block, readme)
     return readme
 
 

@@ -96,7 +96,8 @@ FLAGS: tuple[Flag, ...] = (
     # Model shape and architecture: left out, taken from the --load checkpoint, else the default.
     Flag("--num-layers", ACCEPTED, f"transformer layers {_REQUIRED}"),
     Flag("--hidden-size", ACCEPTED, f"model width {_REQUIRED}"),
-    Flag("--ffn-hidden-size", ACCEPTED, "MLP width; default 4 x hidden, or with --swiglu int(8/3 x hidden / 64) x 64"),
+    Flag("--ffn-hidden-size", ACCEPTED, "MLP width; default 4 x hidden, or with --swiglu "
+         "int(8/3 x hidden / 64) x 64"),
     Flag("--num-attention-heads", ACCEPTED, f"query heads {_REQUIRED}"),
     Flag("--num-query-groups", ACCEPTED, "key/value heads (GQA; Megatron also needs --group-query-attention, "
          "implied here); default: as many as query heads"),
@@ -112,8 +113,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--hidden-dropout", ACCEPTED, "dropout on the embeddings and on the attention and MLP outputs"),
     Flag("--init-method-std", ACCEPTED, "std of the initial weights"),
     Flag("--make-vocab-size-divisible-by", ACCEPTED, "pad the vocabulary to a multiple of this x TP"),
-    Flag("--vocab-size", ACCEPTED, "vocabulary without a tokenizer; with one, the model's vocabulary (it must "
-         "hold every token id)"),
+    Flag("--vocab-size", ACCEPTED, "vocabulary without a tokenizer; with one, the model's vocabulary (it "
+         "must hold every token id)"),
     Flag("--padded-vocab-size", ACCEPTED, "the model's vocabulary rows as they are (no padding; divisible by "
          "TP, at least the tokenizer's size)"),
     Flag("--rotary-base", ACCEPTED, "RoPE base (ABF: raise it); a float (Megatron: an int)"),
@@ -124,14 +125,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--use-rope-scaling", ACCEPTED, "Llama 3.1's RoPE scaling as Megatron applies it: factor "
          "--rope-scaling-factor, frequency factors 1 and 4, original context 8192"),
     Flag("--rope-scaling-factor", ACCEPTED, "the factor of --use-rope-scaling"),
-    Flag("--recompute-granularity", ACCEPTED, "full: recompute whole layers in backward (torch's checkpoint); "
-         "selective: the core attention only"),
+    Flag("--recompute-granularity", ACCEPTED, "full: recompute whole layers in backward (torch's "
+         "checkpoint); selective: the core attention only"),
     Flag("--recompute-activations", ACCEPTED, "= --recompute-granularity selective"),
     Flag("--recompute-method", ACCEPTED, "with --recompute-granularity full: uniform (every layer) or block "
          "(the first --recompute-num-layers layers)"),
     Flag("--recompute-num-layers", ACCEPTED, "uniform: 1 only; block: how many leading layers"),
-    Flag("--transformer-impl", ACCEPTED, "layer implementation; default: Transformer Engine's when it imports, "
-         "else megatron-core's local layers (Megatron: transformer_engine)"),
+    Flag("--transformer-impl", ACCEPTED, "layer implementation; default: Transformer Engine's when it "
+         "imports, else megatron-core's local layers (Megatron: transformer_engine)"),
     Flag("--bf16", ACCEPTED, "bf16 compute, fp32 master weights (FSDP2: bf16 parameters, fp32 reduction)"),
     # Data and tokenizer.
     Flag("--data-path", ACCEPTED, "[weight] prefix ... of datasets from tools/preprocess_data.py; blends as "
@@ -269,7 +270,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--num-workers", RESTATED, "no effect: samples are read in the training process", _INT),
     Flag("--no-mmap-bin-files", RESTATED, "no effect: .bin files are memory-mapped", _FLAG),
     Flag("--tiktoken-pattern", RESTATED, "no effect: only Megatron's TikTokenizer reads it", {}),
-    Flag("--log-timers-to-tensorboard", RESTATED, "the step time is logged as 'iteration-time' always", _FLAG),
+    Flag("--log-timers-to-tensorboard", RESTATED, "the step time is logged as 'iteration-time' always",
+         _FLAG),
     # Refused: a Megatron-LM flag newer than the list megatron_lm reads.
     Flag("--step-batch-size-schedule", REFUSED, "the global batch is fixed (data position = step x batch)"),
     # This project's own flags.

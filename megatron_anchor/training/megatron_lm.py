@@ -41,7 +41,8 @@ def megatron_lm_flags() -> dict[str, MegatronFlag]:
     flags = {}
     for action in data["actions"]:
         for flag in action["flags"]:
-            flags[flag] = MegatronFlag(flag, action["group"], action["dest"], action["nargs"], action["default"])
+            entry = (action["group"], action["dest"], action["nargs"], action["default"])
+            flags[flag] = MegatronFlag(flag, *entry)
     return flags
 
 
@@ -146,14 +147,18 @@ FEATURES: tuple[Feature, ...] = (
          "--activation-func-clamp-value", "--use-fused-weighted-squared-relu"),
     ),
     Feature(
-        "encoder and vision models", "encoder (BERT, T5), retrieval and vision models are not implemented: GPT only",
+        "encoder and vision models",
+        "encoder (BERT, T5), retrieval and vision models are not implemented: GPT only",
         ("--encoder-num-layers", "--decoder-num-layers", "--encoder-seq-length", "--decoder-seq-length",
-         "--bert-no-binary-head", "--mask-prob", "--short-seq-prob", "--vocab-extra-ids", "--output-bert-embeddings",
+         "--bert-no-binary-head", "--mask-prob", "--short-seq-prob", "--vocab-extra-ids",
+         "--output-bert-embeddings",
          "--bert-embedder-type"),
         (), ("biencoder", "vision"),
     ),
-    Feature("RL", "reinforcement learning (GRPO) is not implemented", ("--refit-method",), ("--rl-", "--grpo-",
-            "--langrl-"), ("rl",)),
+    Feature(
+        "RL", "reinforcement learning (GRPO) is not implemented", ("--refit-method",),
+        ("--rl-", "--grpo-", "--langrl-"), ("rl",),
+    ),
     Feature(
         "inference", "inference and text generation are not part of this trainer",
         ("--onnx-safe", "--lazy-mpu-init", "--flash-decode", "--mlp-chunks-for-prefill"), ("--inference-",),
@@ -167,12 +172,14 @@ FEATURES: tuple[Feature, ...] = (
         "Mamba hybrid models", "Mamba and hybrid Mamba-attention models are not implemented",
         ("--is-hybrid-model", "--disable-mamba-mem-eff-path"), ("--mamba-", "--hybrid-"),
     ),
-    Feature("SFT", "supervised fine-tuning datasets are not implemented: pretraining data only", (), ("--sft",),
-            ("sft",)),
+    Feature(
+        "SFT", "supervised fine-tuning datasets are not implemented: pretraining data only", (), ("--sft",),
+        ("sft",),
+    ),
     Feature(
         "fault-tolerance services",
-        "NVIDIA's resiliency services (in-process restart, fault tolerance, rerun engine, autoresume) are not "
-        "wired here: --exit-signal-handler and --save-interval with --load = --save restart a run",
+        "NVIDIA's resiliency services (in-process restart, fault tolerance, rerun engine, autoresume) are "
+        "not wired here: --exit-signal-handler and --save-interval with --load = --save restart a run",
         ("--check-weight-hash-across-dp-replicas-interval", "--check-for-large-grads",
          "--result-rejected-tracker-filename", "--distributed-timeout-seconds-after-init",
          "--check-for-spiky-loss", "--exit-signal", "--iterations-to-skip"),
@@ -184,8 +191,10 @@ FEATURES: tuple[Feature, ...] = (
         "checkpoints are this project's torch.distributed.checkpoint directories (--save, --load, "
         "--save-interval, --finetune, --no-load-optim/rng, --no-save-optim); Megatron's other checkpoint "
         "options do not apply",
-        ("--load-main-params-from-ckpt", "--pretrained-checkpoint", "--ckpt-step", "--use-mp-args-from-checkpoint-args",
-         "--no-use-tokenizer-model-from-checkpoint-args", "--disable-use-tokenizer-model-from-checkpoint-args",
+        ("--load-main-params-from-ckpt", "--pretrained-checkpoint", "--ckpt-step",
+         "--use-mp-args-from-checkpoint-args",
+         "--no-use-tokenizer-model-from-checkpoint-args",
+         "--disable-use-tokenizer-model-from-checkpoint-args",
          "--auto-detect-ckpt-format", "--async-save", "--use-persistent-ckpt-worker", "--use-dist-ckpt",
          "--no-strict-fsdp-dtensor-load", "--disable-strict-fsdp-dtensor-load", "--save-wgrads-interval",
          "--save-dgrads-interval", "--save-retain-interval", "--no-save-rng",
@@ -241,7 +250,8 @@ FEATURES: tuple[Feature, ...] = (
          "--data-parallel-random-init", "--te-rng-tracker", "--inference-rng-tracker",
          "--distribute-saved-activations", "--recompute-modules", "--deterministic-mode",
          "--disable-bf16-reduced-precision-matmul", "--use-tp-pp-dp-mapping", "--fake-process-group",
-         "--record-memory-history", "--memory-snapshot-path", "--no-manual-gc-eval", "--disable-manual-gc-eval",
+         "--record-memory-history", "--memory-snapshot-path", "--no-manual-gc-eval",
+         "--disable-manual-gc-eval",
          "--batch-invariant-mode"),
     ),
     Feature(
@@ -255,11 +265,13 @@ FEATURES: tuple[Feature, ...] = (
         ("--no-async-tensor-model-parallel-allreduce", "--disable-async-tensor-model-parallel-allreduce",
          "--cross-entropy-fusion-impl", "--no-bias-gelu-fusion", "--no-bias-swiglu-fusion",
          "--no-bias-dropout-fusion", "--no-persist-layer-norm", "--disable-jit-fuser",
-         "--high-priority-stream-groups", "--no-align-grad-reduce", "--overlap-param-gather-with-optimizer-step",
+         "--high-priority-stream-groups", "--no-align-grad-reduce",
+         "--overlap-param-gather-with-optimizer-step",
          "--no-align-param-gather", "--use-nccl-ub", "--disable-symmetric-registration", "--use-sharp",
          "--sharp-enabled-group", "--create-all-gather-group", "--nccl-communicator-config-path",
          "--accumulate-allreduce-grads-in-fp32", "--apply-query-key-layer-scaling", "--train-sync-interval",
-         "--disable-gloo-process-groups", "--exit-signal-handler-for-dataloader", "--num-dataset-builder-threads",
+         "--disable-gloo-process-groups", "--exit-signal-handler-for-dataloader",
+         "--num-dataset-builder-threads",
          "--use-cpu-initialization", "--no-initialization", "--local-rank", "--disable-msc",
          "--no-check-for-nan-in-loss-and-grad", "--no-clone-scatter-output-in-embedding",
          "--disable-clone-scatter-output-in-embedding", "--use-te-activation-func", "--symmetric-ar-type"),

@@ -50,8 +50,8 @@ MODEL_DEFAULTS: dict[str, object] = {
 }
 # The Llama family's architecture (also Qwen2's and Mistral's, Qwen2 adding --add-qkv-bias) as flags.
 LLAMA_ARCHITECTURE_FLAGS = (
-    "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
-    "--hidden-dropout", "0",
+    "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear",
+    "--untie-embeddings-and-output-weights", "--hidden-dropout", "0",
 )  # fmt: skip
 # Switches by key: (the flag, the value it sets).
 SWITCHES = {
@@ -67,7 +67,9 @@ SWITCHES = {
 UNCHECKED_KEYS = ("init_method_std", "make_vocab_size_divisible_by")
 # Megatron's --use-rope-scaling: Llama 3.1's scaling with these fixed values (megatron-core 0.16
 # RotaryEmbedding._apply_scaling) and --rope-scaling-factor.
-MEGATRON_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+MEGATRON_LLAMA3_SCALING = {
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+}  # fmt: skip
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -159,8 +161,11 @@ def _training_choices(args: argparse.Namespace, recorded: dict, path: str) -> li
     for key in TRAINING_CHOICES:
         want, here = recorded.get(key), getattr(args, key, None)
         if want is not None and here is not None and want != here:
-            how = "given" if f"--{key.replace('_', '-')}" in getattr(args, "given_flags", ()) else "the default"
-            notes.append(f"{_flag(key)} {here} ({how}) trains this run; checkpoint {path} was trained with {want}")
+            given = _flag(key) in getattr(args, "given_flags", ())
+            notes.append(
+                f"{_flag(key)} {here} ({'given' if given else 'the default'}) trains this run; checkpoint "
+                f"{path} was trained with {want}"
+            )
     return notes
 
 

@@ -34,7 +34,8 @@ def preflight(args: argparse.Namespace, dry_run: bool, report: Report | None = N
     run("outputs", lambda: _check_outputs(args, found))
     run("machine", lambda: _check_machine(args, found, dry_run))
     if args.data_path:
-        run("data plan", lambda: _add_data_plan(args, samples, found), after=("data files", "batch", "schedule"))
+        plan = lambda: _add_data_plan(args, samples, found)  # noqa: E731
+        run("data plan", plan, after=("data files", "batch", "schedule"))
     return found
 
 

@@ -47,7 +47,8 @@ def architecture_text(args) -> str:
     """The architecture in a few words: norm, MLP, biases, embeddings, dropout."""
     norm = args.normalization + ("-1p" if args.apply_layernorm_1p else "")
     mlp = "SwiGLU" if args.swiglu else "GeLU"
-    bias = "linear biases" if args.add_bias_linear else ("qkv bias only" if args.add_qkv_bias else "no biases")
+    bias = "qkv bias only" if args.add_qkv_bias else "no biases"
+    bias = "linear biases" if args.add_bias_linear else bias
     tied = "untied" if args.untie_embeddings_and_output_weights else "tied"
     return f"{norm}, {mlp}, {bias}, {tied} embeddings, hidden dropout {args.hidden_dropout:g}"
 

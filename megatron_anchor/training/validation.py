@@ -57,8 +57,10 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     run("tokenizer", lambda: _validate_tokenizer(args), needs=tokenizer)
     run("vocabulary", lambda: _validate_padded_vocab(args), after=("parallel", "tokenizer"),
         needs=("padded_vocab_size",))  # fmt: skip
-    run("model", lambda: args.checkpoint_notes.extend(resolve_model_config(args, args.tensor_model_parallel_size)),
-        after=("parallel", "tokenizer", "vocabulary"))  # fmt: skip
+    def model() -> None:  # --load's recorded model fills the model flags left out, then the model rules
+        args.checkpoint_notes.extend(resolve_model_config(args, args.tensor_model_parallel_size))
+
+    run("model", model, after=("parallel", "tokenizer", "vocabulary"))
     run("vocabulary source", lambda: _validate_vocabulary_source(args), after=("model",))
     run("sequence", lambda: _validate_sequence(args), after=("parallel",), needs=("seq_length", "cp_layout"))
     run("batch", lambda: _validate_batch(args), after=("parallel",), needs=("micro_batch_size",))
@@ -271,7 +273,9 @@ def _validate_padded_vocab(args: argparse.Namespace) -> None:
     from megatron_anchor.training.vocab import tokenizer_vocab_size
 
     tp = args.tensor_model_parallel_size
-    _require(padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}")
+    _require(
+        padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}"
+    )
     if args.tokenizer_model is not None or args.vocab_size is not None:
         size = tokenizer_vocab_size(args)
         _require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")
@@ -290,9 +294,8 @@ def _validate_logging(args: argparse.Namespace) -> None:
         if not 0 <= start < end:
             errors.append(f"--profile-step-start {start} must lie in [0, --profile-step-end {end})")
         if args.use_pytorch_profiler and not (args.tensorboard_dir or args.save or args.log_jsonl):
-            errors.append(
-                "--use-pytorch-profiler needs a place for its traces: --tensorboard-dir, --save or --log-jsonl"
-            )
+            where = "--tensorboard-dir, --save or --log-jsonl"
+            errors.append(f"--use-pytorch-profiler needs a place for its traces: {where}")
     raise_all(errors)
 
 

@@ -29,8 +29,8 @@ def test_embedding_and_output_follow_their_own_schedule_as_megatron_core(untie, 
     argv = f"{FLAGS} --train-iters 10 --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine {extra}".split()
     args = validate_args(build_parser().parse_args(argv), 1)
     ours = build_optimizer(model, args, embedding_and_output_names(model))
-    config = OptimizerConfig(lr=1e-3, min_lr=1e-4, decoupled_lr=5e-3, weight_decay=0.01,
-                             decoupled_min_lr=None if decoupled_min is None else float(decoupled_min))  # fmt: skip
+    low = None if decoupled_min is None else float(decoupled_min)
+    config = OptimizerConfig(lr=1e-3, min_lr=1e-4, decoupled_lr=5e-3, decoupled_min_lr=low, weight_decay=0.01)
     groups = _get_param_groups([model], config, None)
     schedule = OptimizerParamScheduler(
         types.SimpleNamespace(param_groups=groups), init_lr=0.0, max_lr=1e-3, min_lr=1e-4, lr_warmup_steps=0,

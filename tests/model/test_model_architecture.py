@@ -45,7 +45,11 @@ def _neox(model, tied: bool):
         tie_word_embeddings=tied, attention_bias=True,
     )  # fmt: skip
     if getattr(config, "rope_parameters", None) is not None:  # transformers 5
-        config.rope_parameters = {**config.rope_parameters, "partial_rotary_factor": 1.0, "rope_theta": 10000.0}
+        config.rope_parameters = {
+            **config.rope_parameters,
+            "partial_rotary_factor": 1.0,
+            "rope_theta": 10000.0,
+        }
     else:
         config.rotary_pct, config.rotary_emb_base = 1.0, 10000
     neox = GPTNeoXForCausalLM(config).eval()
@@ -55,7 +59,8 @@ def _neox(model, tied: bool):
              "gpt_neox.final_layer_norm.bias": "decoder.final_layernorm.bias"}  # fmt: skip
     parts = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "pre_mlp_layernorm",
              # megatron-core's qkv of one head per group is [q, k, v] per head: GPT-NeoX's layout
-             "attention.query_key_value": "self_attention.linear_qkv", "attention.dense": "self_attention.linear_proj",
+             "attention.query_key_value": "self_attention.linear_qkv",
+             "attention.dense": "self_attention.linear_proj",
              "mlp.dense_h_to_4h": "mlp.linear_fc1", "mlp.dense_4h_to_h": "mlp.linear_fc2"}  # fmt: skip
     for i in range(2):
         for theirs, ours in parts.items():
@@ -86,7 +91,12 @@ def test_megatron_defaults_are_gpt_neox_with_layernorm_gelu_and_biases(tied):
     theirs = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), reduction="none").view(B, S)
     assert torch.allclose(ours.double(), theirs, atol=2e-5, rtol=1e-5), (ours - theirs).abs().max()
     assert {n.rsplit(".", 2)[-2] for n, _ in model.named_parameters() if n.endswith("bias")} >= {
-        "input_layernorm", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "final_layernorm"
+        "input_layernorm",
+        "linear_qkv",
+        "linear_proj",
+        "linear_fc1",
+        "linear_fc2",
+        "final_layernorm",
     }
 
 

@@ -22,7 +22,8 @@ _LLAMA3_8B_MODEL = """
     --use-mcore-models --num-layers 32 --hidden-size 4096 --ffn-hidden-size 14336 --num-attention-heads 32
     --group-query-attention --num-query-groups 8 --kv-channels 128 --seq-length 8192
     --max-position-embeddings 8192 --position-embedding-type rope --rotary-base 1000000 --rotary-percent 1.0
-    --attention-dropout 0.0 --hidden-dropout 0.0 --swiglu {norm} --init-method-std 0.0134 --attention-backend fused
+    --attention-dropout 0.0 --hidden-dropout 0.0 --swiglu {norm} --init-method-std 0.0134
+    --attention-backend fused
     --apply-layernorm-1p --untie-embeddings-and-output-weights --disable-bias-linear
 """
 _LLAMA3_8B_TRAIN = """
@@ -40,7 +41,8 @@ _PROFILE = "--log-throughput --profile --profile-step-start 4 --profile-step-end
 # examples/post_training/modelopt/conf/meta-llama/Llama-3.1-8B-Instruct.sh MODEL_ARGS
 _LLAMA31_MODELOPT = """
     --save-interval 100000 --micro-batch-size 1 --bf16 --no-masked-softmax-fusion --disable-bias-linear
-    --untie-embeddings-and-output-weights --use-rotary-position-embeddings --rotary-percent 1.0 --no-rope-fusion
+    --untie-embeddings-and-output-weights --use-rotary-position-embeddings --rotary-percent 1.0
+    --no-rope-fusion
     --no-position-embedding --normalization RMSNorm --swiglu --num-layers 32 --hidden-size 4096
     --ffn-hidden-size 14336 --num-attention-heads 32 --group-query-attention --num-query-groups 8
     --seq-length 4096 --max-position-embeddings 8192 --tokenizer-type HuggingFaceTokenizer
@@ -52,13 +54,25 @@ _MODELOPT_FINETUNE = """
     --pipeline-model-parallel-size 1 --context-parallel-size {cp} {cp_comm} --tokenizer-model {hf128256}
     --load {ckpt} --save {ckpt} --train-samples 128000 --lr-decay-samples 128000 --lr-warmup-samples 0
     --split 100,0,0 --finetune-hf-dataset Magpie-Align/Magpie-Llama-3.1-Pro-MT-300K-Filtered --lr 5.0e-5
-    --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 --adam-beta1 0.9 --adam-beta2 0.95
+    --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 --adam-beta1 0.9
+    --adam-beta2 0.95
     --init-method-std 0.010 --use-distributed-optimizer --no-gradient-accumulation-fusion --reset-position-ids
     --reset-attention-mask --eod-mask-loss --micro-batch-size 1 --attention-dropout 0.0 --hidden-dropout 0.0
     --no-check-for-nan-in-loss-and-grad {backend} --eval-iters 1 --eval-interval 1000 --save-interval 1000
     --log-interval 100 --distributed-timeout-minutes 30 --auto-detect-ckpt-format --export-te-mcore-model
     --finetune
 """
+
+
+def _modelopt_finetune(tp: int, cp: int, ckpt: str) -> str:
+    """finetune.sh's arguments at TP ``tp``, CP ``cp`` (CP > 1: --cp-comm-type p2p, --attention-backend
+    fused, from core_v0.17.0), loading fixture ``ckpt``."""
+    cp_flags = ("--cp-comm-type p2p", "--attention-backend fused") if cp > 1 else ("", "")
+    return _MODELOPT_FINETUNE.format(
+        tp=tp, cp=cp, cp_comm=cp_flags[0], backend=cp_flags[1], ckpt="{" + ckpt + "}", hf128256="{hf128256}"
+    )
+
+
 _MODELOPT_EXPECTED = ("give --data-path PREFIX (packed dataset) or --mock-data",)
 # What a training command needs beside a docs fragment of model-loading flags.
 _TRAINING = "--micro-batch-size 1 --global-batch-size 8 --train-iters 100 --lr 1e-5 --split 99,1,0"
@@ -106,7 +120,8 @@ RECIPES: tuple[Recipe, ...] = (
         --min-lr 6.0e-6 --lr-warmup-fraction .001 --lr-decay-iters 430000 --tensor-model-parallel-size 8
         --pipeline-model-parallel-size 16 --data-path {data2048} --vocab-file {gpt2_vocab}
         --merge-file {gpt2_merges} --split 949,50,1 --log-interval 100 --save-interval 10000
-        --eval-interval 1000 --save {out}/ckpt --load {out}/ckpt --eval-iters 10 --tensorboard-dir {out}/tb""",
+        --eval-interval 1000 --save {out}/ckpt --load {out}/ckpt --eval-iters 10
+        --tensorboard-dir {out}/tb""",
         expected=(
             "--pipeline-model-parallel-size 16: pipeline parallelism is not supported (use 1)",
             "--vocab-file and --merge-file go with --tokenizer-type GPT2BPETokenizer",
@@ -120,11 +135,13 @@ RECIPES: tuple[Recipe, ...] = (
         --init-method-std 0.01 --attention-dropout 0.0 --hidden-dropout 0.0 --normalization RMSNorm
         --position-embedding-type rope --swiglu --untie-embeddings-and-output-weights --group-query-attention
         --num-query-groups 8 --no-masked-softmax-fusion --no-position-embedding --rotary-base 1000000
-        --num-experts 8 --moe-router-topk 2 --moe-router-load-balancing-type aux_loss --moe-aux-loss-coeff 1e-2
+        --num-experts 8 --moe-router-topk 2 --moe-router-load-balancing-type aux_loss --moe-aux-loss-coeff
+        1e-2
         --moe-grouped-gemm --moe-token-dispatcher-type alltoall --overlap-param-gather --overlap-grad-reduce
         --tokenizer-type Llama2Tokenizer --tokenizer-model {sp32000} --data-path {data4096} --split 99990,8,2
         --micro-batch-size 1 --global-batch-size 256 --lr 1e-4 --train-iters 500000 --lr-decay-iters 320000
-        --lr-decay-style cosine --min-lr 1.0e-5 --weight-decay 0.1 --lr-warmup-iters 500 --clip-grad 1.0 --bf16
+        --lr-decay-style cosine --min-lr 1.0e-5 --weight-decay 0.1 --lr-warmup-iters 500 --clip-grad 1.0
+        --bf16
         --tensor-model-parallel-size 1 --pipeline-model-parallel-size 4 --expert-model-parallel-size 8
         --use-distributed-optimizer --sequence-parallel --log-interval 1 --save-interval 10000
         --eval-interval 1000 --eval-iters 10 --save {out}/ckpt --load {out}/ckpt
@@ -148,16 +165,21 @@ RECIPES: tuple[Recipe, ...] = (
         _LLAMA3_8B_MODEL.format(norm="--normalization RMSNorm")
         + _LLAMA3_8B_TRAIN
         + """--cross-entropy-loss-fusion --manual-gc --empty-unused-memory-level 1 --exit-duration-in-mins 235
-        --use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params --no-gradient-accumulation-fusion
-        --calculate-per-token-loss --init-model-with-meta-device --ckpt-format fsdp_dtensor --grad-reduce-in-bf16
+        --use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params
+        --no-gradient-accumulation-fusion
+        --calculate-per-token-loss --init-model-with-meta-device --ckpt-format fsdp_dtensor
+        --grad-reduce-in-bf16
         --use-nccl-ub --fsdp-double-buffer --fsdp-manual-registration --use-distributed-optimizer
         --overlap-grad-reduce --overlap-param-gather """
         + _FP8
         + " --tensor-model-parallel-size 1 --context-parallel-size 1 --sequence-parallel"
         + _REAL_DATA
         + f"--log-interval 1 --eval-iters 32 --eval-interval 100 --save-interval 1000 {_PROFILE} "
-        "--distributed-timeout-minutes 60 --save {out}/ckpt --load {out}/ckpt --tensorboard-dir {out}/tensorboard",
-        expected=("--ckpt-format fsdp_dtensor: checkpoints here are torch.distributed.checkpoint directories",),
+        "--distributed-timeout-minutes 60 --save {out}/ckpt --load {out}/ckpt "
+        "--tensorboard-dir {out}/tensorboard",
+        expected=(
+            "--ckpt-format fsdp_dtensor: checkpoints here are torch.distributed.checkpoint directories",
+        ),
     ),
     Recipe(
         "Qwen2.5 3B",
@@ -166,11 +188,13 @@ RECIPES: tuple[Recipe, ...] = (
         """--micro-batch-size 2 --global-batch-size 512 --grpo-group-size 16 --grpo-prompts-per-step 32
         --grpo-iterations 1 --grpo-clamp-eps-lower 0.2 --grpo-clamp-eps-upper 0.2 --grpo-kl-beta 0.0
         --grpo-entropy-term-weight 0.0 --langrl-env-config {out}/env.yaml --calculate-per-token-loss
-        --ckpt-format torch_dist --seq-length 8192 --inference-max-seq-length 8192 --inference-max-batch-size 64
+        --ckpt-format torch_dist --seq-length 8192 --inference-max-seq-length 8192
+        --inference-max-batch-size 64
         --pretrained-checkpoint {out}/qwen2.5-3b --disable-bias-linear --add-qkv-bias --normalization RMSNorm
         --norm-epsilon 1e-6 --group-query-attention --num-query-groups 2 --no-masked-softmax-fusion
         --attention-softmax-in-fp32 --attention-dropout 0.0 --hidden-dropout 0.0 --weight-decay 0.0
-        --position-embedding-type rope --rotary-percent 1.0 --rotary-base 1000000 --use-rotary-position-embeddings
+        --position-embedding-type rope --rotary-percent 1.0 --rotary-base 1000000
+        --use-rotary-position-embeddings
         --swiglu --num-layers 36 --hidden-size 2048 --ffn-hidden-size 11008 --num-attention-heads 16
         --max-position-embeddings 32768 --tokenizer-type HuggingFaceTokenizer --tokenizer-model {hf128256}
         --lr 0.000001 --lr-warmup-samples 0 --make-vocab-size-divisible-by 64 --clip-grad 1.0
@@ -185,12 +209,13 @@ RECIPES: tuple[Recipe, ...] = (
         f"{MLM} core_v0.16.0 examples/post_training/modelopt/finetune.sh with "
         "conf/meta-llama/Llama-3.1-8B-Instruct.sh (TP 1)",
         _LLAMA31_MODELOPT
-        + _MODELOPT_FINETUNE.format(tp=1, cp=1, cp_comm="", backend="", ckpt="{llama31_tp1}", hf128256="{hf128256}"),
+        + _modelopt_finetune(tp=1, cp=1, ckpt="llama31_tp1"),
         expected=_MODELOPT_EXPECTED,
     ),
     Recipe(
         "Qwen2.5 7B modelopt",
-        f"{MLM} core_v0.16.0 examples/post_training/modelopt/finetune.sh with conf/Qwen/Qwen2.5-7B-Instruct.sh",
+        f"{MLM} core_v0.16.0 examples/post_training/modelopt/finetune.sh with "
+        "conf/Qwen/Qwen2.5-7B-Instruct.sh",
         """--save-interval 100000 --micro-batch-size 1 --bf16 --no-masked-softmax-fusion --disable-bias-linear
         --add-qkv-bias --position-embedding-type rope --no-rope-fusion --normalization RMSNorm --swiglu
         --num-layers 28 --hidden-size 3584 --ffn-hidden-size 18944 --num-attention-heads 28
@@ -198,7 +223,7 @@ RECIPES: tuple[Recipe, ...] = (
         --max-position-embeddings 32768 --tokenizer-type HuggingFaceTokenizer --padded-vocab-size 152064
         --make-vocab-size-divisible-by 1 --use-mcore-models --rotary-percent 1.0 --rotary-base 1000000
         --no-bias-swiglu-fusion --untie-embeddings-and-output-weights"""
-        + _MODELOPT_FINETUNE.format(tp=1, cp=1, cp_comm="", backend="", ckpt="{qwen25_7b}", hf128256="{hf128256}"),
+        + _modelopt_finetune(tp=1, cp=1, ckpt="qwen25_7b"),
         expected=_MODELOPT_EXPECTED,
     ),
     Recipe(
@@ -206,10 +231,7 @@ RECIPES: tuple[Recipe, ...] = (
         f"{MLM} core_v0.17.0 examples/post_training/modelopt/finetune.sh (TP=2 CP=2: --cp-comm-type p2p, "
         "--attention-backend fused) with conf/meta-llama/Llama-3.1-8B-Instruct.sh",
         _LLAMA31_MODELOPT
-        + _MODELOPT_FINETUNE.format(
-            tp=2, cp=2, cp_comm="--cp-comm-type p2p", backend="--attention-backend fused", ckpt="{llama31_tp2}",
-            hf128256="{hf128256}",
-        ),
+        + _modelopt_finetune(tp=2, cp=2, ckpt="llama31_tp2"),
         expected=_MODELOPT_EXPECTED,
     ),
     Recipe(
@@ -242,7 +264,8 @@ HF_CONFIGS = {
     "llama2_70b": ({
         "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
         "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8, "vocab_size": 32000,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
     }, 8),
     "llama31_tp1": (_LLAMA31, 1),
     "llama31_tp2": (_LLAMA31, 2),
@@ -291,7 +314,8 @@ def _sentencepiece_words(prefix: Path, size: int) -> str:
 def gpt2_bpe_files(directory: Path, size: int = 50257) -> tuple[str, str]:
     """GPT-2-style vocab.json (the 256 byte symbols, words, ``<|endoftext|>`` last: ``size`` entries) and
     an empty merges.txt."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
     symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
     vocab = {s: i for i, s in enumerate(symbols)}
     while len(vocab) < size - 1:

@@ -15,7 +15,8 @@ TINY = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 
 
 
 def test_independent_flag_rules_are_all_reported_at_once():
-    flags = f"{TINY} --train-iters 2 --train-samples 8 --kv-channels 32 --wandb-project p --recompute-method block"
+    flags = f"{TINY} --train-iters 2 --train-samples 8 --kv-channels 32 --wandb-project p"
+    flags += " --recompute-method block"
     with pytest.raises(ConfigError) as err:
         validate_args(build_parser().parse_args(flags.split()), 1)
     assert err.value.errors == [
@@ -73,9 +74,14 @@ def test_dry_run_says_the_epochs_of_each_split_and_ends_with_a_verdict(tmp_path,
     assert out.index("resolved configuration:") < len(out) - 1
     # A blend: each dataset's share of the 80 samples (megatron-core's ceil(weight x 80)), per dataset.
     code, out, _ = _dry_run([*flags.split(), "--data-path", "0.75", a, "0.25", b], monkeypatch, capsys)
-    assert f"ok: train split: 54 samples; the run reads 80 (36 of {a}: 1.67 epochs; 18 of {b}: 1.11 epochs)" in out
+    assert (
+        f"ok: train split: 54 samples; the run reads 80 (36 of {a}: 1.67 epochs; 18 of {b}: 1.11 epochs)"
+        in out
+    )
     # An empty train split and an error in the flags: both, then the verdict.
-    code, out, err = _dry_run([*flags.split(), "--data-path", a, "--split", "0,1,0", "--lr", "-1"], monkeypatch, capsys)
+    code, out, err = _dry_run(
+        [*flags.split(), "--data-path", a, "--split", "0,1,0", "--lr", "-1"], monkeypatch, capsys
+    )
     assert code == 2 and out[-1] == "dry run: 2 errors (listed above): nothing started"
     assert err == [
         "error: --min-lr 0.0 must lie in [0, --lr -1.0]",

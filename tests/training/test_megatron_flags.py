@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from megatron_anchor.training import build_parser, validate_args
-from megatron_anchor.training.flag_docs import DIFFERENT_DEFAULTS, differing_defaults, unstated_differences
-from megatron_anchor.training.flag_docs import with_tables
+from megatron_anchor.training.flag_docs import (
+    DIFFERENT_DEFAULTS,
+    differing_defaults,
+    unstated_differences,
+    with_tables,
+)
 from megatron_anchor.training.megatron_flags import (
     ACCEPTED,
     FLAGS,
@@ -139,7 +143,8 @@ def test_megatron_features_are_refused_as_what_they_are_and_only_typos_get_sugge
 
 def test_values_switches_and_no_op_megatron_flags(capsys):
     lines = _parse_error(
-        ["--num-layers", "two", "--group-query-attention", "8", "--normalization", "RMS", "--disable-bia-linear"],
+        ["--num-layers", "two", "--group-query-attention", "8", "--normalization", "RMS",
+         "--disable-bia-linear"],
         capsys,
     )  # fmt: skip
     assert lines == [
@@ -149,10 +154,18 @@ def test_values_switches_and_no_op_megatron_flags(capsys):
         "--normalization: invalid choice: 'RMS' (choose from 'LayerNorm', 'RMSNorm')",
     ]
     args = build_parser().parse_args(
-        ["--no-bias-swiglu-fusion", "--expert-model-parallel-size", "1", "--log-params-norm", "--cp-comm-type", "p2p"]
+        [
+            "--no-bias-swiglu-fusion",
+            "--expert-model-parallel-size",
+            "1",
+            "--log-params-norm",
+            "--cp-comm-type",
+            "p2p",
+        ]
     )  # switches that change nothing here, and features at Megatron's off value: listed at start-up
     assert args.no_effect_flags == [
-        "--no-bias-swiglu-fusion", "--expert-model-parallel-size 1", "--log-params-norm", "--cp-comm-type p2p",
+        "--no-bias-swiglu-fusion", "--expert-model-parallel-size 1", "--log-params-norm",
+        "--cp-comm-type p2p",
     ]  # fmt: skip
 
 
@@ -167,7 +180,10 @@ def _validate(extra: str, world_size: int = 1):
     "extra, message",
     [
         ("--train-iters 2 --kv-channels 32", "--kv-channels 32: channels per head are"),
-        ("--train-iters 2 --attention-dropout 0.1", "--attention-dropout 0.1: the anchor attention has no dropout"),
+        (
+            "--train-iters 2 --attention-dropout 0.1",
+            "--attention-dropout 0.1: the anchor attention has no dropout",
+        ),
         (
             "--train-iters 2 --max-position-embeddings 32",
             "--max-position-embeddings 32 is below --seq-length",
@@ -175,7 +191,10 @@ def _validate(extra: str, world_size: int = 1):
         ("--train-iters 2 --position-embedding-type learned_absolute", "only rope"),
         ("--train-iters 2 --reset-attention-mask --attention-mode causal", "contradicts --attention-mode"),
         ("--train-iters 2 --ckpt-format torch", "--ckpt-format torch: checkpoints here"),
-        ("--train-iters 2 --tokenizer-type Llama3Tokenizer --tokenizer-model t", "Llama3Tokenizer is not supported"),
+        (
+            "--train-iters 2 --tokenizer-type Llama3Tokenizer --tokenizer-model t",
+            "Llama3Tokenizer is not supported",
+        ),
         ("--train-iters 2 --train-samples 8", "either --train-iters or --train-samples"),
         ("--train-samples 8 --lr-warmup-iters 1", "give the schedule in samples"),
         ("--train-iters 4 --lr-warmup-fraction 0.5 --lr-warmup-iters 1", "give one of --lr-warmup-fraction"),
@@ -184,9 +203,18 @@ def _validate(extra: str, world_size: int = 1):
         ("--train-iters 2 --wandb-project p", "--wandb-project needs --wandb-save-dir"),
         ("--train-iters 2 --decoupled-min-lr 1e-5", "--decoupled-min-lr needs --decoupled-lr"),
         ("--train-iters 2 --hidden-dropout 1", "--hidden-dropout 1.0 must lie in [0, 1)"),
-        ("--train-iters 2 --exit-on-missing-checkpoint --load x --save x", "--load x holds no checkpoint yet"),
-        ("--train-iters 2 --padded-vocab-size 98", "--padded-vocab-size 98 is smaller than the vocabulary's 99"),
-        ("--train-iters 2 --vocab-file v.json --merge-file m.txt", "go with --tokenizer-type GPT2BPETokenizer"),
+        (
+            "--train-iters 2 --exit-on-missing-checkpoint --load x --save x",
+            "--load x holds no checkpoint yet",
+        ),
+        (
+            "--train-iters 2 --padded-vocab-size 98",
+            "--padded-vocab-size 98 is smaller than the vocabulary's 99",
+        ),
+        (
+            "--train-iters 2 --vocab-file v.json --merge-file m.txt",
+            "go with --tokenizer-type GPT2BPETokenizer",
+        ),
     ],
 )
 def test_contradicting_flags_are_named(extra, message, tmp_path, monkeypatch):

@@ -28,7 +28,11 @@ def _dry_run(argv: list[str], world_size: int, monkeypatch, capsys) -> tuple[int
     except SystemExit as exit_info:
         code = exit_info.code
     out, err = capsys.readouterr()
-    return code, out, [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")]
+    return (
+        code,
+        out,
+        [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")],
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])

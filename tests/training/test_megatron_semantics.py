@@ -16,9 +16,9 @@ from megatron_anchor.training.vocab import resolve_vocab_size, tokenizer_vocab_s
 TINY = "--num-layers 2 --hidden-size 512 --num-attention-heads 4 --seq-length 64 --mock-data --train-iters 2"
 # A tiny Llama (no weights needed: the flag checks read only meta.json), converted at TP 1.
 LLAMA = {
-    "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
-    "num_hidden_layers": 2, "num_key_value_heads": 2, "vocab_size": 100, "rms_norm_eps": 1e-6,
-    "rope_theta": 500000.0, "max_position_embeddings": 64, "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "vocab_size": 100,
+    "rms_norm_eps": 1e-6, "rope_theta": 500000.0, "max_position_embeddings": 64, "tie_word_embeddings": False,
 }  # fmt: skip
 
 
@@ -28,6 +28,9 @@ def training_stack():
     from megatron_anchor.training.startup import import_training_stack
 
     import_training_stack(uses_wandb=False)
+
+
+LEAVE = "leave the flag out to use the checkpoint's value"
 
 
 def _validate(flags: str, *extra: str):
@@ -47,7 +50,14 @@ def test_use_rope_scaling_is_megatron_cores_llama3_scaling():
     assert mscale == 1.0 and torch.allclose(ours, theirs, rtol=1e-12, atol=0)
     assert not torch.allclose(ours, base)  # the scaling changes the low frequencies
     with pytest.raises(ValueError, match="give either --use-rope-scaling or --rope-scaling"):
-        _validate(TINY, "--vocab-size", "99", "--use-rope-scaling", "--rope-scaling", '{"rope_type": "linear", "factor": 2}')
+        _validate(
+            TINY,
+            "--vocab-size",
+            "99",
+            "--use-rope-scaling",
+            "--rope-scaling",
+            '{"rope_type": "linear", "factor": 2}',
+        )
 
 
 def test_llama2_tokenizer_and_gpt2_bpe_files_are_read_as_megatron_does(tmp_path):
@@ -59,7 +69,9 @@ def test_llama2_tokenizer_and_gpt2_bpe_files_are_read_as_megatron_does(tmp_path)
     pieces = sentencepiece.SentencePieceProcessor(model_file=model).get_piece_size()
     assert tokenizer_vocab_size(args) == pieces == 300 and resolve_vocab_size(args) == 384
     vocab, merges = gpt2_bpe_files(tmp_path / "gpt2", size=400)
-    args = _validate(TINY, "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges)
+    args = _validate(
+        TINY, "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges
+    )
     assert tokenizer_vocab_size(args) == len(json.loads(open(vocab).read())) == 400
     from megatron_anchor.data import build_tokenizer
 
@@ -73,7 +85,9 @@ def test_llama2_tokenizer_and_gpt2_bpe_files_are_read_as_megatron_does(tmp_path)
 def test_padded_vocab_size_is_the_models_rows_as_given():
     args = _validate(TINY, "--vocab-size", "99", "--padded-vocab-size", "100")
     assert resolve_vocab_size(args) == 100  # not padded to 128
-    with pytest.raises(ValueError, match="--padded-vocab-size 101 must divide by --tensor-model-parallel-size 2"):
+    with pytest.raises(
+        ValueError, match="--padded-vocab-size 101 must divide by --tensor-model-parallel-size 2"
+    ):
         validate_args(build_parser().parse_args([*TINY.split(), "--vocab-size", "99", "--padded-vocab-size",
                                                  "101", "--tensor-model-parallel-size", "2"]), 2)  # fmt: skip
 
@@ -84,9 +98,15 @@ def converted(tmp_path_factory) -> str:
 
 
 def test_a_converted_checkpoint_gives_its_architecture_but_not_its_attention_mode(converted):
-    args = _validate(TINY.replace("--num-layers 2 --hidden-size 512 --num-attention-heads 4", ""), "--load", converted)
+    args = _validate(
+        TINY.replace("--num-layers 2 --hidden-size 512 --num-attention-heads 4", ""), "--load", converted
+    )
     assert (args.normalization, args.swiglu, args.add_bias_linear) == ("RMSNorm", True, False)
-    assert (args.untie_embeddings_and_output_weights, args.hidden_dropout, args.ffn_hidden_size) == (True, 0.0, 96)
+    assert (args.untie_embeddings_and_output_weights, args.hidden_dropout, args.ffn_hidden_size) == (
+        True,
+        0.0,
+        96,
+    )
     assert args.attention_mode == "anchor" and args.position_ids == "global"
     (taken, mode) = args.checkpoint_notes
     assert "--normalization RMSNorm --swiglu --disable-bias-linear" in taken
@@ -94,15 +114,15 @@ def test_a_converted_checkpoint_gives_its_architecture_but_not_its_attention_mod
         f"--attention-mode anchor (the default) trains this run; checkpoint {converted}/iter_0000000 was "
         "trained with causal"
     )
-    asked = _validate(TINY.replace("--num-layers 2 --hidden-size 512", "--hidden-size 64"), "--load", converted,
-                      "--attention-mode", "causal", "--swiglu")  # fmt: skip
+    flags = TINY.replace("--num-layers 2 --hidden-size 512", "--hidden-size 64")
+    asked = _validate(flags, "--load", converted, "--attention-mode", "causal", "--swiglu")
     assert asked.attention_mode == "causal" and len(asked.checkpoint_notes) == 1  # agrees: nothing to say
     with pytest.raises(ValueError) as err:  # every conflict at once; --disable-bias-linear agrees
         _validate(TINY, "--load", converted, "--normalization", "LayerNorm", "--disable-bias-linear")
     where = f"contradicts checkpoint {converted}/iter_0000000, which has"
     assert err.value.errors == [
-        f"--hidden-size 512 {where} hidden_size 64: leave the flag out to use the checkpoint's value",
-        f"--normalization LayerNorm {where} normalization RMSNorm: leave the flag out to use the checkpoint's value",
+        f"--hidden-size 512 {where} hidden_size 64: {LEAVE}",
+        f"--normalization LayerNorm {where} normalization RMSNorm: {LEAVE}",
     ]
 
 
@@ -116,8 +136,15 @@ def test_an_old_checkpoint_keeps_the_architecture_it_was_built_with(converted, t
     for key in ("normalization", "apply_layernorm_1p", "swiglu", "add_bias_linear", "hidden_dropout"):
         del meta["model"][key]  # a checkpoint written before they were recorded
     meta_file.write_text(json.dumps(meta))
-    args = _validate(TINY.replace("--num-layers 2 --hidden-size 512 --num-attention-heads 4", ""), "--load", str(old))
-    assert (args.normalization, args.swiglu, args.add_bias_linear, args.hidden_dropout) == ("RMSNorm", True, False, 0.0)
+    args = _validate(
+        TINY.replace("--num-layers 2 --hidden-size 512 --num-attention-heads 4", ""), "--load", str(old)
+    )
+    assert (args.normalization, args.swiglu, args.add_bias_linear, args.hidden_dropout) == (
+        "RMSNorm",
+        True,
+        False,
+        0.0,
+    )
 
 
 def test_the_trainers_record_holds_the_architecture_and_export_refuses_another():
@@ -129,12 +156,19 @@ def test_the_trainers_record_holds_the_architecture_and_export_refuses_another()
     record = config_record(build_model_config(args, 128), vocab_size=99, make_vocab_size_divisible_by=128,
                            position_ids=args.position_ids)  # fmt: skip
     model = record["model"]
-    assert {k: model[k] for k in ("normalization", "apply_layernorm_1p", "swiglu", "add_bias_linear",
-                                  "untie_embeddings_and_output_weights", "hidden_dropout", "position_ids")} == {
+    keys = ("normalization", "apply_layernorm_1p", "swiglu", "add_bias_linear",
+            "untie_embeddings_and_output_weights", "hidden_dropout", "position_ids")  # fmt: skip
+    assert {k: model[k] for k in keys} == {
         "normalization": "LayerNorm", "apply_layernorm_1p": True, "swiglu": False, "add_bias_linear": True,
         "untie_embeddings_and_output_weights": False, "hidden_dropout": 0.2, "position_ids": "global",
     }  # fmt: skip
-    assert architecture_flags(model) == ["--normalization", "LayerNorm", "--apply-layernorm-1p", "--hidden-dropout", 0.2]
+    assert architecture_flags(model) == [
+        "--normalization",
+        "LayerNorm",
+        "--apply-layernorm-1p",
+        "--hidden-dropout",
+        0.2,
+    ]
     with pytest.raises(ValueError, match="not a Llama-family model: normalization LayerNorm .*swiglu False"):
         export_hf_config(model, record["rope"], None, 64, "float32")
 
@@ -150,4 +184,6 @@ def test_a_checkpoint_saved_without_optimizer_resumes_only_without_it(converted,
     flags = TINY.replace("--num-layers 2 --hidden-size 512 --num-attention-heads 4", "")
     with pytest.raises(ValueError, match="holds no optimizer state .*: add --no-load-optim"):
         _validate(flags, "--load", str(run))
-    assert _validate(flags, "--load", str(run), "--no-load-optim").load_checkpoint == str(run / "iter_0000000")
+    assert _validate(flags, "--load", str(run), "--no-load-optim").load_checkpoint == str(
+        run / "iter_0000000"
+    )
