@@ -62,6 +62,7 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
 
     run("model", model, after=("parallel", "tokenizer", "vocabulary"))
     run("vocabulary source", lambda: _validate_vocabulary_source(args), after=("model",))
+    run("query groups", lambda: report.notes.extend(_query_groups_note(args)), after=("model",))
     run("sequence", lambda: _validate_sequence(args), after=("parallel",), needs=("seq_length", "cp_layout"))
     run("batch", lambda: _validate_batch(args), after=("parallel",), needs=("micro_batch_size",))
     run("schedule", lambda: _validate_schedule(args), after=("batch",))
@@ -76,6 +77,19 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     run("checkpoint", lambda: args.checkpoint_notes.extend(check_resume_and_save(args)),
         after=("model", "batch", "schedule"), needs=("load", "save"))  # fmt: skip
     run("optimizer state", lambda: _validate_optimizer_state(args), after=("model",))
+
+
+def _query_groups_note(args: argparse.Namespace) -> list[str]:
+    """Megatron-LM reads --num-query-groups only with --group-query-attention; here it always applies."""
+    given = set(getattr(args, "given_flags", ()))
+    if "--num-query-groups" not in given or "--group-query-attention" in given:
+        return []
+    if args.num_query_groups == args.num_attention_heads:
+        return []
+    return [
+        f"--num-query-groups {args.num_query_groups} gives grouped-query attention without "
+        "--group-query-attention (Megatron-LM would ignore it without that switch)"
+    ]
 
 
 def _validate_optimizer_state(args: argparse.Namespace) -> None:
@@ -227,7 +241,8 @@ def _validate_tokenizer(args: argparse.Namespace) -> None:
         )
     if kind == GPT2_BPE:
         _validate_gpt2_files(args)
-        _load_tokenizer(args)
+        if args.vocab_size is None:
+            _load_tokenizer(args)
         return
     if kind == NULL_TOKENIZER:
         _require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
@@ -241,7 +256,7 @@ def _validate_tokenizer(args: argparse.Namespace) -> None:
             + (f": use {hint}" if hint else f"; expected one of {supported}")
         )
     _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
-    if model is not None:
+    if model is not None and args.vocab_size is None:  # the vocabulary (and its checks) need its size
         _load_tokenizer(args)
 
 
@@ -254,7 +269,8 @@ def _validate_vocabulary_source(args: argparse.Namespace) -> None:
 
 
 def _load_tokenizer(args: argparse.Namespace) -> None:
-    """The tokenizer loads (once per process: its size is cached for the vocabulary and the run)."""
+    """The tokenizer loads (once per process: its size is cached for the vocabulary and the run); with
+    --vocab-size it is loaded by ``preflight`` instead, which only reports its size."""
     from megatron_anchor.training.vocab import tokenizer_size
 
     try:

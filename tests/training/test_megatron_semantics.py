@@ -187,3 +187,39 @@ def test_a_checkpoint_saved_without_optimizer_resumes_only_without_it(converted,
     assert _validate(flags, "--load", str(run), "--no-load-optim").load_checkpoint == str(
         run / "iter_0000000"
     )
+
+
+def test_no_save_optim_writes_the_model_alone(tmp_path):
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from megatron.core import parallel_state as ps
+
+    from megatron_anchor.checkpoint import CheckpointError, checkpoint_meta, read_meta
+    from megatron_anchor.model import AnchorGPTConfig, build_anchor_gpt
+    from megatron_anchor.model.config_record import config_record
+    from megatron_anchor.parallel import free_port
+    from megatron_anchor.training.checkpoint import load_checkpoint, save_checkpoint
+    from megatron_anchor.training.parallel import ParallelDims
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    ps.initialize_model_parallel(1, 1)
+    try:
+        cfg = AnchorGPTConfig(num_layers=1, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                              vocab_size=64, seq_length=16)  # fmt: skip
+        model = build_anchor_gpt(cfg)
+        optimizer = torch.optim.AdamW(model.parameters())
+        record = config_record(cfg, vocab_size=64, make_vocab_size_divisible_by=64)
+        sizes = {"tp": 1, "cp": 1, "dp": 1, "world": 1}
+        meta = checkpoint_meta(step=0, consumed_samples=0, record=record, tokenizer=None, schedule=None,
+                               sizes=sizes, weights_only=False)  # fmt: skip
+        dims = ParallelDims(tp=1, cp=1, dp=1, rank=0, tp_rank=0, cp_rank=0, dp_rank=0)
+        path = save_checkpoint(str(tmp_path), 1, model, None, dims, meta)  # --no-save-optim: no optimizer
+        assert read_meta(path)["optimizer_saved"] is False
+        saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+        assert saved and not any(".optim." in key for key in saved)
+        with pytest.raises(CheckpointError, match="holds no optimizer state .*: add --no-load-optim"):
+            load_checkpoint(path, model, optimizer, dims)
+        assert load_checkpoint(path, model, optimizer, dims, load_optim=False)["step"] == 1
+    finally:
+        ps.destroy_model_parallel()
+        dist.destroy_process_group()
