@@ -259,7 +259,7 @@ FLAGS: tuple[Flag, ...] = (
          "torch_dist"),
     Flag("--optimizer", RESTATED, "adam only (AdamW, as Megatron's adam)", {"choices": ("adam", "sgd")},
          _equals("adam", "the optimizer is AdamW; only adam"), built="adam"),
-    Flag("--distributed-backend", RESTATED, "NCCL on GPUs, gloo without CUDA, whichever is named",
+    Flag("--distributed-backend", RESTATED, "the device decides: NCCL on GPUs, gloo on CPUs",
          {"choices": ("nccl", "gloo", "ucc")}),
     Flag("--no-create-attention-mask-in-dataloader", RESTATED, "no dense masks: document ids", _FLAG),
     Flag("--overlap-grad-reduce", RESTATED, "DDP/FSDP2 reduce gradients during backward", _FLAG),
