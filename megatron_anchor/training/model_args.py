@@ -161,11 +161,11 @@ def _training_choices(args: argparse.Namespace, recorded: dict, path: str) -> li
     for key in TRAINING_CHOICES:
         want, here = recorded.get(key), getattr(args, key, None)
         if want is not None and here is not None and want != here:
-            given = _flag(key) in getattr(args, "given_flags", ())
-            notes.append(
-                f"{_flag(key)} {here} ({'given' if given else 'the default'}) trains this run; checkpoint "
-                f"{path} was trained with {want}"
-            )
+            how = ""  # parsers other than the trainer's do not record which flags were given
+            if hasattr(args, "given_flags"):
+                how = " (given)" if _flag(key) in args.given_flags else " (the default)"
+            notes.append(f"{_flag(key)} {here}{how} trains this run; checkpoint {path} was trained with "
+                         f"{want}")
     return notes
 
 
