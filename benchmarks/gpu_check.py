@@ -244,6 +244,8 @@ def training_step(out_dir: Path | None, smoke: bool) -> dict:
     )  # fmt: skip
     log_path = (out_dir or Path("/tmp")) / "train_step.jsonl"
     log_path.unlink(missing_ok=True)
+    shape += ["--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear", "--hidden-dropout", "0",
+              "--untie-embeddings-and-output-weights"]  # the Llama architecture
     cmd = [sys.executable, "-m", "megatron_anchor.pretrain", *shape, "--mock-data", "--train-iters", "3",
            "--log-interval", "1", "--micro-batch-size", "1", "--log-jsonl", str(log_path)]  # fmt: skip
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

@@ -43,6 +43,8 @@ from memory_model import (  # benchmarks/memory_model.py, beside this file
 )
 from torchrun_job import run_worker  # benchmarks/torchrun_job.py (puts the repo on the path)
 
+from megatron_anchor.training.model_args import LLAMA_ARCHITECTURE_FLAGS
+
 CATEGORIES = {  # tracker categories -> the four reported ones
     "params": ("Parameter", "Sharded Param", "Unsharded Param", "All Gather", "Buffer"),
     "grads": ("Gradient", "Sharded Grad", "Unsharded Grad", "Reduce Scatter"),
@@ -187,7 +189,7 @@ def trainer_flags(seq: int, *extra: str) -> list[str]:
         "--num-layers", str(s.layers), "--hidden-size", str(s.hidden), "--ffn-hidden-size", str(s.ffn),
         "--num-attention-heads", str(s.heads), "--num-query-groups", str(s.kv_heads),
         "--vocab-size", str(s.vocab), "--seq-length", str(seq), "--micro-batch-size", "1",
-        "--train-iters", "1", "--mock-data", *extra,
+        "--train-iters", "1", "--mock-data", *LLAMA_ARCHITECTURE_FLAGS, *extra,
     ]  # fmt: skip
 
 

@@ -25,6 +25,8 @@ from torchrun_job import (
     run_worker,  # benchmarks/torchrun_job.py, beside this file (puts the repo on the path)
 )
 
+from megatron_anchor.training.model_args import LLAMA_ARCHITECTURE_FLAGS
+
 
 def model_flags(quick: bool, seq_length: int, mode: str, cp: int) -> list[str]:
     """Trainer flags of one configuration (fp32 on CPU, bf16 on GPU)."""
@@ -33,7 +35,7 @@ def model_flags(quick: bool, seq_length: int, mode: str, cp: int) -> list[str]:
         "--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", str(heads),
         "--num-query-groups", str(heads // 2), "--seq-length", str(seq_length), "--attention-mode", mode,
         "--context-parallel-size", str(cp), "--micro-batch-size", "1", "--train-iters", "100",
-        "--mock-data", "--vocab-size", "4096", "--lr", "1e-4",
+        "--mock-data", "--vocab-size", "4096", "--lr", "1e-4", *LLAMA_ARCHITECTURE_FLAGS,
     ]  # fmt: skip
     return flags + (["--bf16"] if _has_cuda() else [])
 

@@ -32,10 +32,14 @@ SAVE=${SAVE:-runs/llama2-7b-64k}
 GLOBAL_BATCH=${GLOBAL_BATCH:-32}              # 32 x 64K = 2M tokens per step
 TRAIN_ITERS=${TRAIN_ITERS:-1000}
 
+# Llama's architecture, stated (Megatron-LM's defaults are LayerNorm, GeLU, biases, tied embeddings and dropout
+# 0.1); the converted checkpoint records the same, and a flag that contradicts it is an error.
 MODEL=(
     --num-layers 32 --hidden-size 4096 --ffn-hidden-size 11008 --num-attention-heads 32
     --num-query-groups 32 --vocab-size 32000 --make-vocab-size-divisible-by 128 --norm-epsilon 1e-5
     --rotary-base 5e6
+    --normalization RMSNorm --swiglu --disable-bias-linear --untie-embeddings-and-output-weights
+    --hidden-dropout 0 --attention-dropout 0
 )
 recipe_flags
 launch_pretrain "${MODEL[@]}" "${RECIPE[@]}" "$@"

@@ -31,10 +31,14 @@ SAVE=${SAVE:-runs/llama3-8b-128k}
 GLOBAL_BATCH=${GLOBAL_BATCH:-16}              # 16 x 128K = 2M tokens per step
 TRAIN_ITERS=${TRAIN_ITERS:-1000}
 
+# Llama's architecture, stated (Megatron-LM's defaults are LayerNorm, GeLU, biases, tied embeddings and dropout
+# 0.1); the converted checkpoint records the same, and a flag that contradicts it is an error.
 MODEL=(
     --num-layers 32 --hidden-size 4096 --ffn-hidden-size 14336 --num-attention-heads 32
     --num-query-groups 8 --vocab-size 128256 --make-vocab-size-divisible-by 128 --norm-epsilon 1e-5
     --rotary-base 1e7
+    --normalization RMSNorm --swiglu --disable-bias-linear --untie-embeddings-and-output-weights
+    --hidden-dropout 0 --attention-dropout 0
 )
 recipe_flags
 launch_pretrain "${MODEL[@]}" "${RECIPE[@]}" "$@"

@@ -15,9 +15,10 @@ One node with 8 GPUs, TP=2 x CP=4, a packed dataset (``tools/preprocess_data.py`
 
 Several nodes: the same flags with ``torchrun --nnodes N --node-rank R --rdzv-endpoint HOST:PORT``.
 Add ``--dry-run`` (no torchrun needed; ``WORLD_SIZE`` sets the world size) to check the flags, tokenizer,
-data and output paths and print the resolved configuration.
+data and output paths, print the resolved configuration and a verdict. Every problem of a command line is
+reported in one round, before anything starts.
 
-Only the flag parser is imported up front, so ``--help`` and flag errors come back at once.
+Only the flag parser is imported up front, so ``--help`` comes back at once.
 
 Resuming: ``--load DIR --save DIR`` (the same directory) starts from scratch the first time and resumes
 from ``DIR/latest`` afterwards; model flags left out are taken from the checkpoint. Preemption:
@@ -34,30 +35,48 @@ import time
 
 from megatron_anchor.checkpoint.layout import CheckpointError
 from megatron_anchor.data.errors import DataError
-from megatron_anchor.training.arguments import format_config, parse_args
+from megatron_anchor.training.arguments import format_config, gather_configuration
+from megatron_anchor.training.report import Report
 
 
 def _notes(args: argparse.Namespace, fallbacks: str | None) -> list[str]:
+    """The start-up notes: flags that restate this build or change nothing, defaults that differ from
+    Megatron-LM's and were not given, megatron-core's fallbacks."""
+    from megatron_anchor.training.flag_docs import unstated_differences
+
     notes = []
-    if args.restated_flags:
+    if getattr(args, "restated_flags", None):
         given = ", ".join(args.restated_flags)
         notes.append(f"Megatron flags that restate this build (README, Megatron-LM flags): {given}")
+    if getattr(args, "no_effect_flags", None):
+        notes.append("Megatron flags with no effect here: " + ", ".join(args.no_effect_flags))
+    differences = unstated_differences(args)
+    if differences:
+        notes.append(differences)
     if fallbacks:
         notes.append(fallbacks)
     return notes
 
 
-def _dry_run(args: argparse.Namespace, findings, notes: list[str]) -> None:
-    """Print the findings and the resolved configuration; exit 1 if any check failed."""
-    print(
-        f"dry run: {args.world_size} processes = TP {args.tensor_model_parallel_size} x CP "
-        f"{args.context_parallel_size} x DP {args.data_parallel_size}; {args.train_iters:,} steps of "
-        f"{args.global_batch_size} x {args.seq_length:,} tokens"
-    )
-    print("\n".join(line for line in [findings.report(), *[f"note: {n}" for n in notes]] if line))
-    print("resolved configuration:\n" + format_config(args), flush=True)
-    if findings.errors:
-        sys.exit(1)
+def _dry_run(args: argparse.Namespace, report: Report, notes: list[str]) -> None:
+    """Print the report (its errors on stderr), the resolved configuration and a verdict; exit 2 (the
+    command line) or 1 (the machine) if any check failed."""
+    if {"parallel", "batch", "schedule"}.isdisjoint(report.failed):
+        print(
+            f"dry run: {args.world_size} processes = TP {args.tensor_model_parallel_size} x CP "
+            f"{args.context_parallel_size} x DP {args.data_parallel_size}; {args.train_iters:,} steps of "
+            f"{args.global_batch_size} x {args.seq_length:,} tokens"
+        )
+    if report.errors:  # on stderr, the rest of the report on stdout
+        print("\n".join(f"error: {e}" for e in report.errors), file=sys.stderr, flush=True)
+    findings = [*[f"warning: {w}" for w in report.warnings], *[f"ok: {f}" for f in report.facts]]
+    notes = [*getattr(args, "checkpoint_notes", []), *notes]  # a training run prints them as it loads
+    print("\n".join([*findings, *[f"note: {n}" for n in notes]]))
+    print("resolved configuration:\n" + format_config(args))
+    print(f"dry run: {report.verdict()}" + ("" if not report.errors else " (listed above): nothing started"),
+          flush=True)
+    if report.errors:
+        sys.exit(report.exit_code())
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -65,25 +84,29 @@ def main(argv: list[str] | None = None) -> list[float]:
     started = time.perf_counter()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    args = parse_args(argv, world_size)
+    args, report = gather_configuration(argv, world_size)
 
     from megatron_anchor.training.startup import import_training_stack, silence_inapplicable_warnings
 
-    fallbacks = import_training_stack(uses_wandb=args.wandb_project is not None)
+    fallbacks = import_training_stack(uses_wandb=getattr(args, "wandb_project", None) is not None)
     silence_inapplicable_warnings()
     from megatron_anchor.training.preflight import preflight
 
-    findings = preflight(args, dry_run=args.dry_run)
-    notes = _notes(args, fallbacks)
+    preflight(args, dry_run=args.dry_run, report=report)
+    notes = [*report.notes, *_notes(args, fallbacks)]
     if args.dry_run:
         if rank == 0:
-            _dry_run(args, findings, notes)
+            _dry_run(args, report, notes)
+        elif report.errors:
+            sys.exit(report.exit_code())
         return []
-    if findings.errors:
+    if report.errors:
         if rank == 0 or os.environ.get("LOCAL_RANK") == "0":  # once per node: its files may differ
-            print("\n".join(f"error: {e}" for e in findings.errors), file=sys.stderr, flush=True)
-        sys.exit(1)
-    return _train(args, notes + findings.notes, started)
+            errors = report.errors
+            lines = errors if len(errors) == 1 else [f"{len(errors)} problems before the start:", *errors]
+            print("error: " + "\n  ".join(lines), file=sys.stderr, flush=True)
+        sys.exit(report.exit_code())
+    return _train(args, notes, started)
 
 
 def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[float]:

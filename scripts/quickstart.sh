@@ -15,6 +15,8 @@ rm -rf "$OUT/ckpt"
 OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port 29511 \
   -m megatron_anchor.pretrain \
   --num-layers 2 --hidden-size 128 --ffn-hidden-size 384 --num-attention-heads 4 --num-query-groups 2 \
+  --normalization RMSNorm --swiglu --disable-bias-linear --untie-embeddings-and-output-weights \
+  --hidden-dropout 0 --attention-dropout 0 \
   --seq-length 1024 --context-parallel-size 2 --attention-mode anchor \
   --micro-batch-size 1 --global-batch-size 4 --train-iters 100 \
   --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 10 --lr-decay-style cosine --adam-beta2 0.95 \

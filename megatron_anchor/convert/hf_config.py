@@ -14,7 +14,7 @@ import warnings
 
 from megatron_anchor.convert.hf_mapping import ModelShape, shape_from_hf_config
 from megatron_anchor.model.config import AnchorGPTConfig
-from megatron_anchor.model.config_record import config_record, rope_record
+from megatron_anchor.model.config_record import LEGACY_ARCHITECTURE, config_record, rope_record
 from megatron_anchor.rope import RopeScaling
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -59,7 +59,9 @@ def rope_from_hf(config: dict) -> tuple[float, RopeScaling | None, float]:
 
 def model_meta(shape: ModelShape, config: dict, make_vocab_size_divisible_by: int | None) -> dict:
     """The ``meta["model"]`` section (``config_record``'s keys, with attention mode ``causal``: how the
-    source model was trained) plus the source's architecture and context length."""
+    source model was trained) plus the source's architecture and context length. Llama, Qwen2 and Mistral
+    are RMSNorm, SwiGLU, no linear biases (Qwen2: a qkv bias) and no dropout: recorded, so that a run
+    from the checkpoint builds them without these flags."""
     cfg = AnchorGPTConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -69,6 +71,11 @@ def model_meta(shape: ModelShape, config: dict, make_vocab_size_divisible_by: in
         seq_length=config.get("max_position_embeddings") or 0,
         num_query_groups=shape.num_kv_heads,
         attention_mode="causal",
+        normalization="RMSNorm",
+        apply_layernorm_1p=False,
+        swiglu=True,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
         add_qkv_bias=shape.qkv_bias,
         untie_embeddings=not shape.tie_embeddings,
         init_method_std=float(config.get("initializer_range", 0.02)),
@@ -110,8 +117,34 @@ def shape_from_meta(model: dict) -> ModelShape:
     )
 
 
+def architecture_flags(model: dict) -> list[str]:
+    """The flags of a recorded architecture (norm, activation, biases, embeddings, dropout), Megatron's
+    defaults left unsaid; a record without them is ``LEGACY_ARCHITECTURE``."""
+    arch = {**LEGACY_ARCHITECTURE, **model}
+    flags = ["--normalization", arch["normalization"]]
+    switches = [
+        ("--apply-layernorm-1p", arch["apply_layernorm_1p"]),
+        ("--swiglu", arch["swiglu"]),
+        ("--disable-bias-linear", not arch["add_bias_linear"]),
+        ("--add-qkv-bias", model["add_qkv_bias"]),
+        ("--untie-embeddings-and-output-weights", model["untie_embeddings_and_output_weights"]),
+    ]
+    flags += [flag for flag, on in switches if on]
+    return [*flags, "--hidden-dropout", arch["hidden_dropout"]]
+
+
+def export_problems(model: dict) -> list[str]:
+    """Why a recorded model is not a Llama/Qwen2/Mistral that transformers can load (empty: it is)."""
+    arch = {**LEGACY_ARCHITECTURE, **model}
+    wanted = {"normalization": "RMSNorm", "apply_layernorm_1p": False, "swiglu": True}
+    wanted["add_bias_linear"] = False
+    return [f"{key} {arch[key]} (Hugging Face's Llama family: {value})" for key, value in wanted.items()
+            if arch[key] != value]
+
+
 def trainer_flags(model: dict, rope: dict, tp: int) -> list[str]:
-    """The ``megatron_anchor.pretrain`` flags that build exactly this model (shape, vocab, RoPE, TP)."""
+    """The ``megatron_anchor.pretrain`` flags that build exactly this model (shape, architecture, vocab,
+    RoPE, TP)."""
     flags = [
         "--num-layers", model["num_layers"], "--hidden-size", model["hidden_size"],
         "--ffn-hidden-size", model["ffn_hidden_size"], "--num-attention-heads", model["num_attention_heads"],
@@ -124,11 +157,7 @@ def trainer_flags(model: dict, rope: dict, tp: int) -> list[str]:
         flags += ["--rotary-percent", rope["rotary_percent"]]
     if rope["rope_scaling"] is not None:
         flags += ["--rope-scaling", json.dumps(rope["rope_scaling"], separators=(",", ":"))]
-    if model["add_qkv_bias"]:
-        flags.append("--add-qkv-bias")
-    if not model["untie_embeddings_and_output_weights"]:
-        flags.append("--share-embeddings-and-output-weights")
-    return [_flag_text(f) for f in flags]
+    return [_flag_text(f) for f in [*flags, *architecture_flags(model)]]
 
 
 def _flag_text(value: object) -> str:
@@ -151,7 +180,11 @@ def format_flags(flags: list[str]) -> str:
 
 def export_hf_config(meta_model: dict, rope: dict, base_config: dict | None, max_positions: int | None,
                      dtype: str) -> dict:
-    """A HF ``config.json`` dict for the exported model, keeping the source config's other fields."""
+    """A HF ``config.json`` dict for the exported model, keeping the source config's other fields.
+    ValueError for a model of another architecture (LayerNorm, GeLU, linear biases)."""
+    problems = export_problems(meta_model)
+    if problems:
+        raise ValueError("the checkpoint is not a Llama-family model: " + "; ".join(problems))
     shape = shape_from_meta(meta_model)
     config = dict(base_config or {})
     config.update({

@@ -140,15 +140,46 @@ class HuggingFaceTokenizer:
         return (HuggingFaceTokenizer, (self.tokenizer_dir,))
 
 
+class GPT2BPETokenizer(HuggingFaceTokenizer):
+    """GPT-2's byte-level BPE from Megatron's ``--vocab-file`` (vocab.json) and ``--merge-file``
+    (merges.txt), read by transformers' ``GPT2TokenizerFast`` offline."""
+
+    def __init__(self, vocab_file: str, merge_file: str) -> None:
+        for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+            if not os.path.isfile(path or ""):
+                raise FileNotFoundError(f"{flag}: no file at {path}")
+        import inspect
+
+        from transformers import GPT2TokenizerFast
+
+        self.vocab_file, self.merge_file = vocab_file, merge_file
+        # transformers 5 names the two files vocab/merges; 4.x vocab_file/merges_file.
+        names = ("vocab_file", "merges_file")
+        if "vocab_file" not in inspect.signature(GPT2TokenizerFast.__init__).parameters:
+            names = ("vocab", "merges")
+        try:
+            self._tok = GPT2TokenizerFast(**dict(zip(names, (vocab_file, merge_file))))
+        except Exception as error:  # tokenizers' parse errors are plain Exceptions
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            files = f"--vocab-file {vocab_file} / --merge-file {merge_file}"
+            raise OSError(f"{files}: not GPT-2 BPE files ({reason})") from None
+
+    def __reduce__(self):
+        return (GPT2BPETokenizer, (self.vocab_file, self.merge_file))
+
+
 Tokenizer = SentencePieceTokenizer | HuggingFaceTokenizer
 
 
-def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
-    """The tokenizer named by Megatron's ``--tokenizer-type`` / ``--tokenizer-model`` flags."""
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str, merge_file: str | None = None) -> Tokenizer:
+    """The tokenizer named by Megatron's ``--tokenizer-type`` / ``--tokenizer-model`` flags (for
+    ``GPT2BPETokenizer``: ``tokenizer_model`` is ``--vocab-file``, with ``merge_file``)."""
     if tokenizer_type == "SentencePieceTokenizer":
         return SentencePieceTokenizer(tokenizer_model)
     if tokenizer_type == "HuggingFaceTokenizer":
         return HuggingFaceTokenizer(tokenizer_model)
+    if tokenizer_type == "GPT2BPETokenizer" and merge_file is not None:
+        return GPT2BPETokenizer(tokenizer_model, merge_file)
     raise ValueError(
         f"--tokenizer-type {tokenizer_type!r} is not supported; expected one of {TOKENIZER_TYPES}"
     )

@@ -27,8 +27,18 @@ class AnchorGPTConfig:
     rotary_interleaved: bool = False
     rope_scaling: RopeScaling | None = None
     """Context-extension strategy (PI, NTK, YaRN, Llama 3.1, LongRoPE, DPRoPE, ...) or None."""
+    normalization: str = "RMSNorm"
+    """``LayerNorm`` or ``RMSNorm``."""
+    apply_layernorm_1p: bool = False
+    """Zero-centred norm weights, applied as ``1 + weight``."""
+    swiglu: bool = True
+    """SwiGLU MLP; False: GeLU."""
+    add_bias_linear: bool = False
+    """Biases in every linear layer (megatron-core's ``add_bias_linear``)."""
     add_qkv_bias: bool = False
     untie_embeddings: bool = True
+    hidden_dropout: float = 0.0
+    """Dropout on the embeddings and on the attention and MLP outputs (megatron-core's)."""
     init_method_std: float = 0.02
     norm_epsilon: float = 1e-5
     recompute_attention: bool = False

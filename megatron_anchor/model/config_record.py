@@ -1,5 +1,9 @@
 """The model configuration as a checkpoint records it: ``{"model": {...}, "rope": {...}}`` under the
-trainer's flag names (Megatron's), so that a reader can take every omitted model flag from it."""
+trainer's flag names (Megatron's), so that a reader can take every omitted model flag from it.
+
+The architecture (norm, activation, biases, dropout) is recorded since format 2 checkpoints gained it;
+older checkpoints were all built one way, ``LEGACY_ARCHITECTURE``, which readers assume where it is absent.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +22,45 @@ SHAPE_KEYS = (
     "add_qkv_bias",
     "untie_embeddings_and_output_weights",
     "norm_epsilon",
+    "normalization",
+    "apply_layernorm_1p",
+    "swiglu",
+    "add_bias_linear",
     "rotary_percent",
     "rotary_interleaved",
 )
-# Recorded keys a run may change on purpose (context extension, another attention mask).
-CHANGEABLE_KEYS = ("rotary_base", "rope_scaling", "attention_mode")
+# Recorded keys a run may change on purpose (context extension, another dropout).
+CHANGEABLE_KEYS = ("rotary_base", "rope_scaling", "hidden_dropout")
+# Recorded training choices: never taken from a checkpoint (the run's own flag or default applies), a
+# difference is reported.
+TRAINING_CHOICES = ("attention_mode", "position_ids")
+# The architecture of every checkpoint written before it was recorded (Llama's).
+LEGACY_ARCHITECTURE = {
+    "normalization": "RMSNorm",
+    "apply_layernorm_1p": False,
+    "swiglu": True,
+    "add_bias_linear": False,
+    "hidden_dropout": 0.0,
+}
 
 
-def config_record(cfg: AnchorGPTConfig, *, vocab_size: int, make_vocab_size_divisible_by: int | None) -> dict:
+def recorded_model(meta: dict) -> dict:
+    """A checkpoint's ``model`` and ``rope`` sections as one dict, with ``LEGACY_ARCHITECTURE`` where the
+    checkpoint predates those fields (empty for a ``meta`` without a model section)."""
+    if "model" not in meta:
+        return dict(meta.get("rope", {}))
+    return {**LEGACY_ARCHITECTURE, **meta["model"], **meta.get("rope", {})}
+
+
+def config_record(
+    cfg: AnchorGPTConfig,
+    *,
+    vocab_size: int,
+    make_vocab_size_divisible_by: int | None,
+    position_ids: str | None = None,
+) -> dict:
     """``{"model": ..., "rope": ...}`` for ``cfg``; ``vocab_size`` is the tokenizer's (``cfg`` holds the
-    padded size)."""
+    padded size); ``position_ids`` the RoPE position rule trained with (None: none, e.g. a conversion)."""
     model = {
         "num_layers": cfg.num_layers,
         "hidden_size": cfg.hidden_size,
@@ -38,11 +71,18 @@ def config_record(cfg: AnchorGPTConfig, *, vocab_size: int, make_vocab_size_divi
         "padded_vocab_size": cfg.vocab_size,
         "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
         "norm_epsilon": cfg.norm_epsilon,
+        "normalization": cfg.normalization,
+        "apply_layernorm_1p": cfg.apply_layernorm_1p,
+        "swiglu": cfg.swiglu,
+        "add_bias_linear": cfg.add_bias_linear,
         "add_qkv_bias": cfg.add_qkv_bias,
         "untie_embeddings_and_output_weights": cfg.untie_embeddings,
+        "hidden_dropout": cfg.hidden_dropout,
         "init_method_std": cfg.init_method_std,
         "attention_mode": cfg.attention_mode,
     }
+    if position_ids is not None:
+        model["position_ids"] = position_ids
     rope = rope_record(cfg.rotary_base, cfg.rotary_percent, cfg.rotary_interleaved, cfg.rope_scaling)
     return {"model": model, "rope": rope}
 

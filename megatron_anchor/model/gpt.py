@@ -1,8 +1,11 @@
-"""The anchor GPT model: megatron-core's GPTModel with a Llama-family shape and the anchor core attention.
+"""The anchor GPT model: megatron-core's GPTModel with the anchor core attention.
 
-Llama shape: RMSNorm, SwiGLU, grouped-query attention, no linear biases (Qwen2's qkv bias as an option),
-untied input and output embeddings by default. Positions are applied by the core attention (fp32 RoPE), so
-GPTModel is built with ``position_embedding_type="none"``.
+The architecture is megatron-core's: LayerNorm or RMSNorm (optionally zero-centred, Megatron's
+``--apply-layernorm-1p``), GeLU or SwiGLU, linear biases or none (a qkv bias alone, as Qwen2), tied or
+untied embeddings, hidden dropout. ``AnchorGPTConfig``'s defaults are the Llama family's (RMSNorm, SwiGLU,
+no biases, untied, no dropout); the trainer sets every field from its flags, whose defaults are Megatron's.
+Positions are applied by the core attention (fp32 RoPE), so GPTModel is built with
+``position_embedding_type="none"``; the core attention has no dropout.
 """
 
 from __future__ import annotations
@@ -29,20 +32,21 @@ def rope_frequencies(cfg: AnchorGPTConfig) -> tuple[torch.Tensor, float]:
 
 
 def transformer_config(cfg: AnchorGPTConfig, tp_size: int, cp_size: int) -> TransformerConfig:
-    """megatron-core's TransformerConfig for a Llama-family model; fp32 parameters, fusions off."""
+    """megatron-core's TransformerConfig for ``cfg``; fp32 parameters, fusions off."""
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         ffn_hidden_size=cfg.ffn_hidden_size,
         num_attention_heads=cfg.num_attention_heads,
         num_query_groups=cfg.num_query_groups or cfg.num_attention_heads,
-        normalization="RMSNorm",
+        normalization=cfg.normalization,
+        layernorm_zero_centered_gamma=cfg.apply_layernorm_1p,
         layernorm_epsilon=cfg.norm_epsilon,
-        gated_linear_unit=True,  # with silu: SwiGLU
-        activation_func=F.silu,
-        add_bias_linear=False,
+        gated_linear_unit=cfg.swiglu,  # with silu: SwiGLU
+        activation_func=F.silu if cfg.swiglu else F.gelu,
+        add_bias_linear=cfg.add_bias_linear,
         add_qkv_bias=cfg.add_qkv_bias,
-        hidden_dropout=0.0,
+        hidden_dropout=cfg.hidden_dropout,
         attention_dropout=0.0,
         init_method_std=cfg.init_method_std,
         tensor_model_parallel_size=tp_size,

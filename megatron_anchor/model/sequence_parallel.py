@@ -10,9 +10,9 @@ gradients are partial sums over the TP group, which megatron-core marks with a `
 attribute (training sums them, see ``training.parallel.reduce_sequence_parallel_grads``).
 
 What megatron-core 0.16 lacks here:
-- an RMSNorm for its local (non-TE) spec that accepts SP: ``WrappedTorchNorm`` asserts SP off.
-  ``TorchRMSNorm`` is torch's RMSNorm with megatron-core's norm constructor and the SP tag; TE's norms
-  carry the tag themselves.
+- norms for its local (non-TE) spec that accept SP and zero-centred weights: ``WrappedTorchNorm`` asserts
+  both off. ``TorchNorm`` is torch's LayerNorm or RMSNorm (``config.normalization``) with megatron-core's
+  norm constructor and the SP tag; TE's norms carry the tag themselves.
 - execution without CUDA: its SP collectives allocate their outputs on ``torch.cuda.current_device()``
   (``tensor_parallel.mappings._gather_along_first_dim`` / ``_reduce_scatter_along_first_dim``, the global
   memory buffer and the backward of its SP linear), which raises on a CPU-only torch before any collective
@@ -26,17 +26,34 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
 
-class TorchRMSNorm(torch.nn.RMSNorm):
-    """torch's RMSNorm behind megatron-core's norm constructor ``(config, hidden_size, eps)``; SP-capable."""
+class TorchNorm(torch.nn.Module):
+    """torch's LayerNorm or RMSNorm (``config.normalization``) behind megatron-core's norm constructor
+    ``(config, hidden_size, eps)``; SP-capable. With ``config.layernorm_zero_centered_gamma`` (Megatron's
+    ``--apply-layernorm-1p``) the weight starts at 0 and scales by ``1 + weight``, as megatron-core's."""
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **kwargs) -> None:
-        super().__init__(hidden_size, eps=eps)
-        # Under SP each TP rank normalises its own tokens: the weight's gradient is a partial sum.
-        self.weight.sequence_parallel = config.sequence_parallel
+        super().__init__()
+        self.rms = config.normalization == "RMSNorm"
+        self.zero_centered = config.layernorm_zero_centered_gamma
+        self.shape, self.eps = (hidden_size,), eps
+        self.weight = torch.nn.Parameter(torch.full(self.shape, 0.0 if self.zero_centered else 1.0))
+        self.bias = None if self.rms else torch.nn.Parameter(torch.zeros(self.shape))
+        for param in (self.weight, self.bias):
+            if param is not None:
+                # Under SP each TP rank normalises its own tokens: the gradients are partial sums.
+                param.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., hidden]`` -> normalised ``[..., hidden]``."""
+        weight = self.weight + 1 if self.zero_centered else self.weight
+        if self.rms:
+            return F.rms_norm(x, self.shape, weight, self.eps)
+        return F.layer_norm(x, self.shape, weight, self.bias, self.eps)
 
 
 def all_gather_first_dim(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -156,8 +173,8 @@ def use_host_sequence_parallel(model: torch.nn.Module) -> None:
     Parameters, names, initialisation and checkpoints are megatron-core's: only the class of each SP
     module changes (as FSDP2's ``fully_shard`` re-classes the modules it wraps).
     """
-    # megatron-core forks its CUDA RNG tracker around SP regions to draw dropout masks; this model has no
-    # dropout, and its no-op tracker (the one it uses for inference) is what runs without CUDA.
+    # megatron-core forks its CUDA RNG tracker around SP regions to draw the embedding's dropout mask; its
+    # no-op tracker (the one it uses for inference) runs without CUDA: the mask comes from torch's CPU RNG.
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
     for module in model.modules():
         host_class = _HOST_CLASSES.get(type(module))

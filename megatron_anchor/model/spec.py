@@ -12,7 +12,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_anchor.model.core_attention import AnchorAttentionSetup, AnchorCoreAttention
-from megatron_anchor.model.sequence_parallel import TorchRMSNorm
+from megatron_anchor.model.sequence_parallel import TorchNorm
 
 
 def transformer_engine_available() -> bool:
@@ -25,7 +25,8 @@ def transformer_engine_available() -> bool:
 
 
 def anchor_layer_spec(setup: AnchorAttentionSetup, use_te: bool | None = None) -> ModuleSpec:
-    """A Llama-style (RMSNorm, SwiGLU via config) layer spec whose core attention is the anchor attention.
+    """megatron-core's GPT layer spec whose core attention is the anchor attention. The norm, activation,
+    biases and dropout come from the TransformerConfig the layers are built with.
 
     Transformer Engine layers when TE imports (or ``use_te=True``), megatron-core's local layers otherwise.
     """
@@ -33,10 +34,11 @@ def anchor_layer_spec(setup: AnchorAttentionSetup, use_te: bool | None = None) -
     if use_te:
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        # megatron-core's torch norm refuses sequence parallelism; this one accepts it (same parameters).
-        spec.submodules.input_layernorm = TorchRMSNorm
-        spec.submodules.pre_mlp_layernorm = TorchRMSNorm
+        spec = get_gpt_layer_local_spec()
+        # megatron-core's torch norm refuses sequence parallelism and zero-centred weights; this one accepts
+        # them (same parameters), LayerNorm or RMSNorm by the config.
+        spec.submodules.input_layernorm = TorchNorm
+        spec.submodules.pre_mlp_layernorm = TorchNorm
     # SelfAttention calls submodules.core_attention(config=..., layer_number=..., ...) directly, so the
     # slot holds a callable; partial() binds the run-wide setup to the documented constructor.
     spec.submodules.self_attention.submodules.core_attention = functools.partial(
@@ -50,10 +52,10 @@ def anchor_block_spec(
 ) -> ModuleSpec | TransformerBlockSubmodules:
     """The decoder: ``num_layers`` anchor layers and a final norm that accepts sequence parallelism.
 
-    With TE megatron-core adds TE's final norm itself; the local layers get ``TorchRMSNorm``.
+    With TE megatron-core adds TE's final norm itself; the local layers get ``TorchNorm``.
     """
     use_te = transformer_engine_available() if use_te is None else use_te
     layer = anchor_layer_spec(setup, use_te)
     if use_te:
         return layer
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchRMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)

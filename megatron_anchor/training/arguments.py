@@ -1,5 +1,6 @@
-"""Command-line flags of the trainer: Megatron's names and meanings (see ``megatron_flags`` for the table of
-every Megatron flag), short errors, defaults in ``--help``. Imports neither torch nor megatron-core."""
+"""Command-line flags of the trainer: Megatron's names, meanings and defaults (``megatron_flags`` holds each
+flag's help text and kind), defaults in ``--help``, and every problem of a command line gathered into one
+report. Imports neither torch nor megatron-core."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import sys
 
 from megatron_anchor.data.position_modes import POSITION_MODES
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS
-from megatron_anchor.training.megatron_flags import add_restated_args, refused_reason
+from megatron_anchor.training.megatron_flags import (
+    NO_EFFECT,
+    add_flag,
+    add_restated_args,
+    fill_help,
+    not_accepted,
+)
+from megatron_anchor.training.megatron_lm import megatron_feature, megatron_lm_flags
 from megatron_anchor.training.model_args import add_model_args
+from megatron_anchor.training.report import Report
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -26,8 +35,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class TrainerArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line each (no usage block), that names the reason for a
-    refused Megatron flag and suggests the nearest known flag for a misspelt one."""
+    """An ArgumentParser that reads a whole command line before it reports: refused Megatron flags (with
+    their reason), misspelt ones (with the nearest name), stray values and bad values, one line each."""
 
     def error(self, message: str):  # type: ignore[override]
         """Print ``prog: error: message`` and exit 2."""
@@ -38,240 +47,233 @@ class TrainerArgumentParser(argparse.ArgumentParser):
         """Every long option string the parser knows."""
         return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
 
+    def parse_gathered(self, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+        """``(args, errors)``: every problem of ``argv`` as one line each; the flags that had one are left
+        at their defaults and named in ``args.unparsed`` (their dests). Never exits (but for --help)."""
+        kept, errors, no_effect = screen_flags(argv, self)
+        unparsed: set[str] = set()
+        while True:
+            try:
+                args, stray = self.parse_known_args(kept)
+                break
+            except argparse.ArgumentError as err:  # a bad value: report it, parse without that flag
+                errors.append(f"{err.argument_name}: {err.message}" if err.argument_name else err.message)
+                names = set((err.argument_name or "").split("/"))
+                action = next((a for a in self._actions if names & set(a.option_strings)), None)
+                if action is None:  # nothing to take out: every flag keeps its default
+                    unparsed.add("*")
+                    kept = []
+                    continue
+                unparsed.add(action.dest)
+                kept = _without(kept, set(action.option_strings))
+        errors += [f"{value}: a value without a flag" for value in stray]
+        args.unparsed = unparsed
+        args.given_flags = sorted({t.split("=", 1)[0] for t in argv if t.startswith("--")} - {"--"})
+        args.no_effect_flags = no_effect
+        return args, errors
+
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        """Parse after refusing unknown and refused flags, all of them at once, one line each."""
-        argv = sys.argv[1:] if args is None else list(args)
-        problems = flag_problems(argv, self.option_names())
-        if problems:
-            self.error("\n  ".join([f"{len(problems)} flag(s) not accepted:", *problems]))
-        return super().parse_args(argv, namespace)
+        """Parse; every problem of the command line at once, one line each, then exit 2."""
+        parsed, errors = self.parse_gathered(sys.argv[1:] if args is None else list(args))
+        if errors:
+            self.error("\n  ".join([f"{len(errors)} flag(s) not accepted:", *errors]))
+        return parsed
 
 
-def flag_problems(argv: list[str], known: list[str]) -> list[str]:
-    """One line per flag of ``argv`` that is refused (with the reason) or unknown (with a suggestion)."""
-    known_set, problems = set(known), []
+def _without(argv: list[str], flags: set[str]) -> list[str]:
+    """``argv`` without each of ``flags`` and the values that follow it."""
+    out, skipping = [], False
     for token in argv:
-        if token == "--":
-            break
-        if not token.startswith("--"):
+        if token.startswith("--"):
+            skipping = token.split("=", 1)[0] in flags
+        if not skipping:
+            out.append(token)
+    return out
+
+
+def _suggestion(name: str, parsed: list[str]) -> str:
+    """The nearest flag this trainer takes, else the nearest other Megatron-LM flag (with why it is not
+    taken), as "; did you mean ...?"; empty when none is close."""
+    close = difflib.get_close_matches(name, parsed, n=1, cutoff=0.75)
+    if not close:
+        close = difflib.get_close_matches(name, list(megatron_lm_flags()), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    status = not_accepted(close[0])
+    return f"; did you mean {close[0]}?" + (f" ({status[1]})" if status else "")
+
+
+def _segments(argv: list[str]) -> list[tuple[str | None, list[str]]]:
+    """``argv`` as ``(flag token, the values after it)`` pairs; values before any flag under None."""
+    segments: list[tuple[str | None, list[str]]] = [(None, [])]
+    for token in argv:
+        if token.startswith("--") and token != "--":
+            segments.append((token, []))
+        else:
+            segments[-1][1].append(token)
+    return segments
+
+
+def _is_megatron_default(name: str, values: list[str]) -> bool:
+    """Whether ``values`` of Megatron-LM flag ``name`` are its default (the feature stays off)."""
+    entry = megatron_lm_flags()[name]
+    default = entry.default if isinstance(entry.default, list) else [entry.default]
+    if name.endswith("-parallel-size") and values == ["1"]:
+        return True  # a parallel size of 1 is no parallelism, whatever the flag's default
+    if not entry.takes_value or len(values) != len(default):
+        return False
+    try:
+        return all(float(v) == float(d) for v, d in zip(values, default))
+    except (TypeError, ValueError):
+        return [str(d) for d in default] == values
+
+
+def megatron_status(name: str, values: list[str], given: set[str]) -> tuple[str, str] | None:
+    """What a flag this trainer does not define gets, with ``values`` after it on a command line whose
+    flags are ``given``: (``refused`` or ``no effect``, why), or None for a name Megatron-LM does not know.
+    A feature's flag at Megatron's off value changes nothing (unless the feature is switched on)."""
+    status = not_accepted(name, given)
+    if status is None or status[0] == NO_EFFECT:
+        return status
+    feature = megatron_feature(name)
+    switched_on = feature is not None and feature.switched_on_by in given
+    if not switched_on and _is_megatron_default(name, values):
+        return NO_EFFECT, f"Megatron-LM's default value: {status[1]}"
+    return status
+
+
+def screen_flags(
+    argv: list[str], parser: TrainerArgumentParser
+) -> tuple[list[str], list[str], list[str]]:
+    """``(argv to parse, errors, no-effect flags given)``. Megatron-LM flags this trainer lacks are taken
+    out with their values: refused with their feature's reason, unless they change nothing (a performance
+    or telemetry switch, or a feature's flag at Megatron's default value, e.g. ``--expert-model-parallel-size
+    1``), which are kept as ``--flag value`` text to list at start-up. A name Megatron-LM does not know
+    either gets the nearest known name; a value after a switch is reported."""
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    kept, errors, no_effect = [], [], []
+    given = {t.split("=", 1)[0] for t in argv if t.startswith("--")}
+    for token, values in _segments(argv):
+        name = None if token is None else token.split("=", 1)[0]
+        action = actions.get(name)
+        if token is None or action is not None:
+            if action is not None and action.nargs == 0 and values:
+                errors.append(f"{name} takes no value: {' '.join(values)}")
+                values = []
+            kept += [token, *values] if token is not None else values
             continue
-        name = token.split("=", 1)[0]
-        if name in known_set:
-            continue
-        reason = refused_reason(name)
-        if reason is not None:
-            problems.append(f"{name}: {reason}")
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        problems.append(f"{name}: unknown flag" + (f"; did you mean {close[0]}?" if close else ""))
-    return problems
+        values = [token.split("=", 1)[1]] if "=" in token else values
+        status = megatron_status(name, values, given)
+        if status is None:
+            errors.append(f"{name}: unknown flag" + _suggestion(name, sorted(actions)))
+        elif status[0] == NO_EFFECT:
+            no_effect.append(" ".join([name, *values]))
+        else:
+            errors.append(f"{name}: {status[1]}")
+    return kept, errors, no_effect
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data-path",
-        nargs="+",
-        default=None,
-        help="[weight] prefix ...: packed-anchor datasets, or Megatron-LM's plain ones read as they are",
-    )
-    g.add_argument("--mock-data", action="store_true", help="synthetic packed samples (tests, benchmarks)")
-    g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
-    g.add_argument(
-        "--seq-length", type=int, required=True, help="S: input tokens per sample (files hold S+1)"
-    )
-    g.add_argument("--position-ids", choices=POSITION_MODES, default="global", help="RoPE positions")
-    g.add_argument(
-        "--reset-position-ids",
-        dest="position_ids",
-        action="store_const",
-        const="reset",
-        help="Megatron's name for --position-ids reset",
-    )
-    g.add_argument(
-        "--mask-cross-doc-labels",
-        "--eod-mask-loss",
-        action="store_true",
-        help="no loss on a label that starts the next document (the token after a document's EOD)",
-    )
-    g.add_argument(
-        "--tokenizer-type",
-        default=None,
-        help="SentencePieceTokenizer, HuggingFaceTokenizer, or NullTokenizer (no tokenizer: --vocab-size)",
-    )
-    g.add_argument(
-        "--tokenizer-model", default=None, help="SentencePiece .model file or HF tokenizer directory"
-    )
-    g.add_argument(
-        "--vocab-size",
-        type=int,
-        default=None,
-        help="vocabulary without a tokenizer; with one, the model's vocabulary (must hold every token id)",
-    )
-    g.add_argument(
-        "--data-cache-path",
-        default=None,
-        help="directory for megatron-core's cached indices (plain datasets: default PREFIX/cache/)",
-    )
-    g.add_argument(
-        "--no-data-shuffle",
-        dest="data_shuffle",
-        action="store_false",
-        help="samples in file order: no seeded shuffle of documents or samples",
-    )
+    add_flag(g, "--data-path", nargs="+", default=None)
+    add_flag(g, "--mock-data", action="store_true")
+    add_flag(g, "--split", default="969,30,1")
+    add_flag(g, "--seq-length", type=int, default=None)
+    add_flag(g, "--position-ids", choices=POSITION_MODES, default="global")
+    add_flag(g, "--reset-position-ids", dest="position_ids", action="store_const", const="reset")
+    add_flag(g, "--mask-cross-doc-labels", "--eod-mask-loss", action="store_true")
+    add_flag(g, "--tokenizer-type", default=None)
+    add_flag(g, "--tokenizer-model", default=None)
+    add_flag(g, "--vocab-file", default=None)
+    add_flag(g, "--merge-file", default=None)
+    add_flag(g, "--vocab-size", type=int, default=None)
+    add_flag(g, "--padded-vocab-size", type=int, default=None)
+    add_flag(g, "--data-cache-path", default=None)
+    add_flag(g, "--no-data-shuffle", dest="data_shuffle", action="store_false")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1, help="samples per forward on a DP rank")
-    g.add_argument("--global-batch-size", type=int, default=None, help="default: micro x data-parallel size")
-    g.add_argument("--train-iters", type=int, default=None, help="optimizer steps (or --train-samples)")
-    g.add_argument("--train-samples", type=int, default=None, help="samples to train on (or --train-iters)")
-    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (Megatron requires it)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay")
-    g.add_argument(
-        "--lr-decay-style",
-        choices=("linear", "cosine", "constant"),
-        default="linear",
-        help="decay after warmup",
-    )
-    g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
-    g.add_argument("--lr-decay-samples", type=int, default=None, help="with --train-samples")
-    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup steps")
-    g.add_argument("--lr-warmup-samples", type=int, default=0, help="with --train-samples")
-    g.add_argument("--lr-warmup-fraction", type=float, default=None, help="warmup as a fraction of the decay")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on 1-D params)")
-    g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
-    g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2 (Llama recipes use 0.95)")
-    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
-    g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
-    g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 master weights")
-    g.add_argument("--seed", type=int, default=1234, help="initialisation and data order")
-    g.add_argument(
-        "--recompute-method",
-        choices=("uniform", "block"),
-        default=None,
-        help="with --recompute-granularity full: uniform (every layer) or block (the first N layers)",
-    )
-    g.add_argument("--recompute-num-layers", type=int, default=None, help="uniform: 1; block: N")
-    g.add_argument(
-        "--manual-gc", action="store_true", help="disable Python's automatic GC; collect explicitly"
-    )
-    g.add_argument(
-        "--manual-gc-interval", type=int, default=0, help="steps between collections (0: only at eval)"
-    )
-    g.add_argument(
-        "--empty-unused-memory-level",
-        type=int,
-        choices=(0, 1, 2),
-        default=0,
-        help="1: empty the CUDA cache after each step; 2: also after evaluation",
-    )
-    g.add_argument(
-        "--cross-entropy-chunk-size",
-        type=int,
-        default=0,
-        metavar="TOKENS",
-        help="run the output layer and the loss over this many sequence positions at a time (their logits: "
-        "TOKENS x micro-batch x vocab/TP), recomputed in backward, so the [s, b, vocab/TP] logits and their "
-        "fp32 softmax are never kept (0: off, megatron-core's whole-sequence loss)",
-    )
-    g.add_argument(
-        "--grad-reduce-in-bf16",
-        action="store_true",
-        help="with --bf16: reduce gradients across data-parallel ranks in bf16 (default fp32)",
-    )
+    add_flag(g, "--micro-batch-size", type=int, default=1)
+    add_flag(g, "--global-batch-size", type=int, default=None)
+    add_flag(g, "--train-iters", type=int, default=None)
+    add_flag(g, "--train-samples", type=int, default=None)
+    add_flag(g, "--lr", type=float, default=3e-4)
+    add_flag(g, "--min-lr", type=float, default=0.0)
+    add_flag(g, "--decoupled-lr", type=float, default=None)
+    add_flag(g, "--decoupled-min-lr", type=float, default=None)
+    add_flag(g, "--lr-decay-style", choices=("linear", "cosine", "constant"), default="linear")
+    add_flag(g, "--lr-decay-iters", type=int, default=None)
+    add_flag(g, "--lr-decay-samples", type=int, default=None)
+    add_flag(g, "--lr-warmup-iters", type=int, default=0)
+    add_flag(g, "--lr-warmup-samples", type=int, default=0)
+    add_flag(g, "--lr-warmup-fraction", type=float, default=None)
+    add_flag(g, "--weight-decay", type=float, default=0.01)
+    add_flag(g, "--adam-beta1", type=float, default=0.9)
+    add_flag(g, "--adam-beta2", type=float, default=0.999)
+    add_flag(g, "--adam-eps", type=float, default=1e-8)
+    add_flag(g, "--clip-grad", type=float, default=1.0)
+    add_flag(g, "--bf16", action="store_true")
+    add_flag(g, "--seed", type=int, default=1234)
+    add_flag(g, "--recompute-method", choices=("uniform", "block"), default=None)
+    add_flag(g, "--recompute-num-layers", type=int, default=None)
+    add_flag(g, "--manual-gc", action="store_true")
+    add_flag(g, "--manual-gc-interval", type=int, default=0)
+    add_flag(g, "--empty-unused-memory-level", type=int, choices=(0, 1, 2), default=0)
+    add_flag(g, "--cross-entropy-chunk-size", type=int, default=0, metavar="TOKENS")
+    add_flag(g, "--grad-reduce-in-bf16", action="store_true")
 
 
 def _parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP")
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="1 only")
-    g.add_argument("--context-parallel-size", type=int, default=1, help="CP")
-    g.add_argument(
-        "--cp-layout",
-        choices=CP_LAYOUTS,
-        default="balanced",
-        help="which tokens each CP rank holds: 'balanced' gives every rank the same attention work from the "
-        "documents (no padding); 'megatron' is megatron-core's 2*cp chunk layout",
-    )
-    g.add_argument(
-        "--use-distributed-optimizer",
-        action="store_true",
-        help="shard gradients and optimizer state over data parallel ranks (FSDP2, ZeRO-2-like)",
-    )
-    g.add_argument(
-        "--sequence-parallel",
-        action="store_true",
-        help="with TP: shard norms, residuals and embeddings along the sequence within each TP group",
-    )
+    add_flag(g, "--tensor-model-parallel-size", type=int, default=1)
+    add_flag(g, "--pipeline-model-parallel-size", type=int, default=1)
+    add_flag(g, "--context-parallel-size", type=int, default=1)
+    add_flag(g, "--cp-layout", choices=CP_LAYOUTS, default="balanced")
+    add_flag(g, "--use-distributed-optimizer", action="store_true")
+    add_flag(g, "--sequence-parallel", action="store_true")
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints")
-    g.add_argument("--save", default=None, help="checkpoint directory to write")
-    g.add_argument("--load", default=None, help="checkpoint directory to resume or start from")
-    g.add_argument("--save-interval", type=int, default=None, help="steps between checkpoints")
+    add_flag(g, "--save", default=None)
+    add_flag(g, "--load", default=None)
+    add_flag(g, "--save-interval", "--persistent-save-interval", type=int, default=None)
+    add_flag(g, "--no-save-optim", action="store_true")
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
     """--finetune, --no-load-optim/rng, --override-opt-param-scheduler, timeouts and exit conditions."""
     g = p.add_argument_group("resume and fault tolerance")
-    g.add_argument(
-        "--finetune",
-        action="store_true",
-        help="load only the model weights of --load and start at step 0 with a new optimizer, RNG and "
-        "schedule (e.g. the next stage of a context extension)",
-    )
-    g.add_argument("--no-load-optim", action="store_true", help="resume without the optimizer state")
-    g.add_argument("--no-load-rng", action="store_true", help="resume with RNG states from --seed")
-    g.add_argument(
-        "--override-opt-param-scheduler",
-        action="store_true",
-        help="on resume, use the LR schedule flags even where they differ from the checkpoint's",
-    )
-    g.add_argument(
-        "--distributed-timeout-minutes",
-        type=float,
-        default=10.0,
-        help="a collective that waits longer (a stalled or dead rank) ends the job with an error; "
-        "fractions allowed (0.1 = 6 s); default 10 (Megatron's)",
-    )
-    g.add_argument(
-        "--exit-signal-handler",
-        action="store_true",
-        help="on SIGTERM (e.g. a scheduler's preemption), finish the current step, save to --save, exit 0",
-    )
-    g.add_argument(
-        "--exit-duration-in-mins",
-        type=float,
-        default=None,
-        help="after this many minutes of the job, finish the step, save and exit 0",
-    )
-    g.add_argument(
-        "--exit-interval", type=int, default=None, help="save and exit 0 once the step divides by this"
-    )
+    add_flag(g, "--finetune", action="store_true")
+    add_flag(g, "--no-load-optim", action="store_true")
+    add_flag(g, "--no-load-rng", action="store_true")
+    add_flag(g, "--override-opt-param-scheduler", "--override-opt_param-scheduler", action="store_true")
+    add_flag(g, "--distributed-timeout-minutes", type=float, default=10.0)
+    add_flag(g, "--exit-signal-handler", action="store_true")
+    add_flag(g, "--exit-duration-in-mins", type=float, default=None)
+    add_flag(g, "--exit-interval", type=int, default=None)
 
 
 def _logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation and logging")
-    g.add_argument("--eval-interval", type=int, default=None, help="steps between validations")
-    g.add_argument("--eval-iters", type=int, default=100, help="global batches per validation")
-    g.add_argument("--log-interval", type=int, default=100, help="steps per log line (the first step too)")
-    g.add_argument("--log-throughput", action="store_true", help="no effect: throughput is always logged")
-    g.add_argument("--log-jsonl", default=None, help="append one JSON object per log line")
-    g.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files (Megatron's tags)")
-    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases (needs wandb)")
-    g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
-    g.add_argument("--wandb-save-dir", default=None, help="W&B files; default: SAVE/wandb")
-    g.add_argument("--wandb-entity", default=None, help="the W&B team or user")
-    g.add_argument("--peak-tflops", type=float, default=None, help="per-GPU peak for MFU; default: GPU table")
-    g.add_argument("--profile", action="store_true", help="profile steps [start, end) on --profile-ranks")
-    g.add_argument("--use-pytorch-profiler", action="store_true", help="torch.profiler instead of nsys")
-    g.add_argument("--profile-step-start", type=int, default=10, help="first profiled step (0-based)")
-    g.add_argument("--profile-step-end", type=int, default=12, help="profiling stops before this step")
-    g.add_argument("--profile-ranks", type=int, nargs="+", default=[0], help="global ranks to profile")
-    g.add_argument("--dry-run", action="store_true", help="check flags, tokenizer, data, paths; then exit")
+    add_flag(g, "--eval-interval", type=int, default=None)
+    add_flag(g, "--eval-iters", type=int, default=100)
+    add_flag(g, "--log-interval", type=int, default=100)
+    add_flag(g, "--log-throughput", action="store_true")
+    add_flag(g, "--log-jsonl", default=None)
+    add_flag(g, "--tensorboard-dir", default=None)
+    add_flag(g, "--wandb-project", default=None)
+    add_flag(g, "--wandb-exp-name", default=None)
+    add_flag(g, "--wandb-save-dir", default=None)
+    add_flag(g, "--wandb-entity", default=None)
+    add_flag(g, "--peak-tflops", type=float, default=None)
+    add_flag(g, "--profile", action="store_true")
+    add_flag(g, "--use-pytorch-profiler", action="store_true")
+    add_flag(g, "--profile-step-start", type=int, default=10)
+    add_flag(g, "--profile-step-end", type=int, default=12)
+    add_flag(g, "--profile-ranks", type=int, nargs="+", default=[0])
+    add_flag(g, "--dry-run", action="store_true")
 
 
 def build_parser() -> TrainerArgumentParser:
@@ -280,11 +282,14 @@ def build_parser() -> TrainerArgumentParser:
         prog="python -m megatron_anchor.pretrain",
         usage="[torchrun ...] %(prog)s --num-layers N --hidden-size H --num-attention-heads A "
         "--seq-length S (--train-iters I | --train-samples N) (--data-path ... | --mock-data) [flags]",
-        description="AnchorAttention long-context pretraining on megatron-core, with Megatron-LM's flags.",
-        epilog="Megatron-LM flags for features this project lacks (FP8, fp16, pipeline stages, ...) stop the "
-        "run with their reason; the README's flag table lists every Megatron flag.",
+        description="AnchorAttention long-context pretraining on megatron-core, with Megatron-LM's flags, "
+        "meanings and defaults (Llama: --normalization RMSNorm --swiglu --disable-bias-linear "
+        "--untie-embeddings-and-output-weights --hidden-dropout 0).",
+        epilog="Megatron-LM flags for features this project lacks (MoE, FP8, pipeline stages, ...) are "
+        "refused with their reason; the README's flag table lists every flag.",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
+        exit_on_error=False,
     )
     for add in (
         add_model_args,  # with the RoPE flags
@@ -297,22 +302,31 @@ def build_parser() -> TrainerArgumentParser:
         add_restated_args,
     ):
         add(p)
+    fill_help(p)  # one text per flag, also for flags added without add_flag
     return p
 
 
-def parse_args(argv: list[str] | None, world_size: int) -> argparse.Namespace:
-    """Parse and validate; an error prints one line naming the flag and exits 2."""
-    from megatron_anchor.training.validation import validate_args
+def gather_configuration(argv: list[str] | None, world_size: int) -> tuple[argparse.Namespace, Report]:
+    """Parse and check a command line: every flag and configuration error in ``report.errors``."""
+    from megatron_anchor.training.validation import check_args
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return validate_args(args, world_size)
-    except ValueError as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits
+    args, errors = parser.parse_gathered(sys.argv[1:] if argv is None else list(argv))
+    report = Report(errors=list(errors))
+    check_args(args, world_size, report)
+    report.command_line_errors = len(report.errors)
+    return args, report
+
+
+def parse_args(argv: list[str] | None, world_size: int) -> argparse.Namespace:
+    """Parse and validate; every error of the command line is printed, one line each, then exit 2."""
+    args, report = gather_configuration(argv, world_size)
+    if report.errors:
+        build_parser().error("\n  ".join([f"{len(report.errors)} problem(s):", *report.errors]))
+    return args
 
 
 def format_config(args: argparse.Namespace) -> str:
     """The resolved configuration as sorted JSON (written at start-up, printed by --dry-run)."""
-    return json.dumps({k: v for k, v in sorted(vars(args).items())}, indent=1, default=str)
+    skip = {"unparsed", "given_flags"}
+    return json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in skip}, indent=1, default=str)

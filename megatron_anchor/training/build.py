@@ -31,8 +31,13 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         rotary_percent=args.rotary_percent,
         rotary_interleaved=args.rotary_interleaved,
         rope_scaling=rope_scaling_from_args(args),
+        normalization=args.normalization,
+        apply_layernorm_1p=args.apply_layernorm_1p,
+        swiglu=args.swiglu,
+        add_bias_linear=args.add_bias_linear,
         add_qkv_bias=args.add_qkv_bias,
         untie_embeddings=args.untie_embeddings_and_output_weights,
+        hidden_dropout=args.hidden_dropout,
         init_method_std=args.init_method_std,
         norm_epsilon=args.norm_epsilon,
         recompute_attention=args.recompute_granularity == "selective",
@@ -52,17 +57,54 @@ def build_model(cfg: AnchorGPTConfig, dims: ParallelDims, device: torch.device, 
     return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp).to(device)
 
 
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on 1-D parameters (norm weights, biases), as Megatron does."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def embedding_and_output_names(model: torch.nn.Module) -> set[str]:
+    """Names of the input embedding and output layer weights (megatron-core tags them
+    ``is_embedding_or_output_parameter``): the parameters of Megatron's ``--decoupled-lr``."""
+    return {n for n, p in model.named_parameters() if getattr(p, "is_embedding_or_output_parameter", False)}
+
+
+def build_optimizer(
+    model: torch.nn.Module, args: argparse.Namespace, decoupled_names: set[str] = frozenset()
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (norm weights, biases), as Megatron does. With
+    ``--decoupled-lr`` the parameters named in ``decoupled_names`` (``embedding_and_output_names`` of the
+    unwrapped model) form groups marked ``decoupled``, whose LR follows --decoupled-lr/--decoupled-min-lr."""
+    from megatron_anchor.training.parallel import unwrapped_name
+
+    decoupled = args.decoupled_lr is not None
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.dim() < 2 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": args.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+            key = (p.dim() >= 2, decoupled and unwrapped_name(name) in decoupled_names)
+            groups.setdefault(key, []).append(p)
+    param_groups = [
+        {"params": groups.get((decay, dec), []), "weight_decay": args.weight_decay if decay else 0.0,
+         "decoupled": dec}
+        for decay, dec in ((True, False), (False, False), (True, True), (False, True))
+        if (decay, dec) in groups or not dec  # the two plain groups always (a checkpoint's layout)
+    ]  # fmt: skip
+    return torch.optim.AdamW(
+        param_groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps
+    )
+
+
+def group_lr(args: argparse.Namespace, group: dict, step: int) -> float:
+    """The LR of optimizer ``group`` at ``step``: the schedule of --lr/--min-lr, or of --decoupled-lr /
+    --decoupled-min-lr (default --min-lr) for the embedding and output layer's groups."""
+    from megatron_anchor.training.schedule import get_lr
+
+    peak, low = args.lr, args.min_lr
+    if group.get("decoupled"):
+        peak = args.decoupled_lr
+        low = args.min_lr if args.decoupled_min_lr is None else args.decoupled_min_lr
+    return get_lr(
+        step,
+        lr=peak,
+        min_lr=low,
+        warmup_iters=args.lr_warmup_iters,
+        decay_iters=args.lr_decay_iters,
+        decay_style=args.lr_decay_style,
+    )
 
 
 @dataclass

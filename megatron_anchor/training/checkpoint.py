@@ -55,7 +55,10 @@ def run_meta(args: argparse.Namespace, cfg: AnchorGPTConfig, vocab_size: int, di
     """The ``meta.json`` of this run's checkpoints (``step``, ``consumed_samples`` and ``files`` are set per
     save): its model, tokenizer, schedule and parallel sizes, and the lineage of a converted ``--load``."""
     record = config_record(
-        cfg, vocab_size=vocab_size, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by
+        cfg,
+        vocab_size=vocab_size,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        position_ids=args.position_ids,
     )
     source = read_meta(args.load_checkpoint) if args.load_checkpoint else {}
     architecture = source.get("model", {}).get("architecture")
@@ -116,7 +119,8 @@ def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDi
     """Write the checkpoint after ``step`` optimizer steps; returns its directory (collective).
 
     ``meta``: the run's ``meta.json`` contents (``run_meta``); the step, consumed samples, parallel sizes
-    and ``files`` (size and CRC-32 of every file) are set here.
+    and ``files`` (size and CRC-32 of every file) are set here. ``optimizer`` None (Megatron's
+    ``--no-save-optim``): the model alone, recorded as ``optimizer_saved: false``.
     """
     final = os.path.join(save_dir, iter_dir_name(step))
     tmp = final + TMP_SUFFIX
@@ -128,7 +132,9 @@ def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDi
 
     _on_every_rank(prepare, "creating checkpoint", tmp)
     msd = {k: v for k, v in get_model_state_dict(model).items() if not k.endswith(EXTRA_STATE)}
-    state = {f"tp{dims.tp_rank}": {"model": msd, "optim": get_optimizer_state_dict(model, optimizer)}}
+    state = {f"tp{dims.tp_rank}": {"model": msd}}
+    if optimizer is not None:
+        state[f"tp{dims.tp_rank}"]["optim"] = get_optimizer_state_dict(model, optimizer)
     try:
         dcp.save(state, checkpoint_id=tmp)
     except CheckpointException as err:
@@ -151,6 +157,8 @@ def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDi
         consumed = step * meta["schedule"]["global_batch_size"] if meta.get("schedule") else None
         sizes = {"tp": dims.tp, "cp": dims.cp, "dp": dims.dp, "world": dims.world}
         final_meta = dict(meta, step=step, consumed_samples=consumed, **sizes)
+        if optimizer is None:
+            final_meta["optimizer_saved"] = False
         write_meta(tmp, dict(final_meta, files=dict(sorted(files.items()))))
         commit_checkpoint(tmp, final)
 
@@ -166,6 +174,8 @@ def load_checkpoint(
     ``rng_restored`` added (collective)."""
     meta = load_verified_weights(path, model, dims.tp, dims.tp_rank)
     full = not meta.get("weights_only")
+    if full and load_optim and meta.get("optimizer_saved") is False:
+        raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): add --no-load-optim")
     if full and load_optim:
         osd = get_optimizer_state_dict(model, optimizer)
         dcp.load({f"tp{dims.tp_rank}": {"optim": osd}}, checkpoint_id=path)

@@ -19,6 +19,8 @@ from megatron_anchor.training.build import (
     build_model,
     build_model_config,
     build_optimizer,
+    embedding_and_output_names,
+    group_lr,
     model_dense_params,
 )
 from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
@@ -41,7 +43,6 @@ from megatron_anchor.training.parallel import (
     tensor_parallel_param_names,
 )
 from megatron_anchor.training.profiling import StepProfiler
-from megatron_anchor.training.schedule import get_lr
 from megatron_anchor.training.step_log import LogWindow, StepLogger, train_record
 from megatron_anchor.training.vocab import resolve_vocab_size, tokenizer_vocab_size
 
@@ -92,7 +93,7 @@ def build_run(args: argparse.Namespace, dims: ParallelDims, started_at: float | 
         device,
         raw,
         model,
-        build_optimizer(model, args),
+        build_optimizer(model, args, embedding_and_output_names(raw)),
         tp_names,
         build_datasets(args, cfg.vocab_size),
         model_dense_params(cfg),
@@ -163,16 +164,9 @@ def _stop_if_not_finite(run: Run, loss: float, grad_norm: float, local_sum: torc
 def train_step(run: Run, step: int) -> dict:
     """One optimizer step on global batch ``step``; returns loss, grad_norm, lr and the batch's counts."""
     args, dims = run.args, run.dims
-    lr = get_lr(
-        step,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        warmup_iters=args.lr_warmup_iters,
-        decay_iters=args.lr_decay_iters,
-        decay_style=args.lr_decay_style,
-    )
+    lr = group_lr(args, {}, step)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group_lr(args, group, step)
     indices = rank_sample_indices(step, args.global_batch_size, dims.dp, dims.dp_rank, len(run.data.train))
     micro = micro_batches(run.data.train, indices, args.micro_batch_size, _cp_slicing(run), run.device)
 
@@ -224,7 +218,8 @@ def evaluate(run: Run) -> float:
 
 
 def _save(run: Run, step: int, logger: StepLogger) -> None:
-    path = save_checkpoint(run.args.save, step, run.model, run.optimizer, run.dims, run.meta)
+    optimizer = None if run.args.no_save_optim else run.optimizer  # Megatron's --no-save-optim
+    path = save_checkpoint(run.args.save, step, run.model, optimizer, run.dims, run.meta)
     logger.log_event(step, f"saved checkpoint {path}", saved=path)
 
 

@@ -1,10 +1,13 @@
-"""Model and RoPE flags (Megatron's names), shared by the trainer and the evaluation tools, and the one rule
-that resolves them: a flag given on the command line, else the value the ``--load`` checkpoint records
-(Megatron's ``--use-checkpoint-args``, automatic for omitted flags), else its default. ``--num-layers``,
-``--hidden-size`` and ``--num-attention-heads`` are required only when no checkpoint supplies them.
+"""Model and RoPE flags (Megatron's names, meanings and defaults), shared by the trainer and the evaluation
+tools, and the one rule that resolves them: a flag given on the command line, else the value the ``--load``
+checkpoint records (Megatron's ``--use-checkpoint-args``, automatic for omitted flags), else Megatron's
+default. ``--num-layers``, ``--hidden-size`` and ``--num-attention-heads`` are required only when no
+checkpoint supplies them.
 
-A given flag that contradicts the checkpoint's shape is an error naming the flag and both values; a new
-RoPE base or scaling, or another attention mode, is a deliberate change and is reported on one line.
+A given flag that contradicts the checkpoint's shape or architecture is an error naming the flag and both
+values; a new RoPE base or scaling, or another dropout, is a deliberate change reported on one line. The
+attention mode and RoPE positions are training choices, never taken from a checkpoint: a run trains with
+its own (default: anchor, global) and a difference from the checkpoint's is reported on one line.
 """
 
 from __future__ import annotations
@@ -13,99 +16,120 @@ import argparse
 import json
 
 from megatron_anchor.attention.modes import ATTENTION_MODES
-from megatron_anchor.model.config_record import CHANGEABLE_KEYS, SHAPE_KEYS
+from megatron_anchor.model.config_record import (
+    CHANGEABLE_KEYS,
+    SHAPE_KEYS,
+    TRAINING_CHOICES,
+    recorded_model,
+)
 from megatron_anchor.rope.args import ROPE_DEFAULTS, add_rope_args, rope_scaling_from_args
 from megatron_anchor.rope.scaling import RopeScaling
+from megatron_anchor.training.megatron_flags import add_flag
+from megatron_anchor.training.report import raise_all
 
 REQUIRED = object()
-# Value of each model flag left out when no checkpoint records it (None: derived in validate_model_args).
+# Value of each model flag left out when no checkpoint records it (None: derived in validate_model_args):
+# Megatron-LM's defaults (LayerNorm, GeLU, linear biases, tied embeddings, dropout 0.1).
 MODEL_DEFAULTS: dict[str, object] = {
     "num_layers": REQUIRED,
     "hidden_size": REQUIRED,
     "num_attention_heads": REQUIRED,
     "ffn_hidden_size": None,
     "num_query_groups": None,
+    "normalization": "LayerNorm",
+    "apply_layernorm_1p": False,
+    "swiglu": False,
+    "add_bias_linear": True,
     "add_qkv_bias": False,
-    "untie_embeddings_and_output_weights": True,
+    "untie_embeddings_and_output_weights": False,
+    "hidden_dropout": 0.1,
     "init_method_std": 0.02,
     "norm_epsilon": 1e-5,
     "make_vocab_size_divisible_by": 128,
-    "attention_mode": "anchor",
     **ROPE_DEFAULTS,
 }
+# The Llama family's architecture (also Qwen2's and Mistral's, Qwen2 adding --add-qkv-bias) as flags.
+LLAMA_ARCHITECTURE_FLAGS = (
+    "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear",
+    "--untie-embeddings-and-output-weights", "--hidden-dropout", "0",
+)  # fmt: skip
+# Switches by key: (the flag, the value it sets).
+SWITCHES = {
+    "apply_layernorm_1p": ("--apply-layernorm-1p", True),
+    "swiglu": ("--swiglu", True),
+    "add_bias_linear": ("--disable-bias-linear", False),
+    "add_qkv_bias": ("--add-qkv-bias", True),
+    "untie_embeddings_and_output_weights": ("--untie-embeddings-and-output-weights", True),
+    "rotary_interleaved": ("--rotary-interleaved", True),
+}
+# Recorded keys taken when left out, never compared when given: the initialisation std does nothing to
+# loaded weights, and the padded vocabulary that the divisor gives is compared with the checkpoint's rows.
+UNCHECKED_KEYS = ("init_method_std", "make_vocab_size_divisible_by")
+# Megatron's --use-rope-scaling: Llama 3.1's scaling with these fixed values (megatron-core 0.16
+# RotaryEmbedding._apply_scaling) and --rope-scaling-factor.
+MEGATRON_LLAMA3_SCALING = {
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+}  # fmt: skip
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model-shape and RoPE flags; each left out is taken from the ``--load`` checkpoint, else defaulted."""
+    """Model-shape, architecture and RoPE flags; each left out is taken from the ``--load`` checkpoint,
+    else Megatron's default."""
     g = p.add_argument_group(
         "model",
-        "Flags left out are taken from the --load checkpoint's meta.json when it records them, else their "
-        "default; --num-layers, --hidden-size and --num-attention-heads are required without a checkpoint.",
+        "Flags left out are taken from the --load checkpoint's meta.json when it records them, else "
+        "Megatron-LM's default; --num-layers, --hidden-size and --num-attention-heads are required without "
+        "a checkpoint. Llama: --normalization RMSNorm --swiglu --disable-bias-linear "
+        "--untie-embeddings-and-output-weights --hidden-dropout 0.",
     )
-    g.add_argument("--num-layers", type=int, default=None, help="transformer layers")
-    g.add_argument("--hidden-size", type=int, default=None, help="model width")
-    g.add_argument(
-        "--ffn-hidden-size",
-        type=int,
-        default=None,
-        help="MLP width; default 4 x hidden, or with --swiglu Megatron's int(8/3 x hidden / 64) x 64",
+    for flag in ("--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads"):
+        add_flag(g, flag, type=int, default=None)
+    add_flag(g, "--num-query-groups", type=int, default=None)
+    add_flag(g, "--normalization", choices=("LayerNorm", "RMSNorm"), default=None)
+    add_flag(g, "--norm-epsilon", type=float, default=None)
+    for key, (flag, value) in SWITCHES.items():
+        if key != "rotary_interleaved":  # a RoPE flag (add_rope_args)
+            add_flag(g, flag, dest=key, action="store_const", const=value, default=None)
+    add_flag(g, "--hidden-dropout", type=float, default=None)
+    add_flag(g, "--init-method-std", type=float, default=None)
+    add_flag(g, "--make-vocab-size-divisible-by", type=int, default=None)
+    add_flag(g, "--attention-mode", choices=ATTENTION_MODES, default="anchor")
+    add_flag(g, "--recompute-granularity", choices=("full", "selective"), default=None)
+    add_flag(
+        g, "--recompute-activations", dest="recompute_granularity", action="store_const", const="selective"
     )
-    g.add_argument("--num-attention-heads", type=int, default=None, help="query heads")
-    g.add_argument("--num-query-groups", type=int, default=None, help="key/value heads (GQA); default: heads")
-    g.add_argument("--add-qkv-bias", action="store_true", default=None, help="Qwen2-style qkv bias")
-    g.add_argument(
-        "--share-embeddings-and-output-weights",
-        dest="untie_embeddings_and_output_weights",
-        action="store_false",
-        default=None,
-        help="tie input and output embeddings (untied by default, as in Llama; Megatron ties by default)",
-    )
-    g.add_argument(
-        "--init-method-std", type=float, default=None, help="std of the initial weights; default: 0.02"
-    )
-    g.add_argument("--norm-epsilon", type=float, default=None, help="RMSNorm epsilon; default: 1e-5")
-    g.add_argument(
-        "--make-vocab-size-divisible-by",
-        type=int,
-        default=None,
-        help="pad the vocabulary (x TP); default: 128",
-    )
-    g.add_argument(
-        "--attention-mode", choices=ATTENTION_MODES, default=None, help="visibility rule; default: anchor"
-    )
-    g.add_argument(
-        "--recompute-granularity",
-        choices=("full", "selective"),
-        default=None,
-        help="full: recompute whole layers in backward; selective: the attention only",
-    )
-    g.add_argument(
-        "--transformer-impl",
-        choices=("local", "transformer_engine"),
-        default=None,
-        help="layer implementation; default: Transformer Engine's when it imports, else megatron-core's "
-        "local layers (Megatron: transformer_engine)",
-    )
+    add_flag(g, "--transformer-impl", choices=("local", "transformer_engine"), default=None)
     add_rope_args(p)
+    g = p.add_argument_group("Megatron's Llama 3.1 RoPE scaling")
+    add_flag(g, "--use-rope-scaling", action="store_true")
+    add_flag(g, "--rope-scaling-factor", type=float, default=8.0)
     p.set_defaults(**dict.fromkeys(ROPE_DEFAULTS))  # None = left out: the checkpoint's, else a default
 
 
 def _flag(key: str) -> str:
-    return "--" + (
-        "share-embeddings-and-output-weights" if key.startswith("untie") else key.replace("_", "-")
-    )
+    return SWITCHES[key][0] if key in SWITCHES else "--" + key.replace("_", "-")
 
 
-def _switch_on(key: str, value: bool) -> bool:
-    return value != key.startswith("untie")  # --share-embeddings-and-output-weights sets untie False
+def _switch_on(key: str, value: object) -> bool:
+    return value == SWITCHES[key][1]
 
 
 def _setting(key: str, value: object) -> str:
-    """``key = value`` as the command line says it: a switch by its presence (``--add-qkv-bias``, or
-    ``no --add-qkv-bias``; the tie switch inverted), any other flag with its value."""
-    if isinstance(value, bool):
+    """``key = value`` as the command line says it: a switch by its presence (``--swiglu``, or
+    ``no --swiglu``), any other flag with its value."""
+    if key in SWITCHES:
         return _flag(key) if _switch_on(key, value) else f"no {_flag(key)}"
     return f"{_flag(key)} {value}"
+
+
+def apply_megatron_rope_scaling(args: argparse.Namespace) -> None:
+    """Megatron's ``--use-rope-scaling`` as the ``--rope-scaling`` JSON of the same strategy (Llama 3.1)."""
+    if not getattr(args, "use_rope_scaling", False):
+        return
+    scaling = {"rope_type": "llama3", "factor": args.rope_scaling_factor, **MEGATRON_LLAMA3_SCALING}
+    if args.rope_scaling is not None and json.loads(args.rope_scaling) != scaling:
+        raise ValueError("give either --use-rope-scaling or --rope-scaling, not both")
+    args.rope_scaling = json.dumps(scaling)
 
 
 def _given_scaling(args: argparse.Namespace) -> tuple[bool, dict | None]:
@@ -123,70 +147,94 @@ def _same(key: str, given: object, recorded: object) -> bool:
     return given == recorded
 
 
+def _conflict(key: str, given: object, want: object, path: str) -> str:
+    has = _setting(key, want) if key in SWITCHES else f"{key} {want}"
+    return (
+        f"{_setting(key, given)} contradicts checkpoint {path}, which has {has}: leave the flag out to use "
+        f"the checkpoint's value"
+    )
+
+
+def _training_choices(args: argparse.Namespace, recorded: dict, path: str) -> list[str]:
+    """One note per training choice (attention mode, positions) that differs from the checkpoint's."""
+    notes = []
+    for key in TRAINING_CHOICES:
+        want, here = recorded.get(key), getattr(args, key, None)
+        if want is not None and here is not None and want != here:
+            how = ""  # parsers other than the trainer's do not record which flags were given
+            if hasattr(args, "given_flags"):
+                how = " (given)" if _flag(key) in args.given_flags else " (the default)"
+            notes.append(f"{_flag(key)} {here}{how} trains this run; checkpoint {path} was trained with "
+                         f"{want}")
+    return notes
+
+
 def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> list[str]:
     """Fill the model flags left out from checkpoint ``path``'s ``meta`` and check the given ones against
-    it. Returns one-line notes (values taken, deliberate changes); ValueError on a shape conflict."""
-    recorded = {**meta.get("model", {}), **meta.get("rope", {})}
-    taken, changed = [], []
-    for key in (*SHAPE_KEYS, *CHANGEABLE_KEYS, "init_method_std", "make_vocab_size_divisible_by"):
+    it. Returns one-line notes (values taken, deliberate changes, other training choices); ConfigError
+    listing every flag that contradicts the checkpoint's shape."""
+    apply_megatron_rope_scaling(args)
+    recorded = recorded_model(meta)
+    taken, changed, errors = [], [], []
+    for key in (*SHAPE_KEYS, *CHANGEABLE_KEYS, *UNCHECKED_KEYS):
         if key not in recorded or (recorded[key] is None and key != "rope_scaling"):
             continue  # not recorded (rope_scaling None is: no scaling)
         want = recorded[key]
         if key == "rope_scaling":
             is_given, given = _given_scaling(args)
         else:
-            given = getattr(args, key)
+            given = getattr(args, key, None)
             is_given = given is not None
         if not is_given:
             if want is not None:
                 setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
-                if not isinstance(want, bool) or _switch_on(key, want):  # an unset switch goes unsaid
+                if key not in SWITCHES or _switch_on(key, want):  # an unset switch goes unsaid
                     taken.append(_setting(key, want))
-        elif not _same(key, given, want):
+        elif not _same(key, given, want) and key not in UNCHECKED_KEYS:
             if key not in CHANGEABLE_KEYS:
-                raise ValueError(
-                    f"{_setting(key, given)} contradicts checkpoint {path}, which has "
-                    f"{_setting(key, want) if isinstance(want, bool) else f'{key} {want}'}: "
-                    f"leave the flag out to use the checkpoint's value"
-                )
-            changed.append(f"{_flag(key)} {given} replaces the checkpoint's {want}")  # never a switch
+                errors.append(_conflict(key, given, want, path))
+            else:
+                changed.append(f"{_flag(key)} {given} replaces the checkpoint's {want}")  # never a switch
+    raise_all(errors)
     taken += _fill_vocab(args, meta)
     notes = [f"from checkpoint {path}: " + " ".join(taken)] if taken else []
     if changed:
         notes.append("deliberate change from the checkpoint: " + "; ".join(changed))
-    return notes
+    return notes + _training_choices(args, recorded, path)
 
 
 def validate_model_args(args: argparse.Namespace, tp: int) -> None:
-    """Defaults for flags still unset, required flags, and the shape's divisibility rules (ValueError)."""
+    """Defaults for flags still unset, required flags, and the shape's rules (ConfigError listing every
+    problem)."""
+    apply_megatron_rope_scaling(args)
+    missing = []
     for key, default in MODEL_DEFAULTS.items():
         if getattr(args, key) is not None:
             continue
         if default is REQUIRED:
-            raise ValueError(f"{_flag(key)} is required (or --load a checkpoint that records it)")
-        setattr(args, key, default)
+            missing.append(f"{_flag(key)} is required (or --load a checkpoint that records it)")
+        setattr(args, key, None if default is REQUIRED else default)
+    raise_all(missing)
     heads = args.num_attention_heads
     args.num_query_groups = args.num_query_groups or heads
     if args.ffn_hidden_size is None:
         # Megatron's rule: 4 x hidden, or for SwiGLU 2/3 of that rounded down to a multiple of 64.
-        swiglu = getattr(args, "swiglu", False)
+        swiglu = args.swiglu
         args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if swiglu else 4 * args.hidden_size
+    groups = args.num_query_groups
     checks = [
         (args.hidden_size % heads == 0, f"--hidden-size {args.hidden_size} not divisible by heads {heads}"),
         (heads % tp == 0, f"--num-attention-heads {heads} not divisible by TP size {tp}"),
-        (
-            heads % args.num_query_groups == 0,
-            f"--num-attention-heads {heads} not divisible by --num-query-groups {args.num_query_groups}",
-        ),
-        (
-            args.num_query_groups % tp == 0,
-            f"--num-query-groups {args.num_query_groups} not divisible by TP size {tp}",
-        ),
+        (heads % groups == 0, f"--num-attention-heads {heads} not divisible by --num-query-groups {groups}"),
+        (groups % tp == 0, f"--num-query-groups {groups} not divisible by TP size {tp}"),
+        (0 <= args.hidden_dropout < 1, f"--hidden-dropout {args.hidden_dropout} must lie in [0, 1)"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    rope_scaling_from_args(args)  # a malformed --rope-scaling fails here, naming the flag
+    errors = [message for ok, message in checks if not ok]
+    try:
+        rope_scaling_from_args(args)  # a malformed --rope-scaling fails here, naming the flag
+    except ValueError as err:
+        errors.append(str(err))
+    raise_all(errors)
 
 
 def _fill_vocab(args: argparse.Namespace, meta: dict) -> list[str]:
@@ -194,6 +242,8 @@ def _fill_vocab(args: argparse.Namespace, meta: dict) -> list[str]:
     smaller tokenizer leaves rows unused; ``check_checkpoint_vocab`` says so and refuses a larger one)."""
     vocab = meta.get("model", {}).get("vocab_size")
     if args.vocab_size is not None or vocab is None:
+        return []
+    if getattr(args, "vocab_file", None) is not None:
         return []
     args.vocab_size = vocab
     return [] if args.tokenizer_model is not None else [f"--vocab-size {vocab}"]

@@ -3,9 +3,11 @@
 Megatron-LM's plain documents) preprocessed with the training tokenizer, every output path can be written,
 the packages the requested logging needs are installed.
 
-``--dry-run`` prints the findings; a training run stops on the first start-up with any error. Packages
-and GPUs are checked on the machine where the check runs, so for a dry run on a login node their absence
-is a warning (the training nodes may have them) and for a training run an error.
+Each check runs on its own and adds to the run's one report (``report.Report``), skipped when a flag
+check it needs failed; ``--dry-run`` prints the report; a training run stops before it starts when the
+report has any error. Packages and GPUs are checked on the machine where the check runs, so for a dry run
+on a login node their absence is a warning (the training nodes may have them) and for a training run an
+error.
 """
 
 from __future__ import annotations
@@ -13,50 +15,45 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-from dataclasses import dataclass, field
 
 from megatron_anchor._files import writable_problem
+from megatron_anchor.training.data_plan import data_plan, samples_per_split
 from megatron_anchor.training.profiling import trace_dir
+from megatron_anchor.training.report import Report
 from megatron_anchor.training.step_log import wandb_dir
 
-
-@dataclass
-class Findings:
-    """Errors (the run cannot work), warnings (it may not), facts (what was found), notes (what every run
-    says at start-up, e.g. each dataset's layout)."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    facts: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def report(self) -> str:
-        """One line per finding: errors, then warnings, then facts, then notes."""
-        return "\n".join(
-            [f"error: {e}" for e in self.errors]
-            + [f"warning: {w}" for w in self.warnings]
-            + [f"ok: {f}" for f in self.facts]
-            + [f"note: {n}" for n in self.notes]
-        )
+Findings = Report  # errors (the run cannot work), warnings (it may not), facts (what was found)
 
 
-def preflight(args: argparse.Namespace, dry_run: bool) -> Findings:
-    """Every check of this module on the validated ``args``."""
-    found = Findings()
-    _check_tokenizer(args, found)
-    _check_data(args, found)
-    _check_outputs(args, found)
-    _check_machine(args, found, dry_run)
+def preflight(args: argparse.Namespace, dry_run: bool, report: Report | None = None) -> Report:
+    """Every check of this module on the checked ``args``, added to ``report`` (a new one by default)."""
+    found = report if report is not None else Report()
+    run = lambda name, check, **kw: found.run(name, check, args=args, **kw)  # noqa: E731
+    sizes: dict[str, list[int]] = {}
+    run("tokenizer size", lambda: _check_tokenizer(args, found), after=("tokenizer",))
+    run("data files", lambda: sizes.update(_check_data(args, found)), after=("sequence", "data"))
+    run("outputs", lambda: _check_outputs(args, found))
+    run("machine", lambda: _check_machine(args, found, dry_run))
+    if args.data_path:
+        plan = lambda: _add_data_plan(args, sizes, found)  # noqa: E731
+        run("data plan", plan, after=("data files", "split", "blend", "batch", "schedule"))
     return found
 
 
-def _check_tokenizer(args: argparse.Namespace, found: Findings) -> None:
+def _add_data_plan(args: argparse.Namespace, sizes: dict[str, list[int]], found: Report) -> None:
+    facts, warnings, errors = data_plan(args, sizes)
+    found.facts += facts
+    found.warnings += warnings
+    found.errors += errors
+
+
+def _check_tokenizer(args: argparse.Namespace, found: Report) -> None:
     if args.tokenizer_model is None:
         return
     from megatron_anchor.training.vocab import tokenizer_size
 
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
         return
@@ -76,10 +73,12 @@ def _data_prefixes(data_path: list[str]) -> list[str]:
     return prefixes
 
 
-def _check_data(args: argparse.Namespace, found: Findings) -> None:
-    """Each prefix: its pair, its layout (a note), its tokenizer against the training one."""
+def _check_data(args: argparse.Namespace, found: Report) -> dict[str, list[int]]:
+    """Each prefix: its pair, its layout (a note), its tokenizer against the training one; returns each
+    readable prefix's samples per split (train, valid, test)."""
+    sizes: dict[str, list[int]] = {}
     if not args.data_path:
-        return
+        return sizes
     from megatron_anchor.data.data_record import check_data_tokenizer
     from megatron_anchor.data.layouts import PLAIN, describe_prefix
 
@@ -87,7 +86,7 @@ def _check_data(args: argparse.Namespace, found: Findings) -> None:
         prefixes = _data_prefixes(args.data_path)
     except (ValueError, AssertionError) as err:
         found.errors.append(f"--data-path {' '.join(args.data_path)}: {err}")
-        return
+        return sizes
     training, vocab = _training_tokenizer(args)
     for prefix in prefixes:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
@@ -101,9 +100,11 @@ def _check_data(args: argparse.Namespace, found: Findings) -> None:
                 _check_plain(args, prefix, found)
             if vocab is not None and (note := check_data_tokenizer(prefix, training, vocab)):
                 found.notes.append(note)
+            sizes[prefix] = samples_per_split(prefix, layout, args.seq_length, args.split)
         except (ValueError, AssertionError, OSError) as err:
             named = str(err).startswith("--data-path")
             found.errors.append(str(err) if named else f"--data-path {prefix}: {err}")
+    return sizes
 
 
 def _training_tokenizer(args: argparse.Namespace) -> tuple[dict | None, int | None]:
@@ -120,7 +121,7 @@ def _training_tokenizer(args: argparse.Namespace) -> tuple[dict | None, int | No
     return tokenizer_identity(args.tokenizer_type, args.tokenizer_model, size), args.vocab_size or size
 
 
-def _check_plain(args: argparse.Namespace, prefix: str, found: Findings) -> None:
+def _check_plain(args: argparse.Namespace, prefix: str, found: Report) -> None:
     """A plain dataset needs the tokenizer's anchor, and megatron-core's index cache must be writable."""
     from megatron_anchor.data.layouts import PLAIN_NEEDS_TOKENIZER
 
@@ -133,7 +134,7 @@ def _check_plain(args: argparse.Namespace, prefix: str, found: Findings) -> None
             found.errors.append(f"{problem}; give --data-cache-path DIR")
 
 
-def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
+def _check_outputs(args: argparse.Namespace, found: Report) -> None:
     outputs = [
         ("--log-jsonl", args.log_jsonl, True),
         ("--tensorboard-dir", args.tensorboard_dir, False),
@@ -147,7 +148,7 @@ def _check_outputs(args: argparse.Namespace, found: Findings) -> None:
             found.errors.append(problem)
 
 
-def _check_machine(args: argparse.Namespace, found: Findings, dry_run: bool) -> None:
+def _check_machine(args: argparse.Namespace, found: Report, dry_run: bool) -> None:
     """Optional packages and devices the flags need on the machine that trains."""
     needs = []
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:

@@ -43,6 +43,16 @@ def _data_line(run) -> str:
     return line
 
 
+def architecture_text(args) -> str:
+    """The architecture in a few words: norm, MLP, biases, embeddings, dropout."""
+    norm = args.normalization + ("-1p" if args.apply_layernorm_1p else "")
+    mlp = "SwiGLU" if args.swiglu else "GeLU"
+    bias = "qkv bias only" if args.add_qkv_bias else "no biases"
+    bias = "linear biases" if args.add_bias_linear else bias
+    tied = "untied" if args.untie_embeddings_and_output_weights else "tied"
+    return f"{norm}, {mlp}, {bias}, {tied} embeddings, hidden dropout {args.hidden_dropout:g}"
+
+
 def startup_summary(run, notes: list[str], config_path: str | None) -> str:
     """Parameters, shape, parallel layout, batch and data sizes, the MFU peak, notes, the config file."""
     args, dims, model = run.args, run.dims, run.raw_model
@@ -56,8 +66,8 @@ def startup_summary(run, notes: list[str], config_path: str | None) -> str:
     lines = [
         f"model: {readable(params)} parameters | {args.num_layers} layers, hidden {args.hidden_size}, "
         f"FFN {args.ffn_hidden_size}, {args.num_attention_heads} heads ({args.num_query_groups} KV), "
-        f"vocab {model.vocab_size:,} padded | attention {args.attention_mode}, positions {args.position_ids} "
-        f"| {'bf16' if args.bf16 else 'fp32'}, recompute {recompute}",
+        f"vocab {model.vocab_size:,} padded | {architecture_text(args)} | attention {args.attention_mode}, "
+        f"positions {args.position_ids} | {'bf16' if args.bf16 else 'fp32'}, recompute {recompute}",
         f"parallel: {dims.world} processes = TP {dims.tp} x CP {dims.cp} x DP {dims.dp} | {wrapper} | "
         f"{args.num_micro_batches} micro-batch(es) of {args.micro_batch_size} per DP rank and step",
         f"steps: {run.start_step:,} -> {args.train_iters:,} | {args.global_batch_size} samples x "

@@ -2,7 +2,8 @@
 
 Everything here is arithmetic on the flags, but for the ``--load`` checkpoint's ``meta.json`` (and a probe
 file under ``--save``) read by ``checkpoint_args``; ``preflight`` checks what the other flags point at.
-Errors are ``ValueError``s whose message names the flag and the value.
+Each check is independent and raises ``ValueError`` naming the flag and the value; ``check_args`` runs them
+all and gathers their errors (a check that needs a failed one is skipped).
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from megatron_anchor.data.splits import check_blend, check_split
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
 from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
+from megatron_anchor.training.report import Report, raise_all
 
-NULL_TOKENIZER = "NullTokenizer"
+NULL_TOKENIZER, GPT2_BPE = "NullTokenizer", "GPT2BPETokenizer"
+# Megatron tokenizer types that are a SentencePiece model read as it is.
+SENTENCEPIECE_ALIASES = ("Llama2Tokenizer", "GPTSentencePieceTokenizer")
 # Megatron's tokenizer types and what reads the same tokenizer here.
 _TOKENIZER_HINTS = {
-    "Llama2Tokenizer": "SentencePieceTokenizer with the same tokenizer.model",
-    "GPTSentencePieceTokenizer": "SentencePieceTokenizer with the same .model file",
     "Llama3Tokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
     "TikTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
     "MistralTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
-    "GPT2BPETokenizer": "HuggingFaceTokenizer with a directory holding the GPT-2 tokenizer",
 }
 
 
@@ -35,13 +36,101 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check the flags against each other and the world size; fill derived values. Raises ValueError."""
+    """Check the flags against each other and the world size; fill derived values. Raises a ValueError
+    (``report.ConfigError``) listing every problem found, one per line."""
+    report = Report()
+    check_args(args, world_size, report)
+    raise_all(report.errors)
+    return args
+
+
+def check_args(args: argparse.Namespace, world_size: int, report: Report) -> None:
+    """Every check of the flags, each on its own: failures are gathered in ``report.errors``; notes for
+    the user in ``args.checkpoint_notes`` and ``report.notes``."""
     from megatron_anchor.training.checkpoint_args import check_resume_and_save, resolve_model_config
 
-    _validate_parallel(args, world_size)
-    # --load's recorded model fills the model flags left out, then the model rules apply (model_args).
-    notes = resolve_model_config(args, args.tensor_model_parallel_size)
+    args.checkpoint_notes, args.restated_flags = [], []
+    run = lambda name, check, **kw: report.run(name, check, args=args, **kw)  # noqa: E731
+    tp_cp = ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size")
+    tokenizer = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+    run("pipeline", lambda: _validate_pipeline(args), needs=tp_cp)
+    run("parallel", lambda: _validate_parallel(args, world_size), needs=tp_cp)
+    run("tokenizer", lambda: _validate_tokenizer(args), needs=tokenizer)
+    run("vocabulary", lambda: _validate_padded_vocab(args), after=("parallel", "tokenizer"),
+        needs=("padded_vocab_size",))  # fmt: skip
+    def model() -> None:  # --load's recorded model fills the model flags left out, then the model rules
+        args.checkpoint_notes.extend(resolve_model_config(args, args.tensor_model_parallel_size))
+
+    run("model", model, after=("parallel", "tokenizer", "vocabulary"))
+    run("vocabulary source", lambda: _validate_vocabulary_source(args), after=("model",))
+    run("query groups", lambda: report.notes.extend(_query_groups_note(args)), after=("model",))
+    run("sequence", lambda: _validate_sequence(args), after=("parallel",), needs=("seq_length", "cp_layout"))
+    run("batch", lambda: _validate_batch(args), after=("parallel",), needs=("micro_batch_size",))
+    run("schedule", lambda: _validate_schedule(args), after=("batch",))
+    run("precision", lambda: _validate_precision(args))
+    run("sequence parallel", lambda: _validate_sequence_parallel(args), after=("parallel", "sequence"))
+    run("data", lambda: _validate_data(args))
+    run("split", lambda: check_split(args.split), needs=("split",))
+    if args.data_path:
+        run("blend", lambda: check_blend(args.data_path), needs=("data_path",))
+    run("logging", lambda: _validate_logging(args))
+    run("recompute", lambda: _validate_recompute(args), after=("model",))
+    run("learning rates", lambda: _validate_learning_rates(args), needs=("lr", "min_lr"))
+    run("restated", lambda: _restated(args), after=("model", "sequence"))
+    # After the batch and schedule defaults: a resume must keep them.
+    run("checkpoint", lambda: args.checkpoint_notes.extend(check_resume_and_save(args)),
+        after=("model", "batch", "schedule"), needs=("load", "save"))  # fmt: skip
+    run("optimizer state", lambda: _validate_optimizer_state(args), after=("model",))
+
+
+def _query_groups_note(args: argparse.Namespace) -> list[str]:
+    """Megatron-LM reads --num-query-groups only with --group-query-attention; here it always applies."""
+    given = set(getattr(args, "given_flags", ()))
+    if "--num-query-groups" not in given or "--group-query-attention" in given:
+        return []
+    if args.num_query_groups == args.num_attention_heads:
+        return []
+    return [
+        f"--num-query-groups {args.num_query_groups} gives grouped-query attention without "
+        "--group-query-attention (Megatron-LM would ignore it without that switch)"
+    ]
+
+
+def _validate_optimizer_state(args: argparse.Namespace) -> None:
+    """A checkpoint saved with --no-save-optim resumes only without its (absent) optimizer state."""
+    path = getattr(args, "load_checkpoint", None)
+    if path is None or args.finetune or args.no_load_optim:
+        return
+    from megatron_anchor.checkpoint import read_meta
+
+    _require(
+        read_meta(path).get("optimizer_saved") is not False,
+        f"--load {path} holds no optimizer state (saved with --no-save-optim): add --no-load-optim "
+        f"(or --finetune)",
+    )
+
+
+def _restated(args: argparse.Namespace) -> None:
+    args.restated_flags, errors = check_restated(args)
+    raise_all(errors)
+
+
+def _validate_pipeline(args: argparse.Namespace) -> None:
+    pp = args.pipeline_model_parallel_size
+    _require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
+
+
+def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    _require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
+    _require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
+    args.data_parallel_size = world_size // (tp * cp)
+    args.world_size = world_size
+
+
+def _validate_sequence(args: argparse.Namespace) -> None:
     s, cp = args.seq_length, args.context_parallel_size
+    _require(s is not None, "--seq-length is required")
     _require(s > 0, "--seq-length must be positive")
     multiple = required_multiple(args.cp_layout, cp)
     _require(
@@ -49,28 +138,6 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         f"--seq-length {s} must be divisible by {multiple} for --context-parallel-size {cp} "
         f"with --cp-layout {args.cp_layout}",
     )
-    _validate_batch(args)
-    _validate_schedule(args)
-    _validate_precision_and_sequence_parallel(args)
-    _validate_data(args)
-    _validate_logging(args)
-    _validate_recompute(args)
-    args.restated_flags = check_restated(args)
-    args.checkpoint_notes = notes + check_resume_and_save(args)  # after the batch and schedule defaults
-    return args
-
-
-def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
-    tp, cp, pp = (
-        args.tensor_model_parallel_size,
-        args.context_parallel_size,
-        args.pipeline_model_parallel_size,
-    )
-    _require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
-    _require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
-    _require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
-    args.data_parallel_size = world_size // (tp * cp)
-    args.world_size = world_size
 
 
 def _validate_batch(args: argparse.Namespace) -> None:
@@ -126,12 +193,26 @@ def _validate_schedule(args: argparse.Namespace) -> None:
         0 <= args.lr_warmup_iters <= args.lr_decay_iters,
         f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, lr-decay-iters {args.lr_decay_iters}]",
     )
+    errors = [
+        f"--{flag.replace('_', '-')} must be positive"
+        for flag in ("log_interval", "eval_interval", "save_interval", "exit_interval")
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0
+    ]
+    if args.manual_gc_interval < 0:
+        errors.append("--manual-gc-interval must be >= 0")
+    raise_all(errors)
+
+
+def _validate_learning_rates(args: argparse.Namespace) -> None:
+    """--lr and --min-lr, and Megatron's separate LR for the input embedding and output layer."""
     _require(math.isfinite(args.lr), "--lr must be finite")
     _require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
-    for flag in ("log_interval", "eval_interval", "save_interval", "exit_interval"):
-        value = getattr(args, flag)
-        _require(value is None or value > 0, f"--{flag.replace('_', '-')} must be positive")
-    _require(args.manual_gc_interval >= 0, "--manual-gc-interval must be >= 0")
+    lr, min_lr = args.decoupled_lr, args.decoupled_min_lr
+    if lr is None:
+        _require(min_lr is None, "--decoupled-min-lr needs --decoupled-lr (Megatron-LM would ignore it)")
+        return
+    low = args.min_lr if min_lr is None else min_lr
+    _require(0 <= low <= lr, f"--decoupled-min-lr {low} must lie in [0, --decoupled-lr {lr}]")
 
 
 def _validate_data(args: argparse.Namespace) -> None:
@@ -141,45 +222,101 @@ def _validate_data(args: argparse.Namespace) -> None:
         "--mask-cross-doc-labels (--eod-mask-loss) applies to --data-path datasets; "
         "--mock-data has no such labels to mask",
     )
-    if args.data_path:
-        check_blend(args.data_path)
-        check_split(args.split)
-    _validate_tokenizer(args)
+
+
+def _validate_gpt2_files(args: argparse.Namespace) -> None:
+    """GPT2BPETokenizer reads --vocab-file and --merge-file (its --tokenizer-model is the vocab file)."""
+    _require(
+        args.vocab_file is not None and args.merge_file is not None and args.tokenizer_model is None,
+        "--tokenizer-type GPT2BPETokenizer takes --vocab-file and --merge-file (GPT-2's vocab.json and "
+        "merges.txt), not --tokenizer-model",
+    )
+    args.tokenizer_model = args.vocab_file
 
 
 def _validate_tokenizer(args: argparse.Namespace) -> None:
     kind, model = args.tokenizer_type, args.tokenizer_model
+    if kind in SENTENCEPIECE_ALIASES:
+        args.tokenizer_type = kind = "SentencePieceTokenizer"  # Megatron reads the same .model file
+    if kind != GPT2_BPE:
+        _require(
+            args.vocab_file is None and args.merge_file is None,
+            "--vocab-file and --merge-file go with --tokenizer-type GPT2BPETokenizer",
+        )
+    if kind == GPT2_BPE:
+        _validate_gpt2_files(args)
+        if args.vocab_size is None:
+            _load_tokenizer(args)
+        return
     if kind == NULL_TOKENIZER:
         _require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
         _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
         return
     if kind is not None and kind not in TOKENIZER_TYPES:
         hint = _TOKENIZER_HINTS.get(kind)
-        supported = ", ".join([*TOKENIZER_TYPES, NULL_TOKENIZER])
+        supported = ", ".join([*TOKENIZER_TYPES, *SENTENCEPIECE_ALIASES, GPT2_BPE, NULL_TOKENIZER])
         raise ValueError(
             f"--tokenizer-type {kind} is not supported"
             + (f": use {hint}" if hint else f"; expected one of {supported}")
         )
     _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
+    if model is not None and args.vocab_size is None:  # the vocabulary (and its checks) need its size
+        _load_tokenizer(args)
+
+
+def _validate_vocabulary_source(args: argparse.Namespace) -> None:
+    """A tokenizer, --vocab-size or --padded-vocab-size (a --load checkpoint gives --vocab-size)."""
     _require(
-        model is not None or args.vocab_size is not None,
+        args.tokenizer_model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
         "give --tokenizer-type/--tokenizer-model or --vocab-size",
     )
 
 
-def _validate_logging(args: argparse.Namespace) -> None:
-    _require(args.save_interval is None or args.save, "--save-interval needs --save DIR")
+def _load_tokenizer(args: argparse.Namespace) -> None:
+    """The tokenizer loads (once per process: its size is cached for the vocabulary and the run); with
+    --vocab-size it is loaded by ``preflight`` instead, which only reports its size."""
+    from megatron_anchor.training.vocab import tokenizer_size
+
+    try:
+        tokenizer_size(args.tokenizer_type, args.tokenizer_model, args.merge_file)
+    except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        named = text if text.startswith("--") else f"--tokenizer-model {args.tokenizer_model}: {text}"
+        raise ValueError(f"{named} (--tokenizer-type {args.tokenizer_type})") from None
+
+
+def _validate_padded_vocab(args: argparse.Namespace) -> None:
+    """Megatron's --padded-vocab-size: the model's rows as given, divisible by TP, holding every id."""
+    padded = args.padded_vocab_size
+    if padded is None:
+        return
+    from megatron_anchor.training.vocab import tokenizer_vocab_size
+
+    tp = args.tensor_model_parallel_size
     _require(
-        args.wandb_project is None or args.wandb_save_dir or args.save,
-        "--wandb-project needs --wandb-save-dir DIR (or --save, whose wandb/ it then uses)",
+        padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}"
     )
+    if args.tokenizer_model is not None or args.vocab_size is not None:
+        size = tokenizer_vocab_size(args)
+        _require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")
+
+
+def _validate_logging(args: argparse.Namespace) -> None:
+    errors = []
+    if args.save_interval is not None and not args.save:
+        errors.append("--save-interval needs --save DIR")
+    if args.no_save_optim and not args.save:
+        errors.append("--no-save-optim needs --save DIR")
+    if args.wandb_project is not None and not (args.wandb_save_dir or args.save):
+        errors.append("--wandb-project needs --wandb-save-dir DIR (or --save, whose wandb/ it then uses)")
     if args.profile:
         start, end = args.profile_step_start, args.profile_step_end
-        _require(0 <= start < end, f"--profile-step-start {start} must lie in [0, --profile-step-end {end})")
-        _require(
-            not args.use_pytorch_profiler or args.tensorboard_dir or args.save or args.log_jsonl,
-            "--use-pytorch-profiler needs a place for its traces: --tensorboard-dir, --save or --log-jsonl",
-        )
+        if not 0 <= start < end:
+            errors.append(f"--profile-step-start {start} must lie in [0, --profile-step-end {end})")
+        if args.use_pytorch_profiler and not (args.tensorboard_dir or args.save or args.log_jsonl):
+            where = "--tensorboard-dir, --save or --log-jsonl"
+            errors.append(f"--use-pytorch-profiler needs a place for its traces: {where}")
+    raise_all(errors)
 
 
 def _validate_recompute(args: argparse.Namespace) -> None:
@@ -205,7 +342,7 @@ def _validate_recompute(args: argparse.Namespace) -> None:
     args.recompute_num_layers = None  # every layer
 
 
-def _validate_precision_and_sequence_parallel(args: argparse.Namespace) -> None:
+def _validate_precision(args: argparse.Namespace) -> None:
     _require(
         args.bf16 or not args.grad_reduce_in_bf16,
         "--grad-reduce-in-bf16 applies to --bf16 training; without --bf16 gradients are fp32 and reduced so",
@@ -214,6 +351,9 @@ def _validate_precision_and_sequence_parallel(args: argparse.Namespace) -> None:
         args.cross_entropy_chunk_size >= 0,
         f"--cross-entropy-chunk-size must be 0 (off) or positive, got {args.cross_entropy_chunk_size}",
     )
+
+
+def _validate_sequence_parallel(args: argparse.Namespace) -> None:
     tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
     if args.sequence_parallel and tp == 1:
         # As Megatron: SP without TP is switched off with a notice (nothing to shard over).

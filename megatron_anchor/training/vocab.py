@@ -13,11 +13,11 @@ from megatron_anchor.model.config_record import pad_vocab_size
 
 
 @functools.lru_cache(maxsize=4)
-def tokenizer_size(tokenizer_type: str | None, tokenizer_model: str) -> int:
+def tokenizer_size(tokenizer_type: str | None, tokenizer_model: str, merge_file: str | None = None) -> int:
     """The vocabulary size of a tokenizer (loaded once per process: the checks and the run share it)."""
     from megatron_anchor.data import build_tokenizer
 
-    return build_tokenizer(tokenizer_type, tokenizer_model).vocab_size
+    return build_tokenizer(tokenizer_type, tokenizer_model, merge_file).vocab_size
 
 
 def tokenizer_vocab_size(args: argparse.Namespace) -> int:
@@ -29,10 +29,15 @@ def tokenizer_vocab_size(args: argparse.Namespace) -> int:
     """
     if args.vocab_size is not None:
         return args.vocab_size
-    return tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+    if args.tokenizer_model is None and getattr(args, "padded_vocab_size", None) is not None:
+        return args.padded_vocab_size
+    return tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
 
 
 def resolve_vocab_size(args: argparse.Namespace) -> int:
-    """``tokenizer_vocab_size``, padded as Megatron does."""
+    """``tokenizer_vocab_size``, padded as Megatron does, or Megatron's ``--padded-vocab-size`` as it is."""
+    padded = getattr(args, "padded_vocab_size", None)
+    if padded is not None:
+        return padded
     tp = args.tensor_model_parallel_size
     return pad_vocab_size(tokenizer_vocab_size(args), args.make_vocab_size_divisible_by, tp)

@@ -39,7 +39,11 @@ def test_model_flags_come_from_the_converted_checkpoint(converted):
     assert args.rotary_base == 1e6 and args.rope_scaling is None  # not the default 10000: recorded 1e6
     assert args.add_qkv_bias and not args.untie_embeddings_and_output_weights
     assert (args.norm_epsilon, args.vocab_size, args.ffn_hidden_size) == (1e-6, 100, 96)
-    assert args.attention_mode == "causal"  # how the source model was trained, until asked otherwise
+    # The source was trained causal; the attention mode is a training choice: anchor unless asked, said once.
+    assert args.attention_mode == "anchor" and args.checkpoint_notes[-1].startswith(
+        "--attention-mode anchor (the default) trains this run; checkpoint"
+    )
+    assert (args.normalization, args.swiglu, args.add_bias_linear) == ("RMSNorm", True, False)  # recorded
     extended = validate_args(
         build_parser().parse_args([*RUN, "--load", str(ckpt), "--rotary-base", "5e6"]), 2
     )
@@ -70,6 +74,7 @@ def _transformers_loss(hf_dir: Path, padded_vocab: int) -> float:
 def test_converted_checkpoint_trains_under_ddp_and_fsdp2(converted, wrapping, tmp_path):
     hf, ckpt = converted
     extra = ["--use-distributed-optimizer"] if wrapping == "fsdp2" else []
+    extra += ["--attention-mode", "causal"]  # transformers' model attends causally over the whole sample
     records, proc = run_pretrain(
         2, [*RUN, *extra, "--load", str(ckpt), "--save", str(tmp_path / "run")], tmp_path
     )

@@ -74,8 +74,8 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _config(stdout: str) -> dict:
-    """The resolved configuration a dry run prints last."""
-    return json.loads(stdout.split("resolved configuration:\n", 1)[1])
+    """The resolved configuration a dry run prints before its verdict."""
+    return json.loads(stdout.split("resolved configuration:\n", 1)[1].rsplit("\ndry run: ", 1)[0])
 
 
 @pytest.fixture(scope="module")

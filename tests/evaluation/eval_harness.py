@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from megatron_anchor.parallel import free_port
+from megatron_anchor.training.model_args import LLAMA_ARCHITECTURE_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-# A tiny Llama-shaped model (GQA: 4 query heads over 2 key/value groups).
+# A tiny Llama model (GQA: 4 query heads over 2 key/value groups; RMSNorm, SwiGLU, no biases, untied).
 TINY_MODEL = [
+    *LLAMA_ARCHITECTURE_FLAGS,
     "--num-layers",
     "2",
     "--hidden-size",

@@ -131,7 +131,7 @@ def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path
 
 def test_switches_are_reported_as_the_command_line_says_them():
     """A recorded untied model with no qkv bias: notes and errors name switches by presence, never as
-    '--share-embeddings-and-output-weights True' (which would mean the opposite)."""
+    '--disable-bias-linear False' (which would mean the opposite)."""
     import argparse
 
     from megatron_anchor.training.model_args import apply_checkpoint_model
@@ -142,14 +142,18 @@ def test_switches_are_reported_as_the_command_line_says_them():
         vocab_size=1,
     )  # fmt: skip
     (note,) = apply_checkpoint_model(omitted, meta, "ckpt")
-    assert note == "from checkpoint ckpt: --num-layers 2 --add-qkv-bias"
+    # The architecture a checkpoint without those fields was built with (RMSNorm, SwiGLU, no biases) too.
+    assert note == (
+        "from checkpoint ckpt: --num-layers 2 --add-qkv-bias --untie-embeddings-and-output-weights "
+        "--normalization RMSNorm --swiglu --disable-bias-linear --hidden-dropout 0.0"
+    )
     assert omitted.untie_embeddings_and_output_weights is True and omitted.add_qkv_bias is True
     tied = argparse.Namespace(**{**vars(omitted), "untie_embeddings_and_output_weights": False})
     with pytest.raises(ValueError) as err:
         apply_checkpoint_model(tied, meta, "ckpt")
     assert str(err.value).startswith(
-        "--share-embeddings-and-output-weights contradicts checkpoint ckpt, which has no "
-        "--share-embeddings-and-output-weights"
+        "no --untie-embeddings-and-output-weights contradicts checkpoint ckpt, which has "
+        "--untie-embeddings-and-output-weights"
     )
 
 

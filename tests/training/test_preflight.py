@@ -68,7 +68,8 @@ def test_tokenizer_loads_and_must_fit_the_vocabulary(inputs):
         f"--vocab-size 40 is smaller than the 50 ids of --tokenizer-model {inputs['tokenizer']}"
     ]
     spm = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", inputs["tokenizer"]]
-    assert "no SentencePiece model file" in _findings([*data, *spm]).errors[0]  # a directory, not a .model
+    with pytest.raises(ValueError, match="no SentencePiece model file"):  # a directory, not a .model
+        _findings([*data, *spm])
 
 
 def test_output_paths_must_be_creatable(inputs, tmp_path):

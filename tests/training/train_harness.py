@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_anchor.parallel import free_port
+from megatron_anchor.training.model_args import LLAMA_ARCHITECTURE_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A tiny Llama-shaped model (2 layers, hidden 64, GQA 4/2 heads).
+# A tiny Llama model (2 layers, hidden 64, GQA 4/2 heads; RMSNorm, SwiGLU, no biases, untied, no dropout).
 MODEL = [
     *"--num-layers 2 --hidden-size 64 --ffn-hidden-size 128".split(),
     *"--num-attention-heads 4 --num-query-groups 2".split(),
+    *LLAMA_ARCHITECTURE_FLAGS,
 ]
 # ... on synthetic packed samples of S = 64: fp32, 6 steps with warmup and cosine decay.
 TINY = [
