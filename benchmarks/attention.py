@@ -28,8 +28,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
-from megatron_anchor.attention import anchor_cp_attention, build_attention_plan, visible_keys_per_query
-from megatron_anchor.parallel import free_port
+from megatron_anchor.attention import anchor_cp_attention, build_attention_plan
+from megatron_anchor.parallel import free_port, rank_work, visible_pairs
 from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
 
 
@@ -40,8 +40,7 @@ def layout_of(doc_ids: torch.Tensor, mode: str, cp: int, layout: str) -> torch.T
 
 def visible_and_busiest(doc_ids: torch.Tensor, mode: str, index: torch.Tensor) -> tuple[int, int]:
     """Visible pairs of the sample, and of the busiest CP rank's queries (the ring waits for that rank)."""
-    per_query = visible_keys_per_query(doc_ids[0], mode)
-    return int(per_query.sum()), int(per_query[index[0]].sum(dim=1).max())
+    return visible_pairs(doc_ids, mode), int(rank_work(doc_ids[0], index[0], mode).max())
 
 
 def matmul_rate(dtype: torch.dtype, trials: int = 5) -> float:

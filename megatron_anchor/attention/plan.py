@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from megatron_anchor.attention.geometry import SampleGeometry, concat_ranges
-from megatron_anchor.attention.reference import check_doc_ids, check_mode
 from megatron_anchor.parallel.cp_layout import megatron_cp_index
+from megatron_anchor.parallel.layout_names import check_mode
+from megatron_anchor.parallel.work import check_doc_ids
 
 
 @dataclass

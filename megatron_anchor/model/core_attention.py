@@ -17,8 +17,8 @@ from megatron.core.transformer.module import MegatronModule
 from torch.utils.checkpoint import checkpoint
 
 from megatron_anchor.attention import anchor_cp_attention
-from megatron_anchor.attention.reference import check_mode
 from megatron_anchor.model.layout import AnchorLayout
+from megatron_anchor.parallel.layout_names import check_mode
 from megatron_anchor.rope import apply_rotary_angles
 
 
