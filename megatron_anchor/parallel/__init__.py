@@ -11,12 +11,17 @@ from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
     "ATTENTION_MODES": "layout_names",
+    "CP_COMM_TYPES": "comm_types",
+    "CPDegrees": "comm_types",
+    "cp_degrees": "comm_types",
+    "kv_head_repeat": "comm_types",
     "CP_LAYOUTS": "layout_names",
     "balanced_cp_index": "balanced_layout",
     "batch_cp_index": "cp_layout",
     "cp_chunk_ids": "cp_layout",
     "cp_token_index": "cp_layout",
     "megatron_cp_index": "cp_layout",
+    "ring_cp_index": "cp_layout",
     "shard_for_cp": "cp_layout",
     "unshard_from_cp": "cp_layout",
     "free_port": "ports",

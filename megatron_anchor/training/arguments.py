@@ -9,6 +9,7 @@ import json
 import sys
 
 from megatron_anchor.data.position_modes import POSITION_MODES
+from megatron_anchor.parallel.comm_types import CP_COMM_TYPES
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS
 from megatron_anchor.training.megatron_flags import add_restated_args, refused_reason
 from megatron_anchor.training.model_args import add_model_args
@@ -181,6 +182,23 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
         default="balanced",
         help="which tokens each CP rank holds: 'balanced' gives every rank the same attention work from the "
         "documents (no padding); 'megatron' is megatron-core's 2*cp chunk layout",
+    )
+    g.add_argument(
+        "--cp-comm-type",
+        nargs="+",
+        choices=CP_COMM_TYPES,
+        default=["p2p"],
+        help="how CP ranks exchange the attention's inputs: p2p (the anchor ring), a2a (all-to-all of heads "
+        "for tokens, then the whole sample per rank), a2a+p2p (all-to-all inside groups of A consecutive "
+        "ranks, the ring across them); one type for every layer",
+    )
+    g.add_argument(
+        "--hierarchical-context-parallel-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="A P with A x P = CP: the all-to-all degree (consecutive ranks, a node) and the ring's size",
     )
     g.add_argument(
         "--use-distributed-optimizer",

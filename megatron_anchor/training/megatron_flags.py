@@ -142,6 +142,8 @@ FLAGS: tuple[Flag, ...] = (
     # Parallelism.
     Flag("--tensor-model-parallel-size", ACCEPTED, ""),
     Flag("--context-parallel-size", ACCEPTED, "the anchor attention's own ring over the CP group"),
+    Flag("--cp-comm-type", ACCEPTED, "p2p (anchor ring), a2a or a2a+p2p; one type for all layers"),
+    Flag("--hierarchical-context-parallel-sizes", ACCEPTED, "A P for a2a+p2p (inner all-to-all, outer ring)"),
     Flag("--pipeline-model-parallel-size", ACCEPTED, "1 only: pipeline parallelism is not implemented"),
     Flag("--use-distributed-optimizer", ACCEPTED, "FSDP2 sharding gradients and optimizer state (ZeRO-2)"),
     Flag("--sequence-parallel", ACCEPTED, ""),
