@@ -62,6 +62,14 @@ def cp_degrees(comm_type: str, cp_size: int, hierarchical: list[int] | None = No
     return CPDegrees(hierarchical[0], hierarchical[1])
 
 
+def hierarchical_ranks(cp_ranks: list[int], a2a_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The inner (all-to-all: ``a2a_size`` consecutive ranks) and outer (ring: every ``a2a_size``-th rank)
+    groups of one CP group's global ranks ``cp_ranks`` (megatron-core's ``create_hierarchical_groups``)."""
+    inner = [list(cp_ranks[i : i + a2a_size]) for i in range(0, len(cp_ranks), a2a_size)]
+    outer = [list(cp_ranks[i::a2a_size]) for i in range(a2a_size)]
+    return inner, outer
+
+
 def kv_head_repeat(heads: int, heads_kv: int, a2a_size: int) -> int:
     """How many times each K/V head is repeated before an all-to-all of degree ``a2a_size`` (1: none).
 

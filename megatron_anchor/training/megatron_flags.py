@@ -141,7 +141,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--empty-unused-memory-level", ACCEPTED, "1: empty the CUDA cache after steps; 2: after eval too"),
     # Parallelism.
     Flag("--tensor-model-parallel-size", ACCEPTED, ""),
-    Flag("--context-parallel-size", ACCEPTED, "the anchor attention's own ring over the CP group"),
+    Flag("--context-parallel-size", ACCEPTED, "the anchor attention over the CP group (see --cp-comm-type)"),
     Flag("--cp-comm-type", ACCEPTED, "p2p (anchor ring), a2a or a2a+p2p; one type for all layers"),
     Flag("--hierarchical-context-parallel-sizes", ACCEPTED, "A P for a2a+p2p (inner all-to-all, outer ring)"),
     Flag("--pipeline-model-parallel-size", ACCEPTED, "1 only: pipeline parallelism is not implemented"),

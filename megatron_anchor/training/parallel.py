@@ -33,6 +33,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from megatron_anchor.parallel.comm_types import hierarchical_ranks
+
 
 @dataclass(frozen=True)
 class ParallelDims:
@@ -117,15 +119,14 @@ def hierarchical_cp_groups(inner_size: int, timeout: timedelta) -> tuple:
     """
     every: list = [None] * dist.get_world_size()
     dist.all_gather_object(every, ps.get_context_parallel_global_ranks())
-    inner = outer = None
+    found: list = [None, None]  # this rank's (inner, outer)
     for ranks in sorted({tuple(r) for r in every}):
-        consecutive = [ranks[i : i + inner_size] for i in range(0, len(ranks), inner_size)]
-        strided = [ranks[i::inner_size] for i in range(inner_size)]
-        for part in consecutive + strided:
-            group = dist.new_group(list(part), timeout=timeout)
-            if dist.get_rank() in part:
-                inner, outer = (group, outer) if part in consecutive else (inner, group)
-    return inner, outer
+        for level, parts in enumerate(hierarchical_ranks(list(ranks), inner_size)):
+            for part in parts:
+                group = dist.new_group(part, timeout=timeout)
+                if dist.get_rank() in part:
+                    found[level] = group
+    return tuple(found)
 
 
 def teardown_distributed() -> None:

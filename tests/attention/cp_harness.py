@@ -18,6 +18,7 @@ from megatron_anchor.attention import (
     dense_reference_attention,
 )
 from megatron_anchor.parallel import free_port
+from megatron_anchor.parallel.comm_types import hierarchical_ranks
 from megatron_anchor.parallel.cp_layout import (
     batch_cp_index,
     megatron_cp_index,
@@ -173,9 +174,10 @@ def comm_groups(world: int) -> dict[str, tuple]:
     groups = {"p2p": (dist.group.WORLD, None), "a2a": (None, dist.group.WORLD)}
     if world == 4:
         rank = dist.get_rank()
-        inner = [dist.new_group(ranks) for ranks in ([0, 1], [2, 3])][rank // 2]
-        outer = [dist.new_group(ranks) for ranks in ([0, 2], [1, 3])][rank % 2]
-        groups["a2a+p2p"] = (outer, inner)
+        inner, outer = hierarchical_ranks(list(range(world)), 2)  # [[0, 1], [2, 3]], [[0, 2], [1, 3]]
+        mine = [[dist.new_group(ranks) for ranks in level][index] for level, index in
+                zip((inner, outer), (rank // 2, rank % 2))]  # fmt: skip
+        groups["a2a+p2p"] = (mine[1], mine[0])
     return groups
 
 
@@ -320,7 +322,7 @@ def run_host_reads(rank: int, world: int, groups: dict) -> dict | None:
         plan = build_attention_plan(
             doc_ids, "anchor", cp_size=world // size, rank=ring_rank, cp_index=cp_index, a2a_size=size
         )
-        q = torch.randn(16, 2, 4, 8, requires_grad=True)
+        q = torch.randn(16, 2, 8, 8, requires_grad=True)
         kv = torch.randn(16, 2, 1, 8, requires_grad=True)
         with HostReads() as recorder:
             anchor_cp_attention(q, kv, kv, plan=plan, cp_group=ring, a2a_group=a2a).sum().backward()
@@ -373,9 +375,10 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
             results["stats"][f"{mode}-{cp_layout}"] = run_stats(rank, world, mode, cp_layout)
     if world > 1:
         results["errors"] = run_errors(rank, world)
+        results["reply_depth"] = run_reply_depth(rank, world)
+    if world in (2, 4):  # the all-to-all types' errors and host reads
         results["comm_errors"] = run_comm_errors(rank, world, groups)
         results["host_reads"] = run_host_reads(rank, world, groups)
-        results["reply_depth"] = run_reply_depth(rank, world)
     if rank == 0:
         with open(path, "w") as f:
             json.dump(results, f)
