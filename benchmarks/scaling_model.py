@@ -249,7 +249,7 @@ def per_type_table(args) -> None:
     print(f"\nper type at TP = {args.row_tp}: layer fwd+bwd ms, eff (of the layer's ideal), MFU")
     header = f"{'ms':>7} {'eff':>4} {'MFU':>4}"
     print(
-        f"{'S':>7} {'mix':>7} {'cp':>3} {'tok/CP':>7} | {'p2p, megatron layout':^17} | {'p2p':^17} | "
+        f"{'S':>7} {'mix':>7} {'cp':>3} {'tok/CP':>7} | {'p2p megatron':^17} | {'p2p':^17} | "
         f"{'a2a':^17} | {'best a2a+p2p':^29}"
     )
     print(f"{'':>28} | {header} | {header} | {header} | {'A x P':>11} {header}")
