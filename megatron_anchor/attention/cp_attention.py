@@ -107,13 +107,14 @@ def check_qkv(q, k, v) -> None:
 def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm, a2a: CPComm) -> None:
     """Raise ``ValueError`` on inputs that disagree with each other or the plan (shapes only, no reads).
 
-    q, k, v are the ring's inputs (after any all-to-all): ``a2a.size`` x the CP rank's tokens.
+    q, k, v are this CP rank's (before any all-to-all).
     """
     check_qkv(q, k, v)
     s_local, batch = q.shape[:2]
-    if (plan.batch, plan.local_len * plan.cp_size) != (batch, s_local * comm.size):
+    cp_size = comm.size * a2a.size
+    if (plan.batch, plan.local_len * plan.cp_size) != (batch, s_local * cp_size):
         raise ValueError(
-            f"local length {s_local // a2a.size} x CP {comm.size * a2a.size} (batch {batch}) does not match "
+            f"local length {s_local} x CP {cp_size} (batch {batch}) does not match "
             f"the plan's sample length {plan.local_len * plan.cp_size} (batch {plan.batch})"
         )
     built_for = (plan.cp_size, plan.rank, plan.a2a_size, plan.device)
@@ -155,7 +156,6 @@ def anchor_cp_attention(
     and back after it; CP rank ``p * A + i`` is rank ``i`` of its ``a2a_group`` and ``p`` of its
     ``cp_group``. A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``stats`` accumulates counters.
     """
-    check_qkv(q, k, v)
     comm, a2a = CPComm(cp_group, q.device), CPComm(a2a_group, q.device)
     if plan is None:
         if doc_ids is None:
@@ -166,10 +166,10 @@ def anchor_cp_attention(
             doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device,
             a2a_size=a2a.size,
         )  # fmt: skip
+    validate_inputs(q, k, v, plan, comm, a2a)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     if a2a.size > 1:
         q, k, v = _scatter_heads(q, k, v, a2a)
-    validate_inputs(q, k, v, plan, comm, a2a)
     kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device, q.dtype)
     counters = AttentionStats() if stats is None else stats
     counters.add(plan.stats)
