@@ -97,7 +97,11 @@ def init_distributed(
     groups = ()
     if hierarchical_cp_sizes:
         groups = tuple(ps.get_hierarchical_context_parallel_groups(check_initialized=False) or ())
-        groups = groups or hierarchical_cp_groups(hierarchical_cp_sizes[0], timeout)
+        if not groups:
+            if dist.get_rank() == 0:
+                print("note: megatron-core builds its hierarchical CP groups with einops, which is not "
+                      "installed: the same groups are made with torch.distributed", flush=True)  # fmt: skip
+            groups = hierarchical_cp_groups(hierarchical_cp_sizes[0], timeout)
     return ParallelDims(
         tp=tp,
         cp=cp,
