@@ -11,6 +11,10 @@ every rank the same work. The plan is built once per sample, outside the timing,
 per micro-batch for every layer. The FLOP floor is 4*h*d flops per pair forward and 10*h*d backward at the
 matmul rate measured here. Each CP size runs in its own gloo group (threads per rank = cores / cp).
 Timings are the minimum over ``--repeat`` runs, slowest rank.
+
+``--comm-types``: at cp > 1 the anchor attention (balanced layout, forward+backward) also runs with each
+``--cp-comm-type``: ``a2a`` (all-to-all over the CP group, then the whole sample per rank) and, at cp = 4,
+``a2a+p2p`` as 2 x 2; printed as the time of each type over ``p2p``'s (lower is faster).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this file
 
-from megatron_anchor.attention import anchor_cp_attention, build_attention_plan, visible_keys_per_query
-from megatron_anchor.parallel import free_port
+from megatron_anchor.attention import anchor_cp_attention, build_attention_plan
+from megatron_anchor.parallel import free_port, rank_work, visible_pairs
+from megatron_anchor.parallel.comm_types import hierarchical_ranks
 from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
 
 
@@ -40,8 +45,7 @@ def layout_of(doc_ids: torch.Tensor, mode: str, cp: int, layout: str) -> torch.T
 
 def visible_and_busiest(doc_ids: torch.Tensor, mode: str, index: torch.Tensor) -> tuple[int, int]:
     """Visible pairs of the sample, and of the busiest CP rank's queries (the ring waits for that rank)."""
-    per_query = visible_keys_per_query(doc_ids[0], mode)
-    return int(per_query.sum()), int(per_query[index[0]].sum(dim=1).max())
+    return visible_pairs(doc_ids, mode), int(rank_work(doc_ids[0], index[0], mode).max())
 
 
 def matmul_rate(dtype: torch.dtype, trials: int = 5) -> float:
@@ -115,6 +119,39 @@ def time_modes(args, seq_len: int, rank: int, world: int, layout: str) -> dict:
     return result
 
 
+def comm_groups(world: int) -> dict[str, tuple]:
+    """``{comm type: (ring group, all-to-all group, A)}``; a2a+p2p as 2 x (world / 2) from 4 ranks."""
+    groups = {"p2p": (dist.group.WORLD, None, 1), "a2a": (None, dist.group.WORLD, world)}
+    if world >= 4:
+        rank, found = dist.get_rank(), []
+        for parts in hierarchical_ranks(list(range(world)), 2):
+            made = [dist.new_group(part) for part in parts]  # every rank makes every group
+            found.append(next(g for g, part in zip(made, parts) if rank in part))
+        groups["a2a+p2p"] = (found[1], found[0], 2)
+    return groups
+
+
+def time_comm_types(args, seq_len: int, rank: int, world: int, groups: dict) -> dict:
+    """Anchor forward+backward seconds under each comm type (balanced layout over the ring's groups)."""
+    doc_ids = realistic_doc_ids(seq_len)
+    result = {}
+    for comm in args.comm_types:
+        if comm not in groups or args.heads % groups[comm][2]:
+            continue
+        ring, a2a, size = groups[comm]
+        index = batch_cp_index(doc_ids, world, "balanced", "anchor", size)
+        q, k, v = _inputs(doc_ids, args, rank, index, grad=True)
+        ring_rank = 0 if ring is None else dist.get_rank(ring)
+        plan = build_attention_plan(
+            doc_ids, "anchor", cp_size=world // size, rank=ring_rank, cp_index=index, a2a_size=size
+        )
+        call = functools.partial(
+            anchor_cp_attention, q, k, v, plan=plan, cp_group=ring, a2a_group=a2a, backend=args.backend
+        )
+        result[comm] = _timed(functools.partial(_forward_backward, call), args.repeat)
+    return result
+
+
 def peak_memory(args, seq_len: int, rank: int, world: int, layout: str) -> float:
     """Peak RSS (MiB) of this rank over one anchor forward+backward at ``seq_len``, above the RSS before."""
     doc_ids = realistic_doc_ids(seq_len)
@@ -141,6 +178,9 @@ def _worker(rank: int, world: int, port: int, args, path: str) -> None:
     result["time"] = {
         name: {s: time_modes(args, s, rank, world, name) for s in args.seqs} for name in layouts
     }
+    if world > 1 and args.comm_types:
+        groups = comm_groups(world)
+        result["comm"] = {s: time_comm_types(args, s, rank, world, groups) for s in args.seqs}
     if rank == 0:
         with open(path, "w") as f:
             json.dump(result, f)
@@ -193,10 +233,26 @@ def report(results: dict, args) -> None:
                     f"K/V rows sent {a['rows_sent']}, "
                     f"idle ring steps {a['idle_steps']}, plan build {a['plan_ms']:.1f} ms per rank"
                 )
+    comm_report(results, args)
     for cp, res in results.items():
         if "memory" in res:
             mem = "  ".join(f"S={s}: {mib:7.0f} MiB" for s, mib in res["memory"].items())
             print(f"\npeak RSS growth per rank, anchor fwd+bwd, cp={cp}: {mem}")
+
+
+def comm_report(results: dict, args) -> None:
+    """Each comm type's anchor forward+backward time over p2p's, per S and cp."""
+    rows = [(cp, s, by_type) for cp, res in results.items() for s, by_type in res.get("comm", {}).items()]
+    if not rows:
+        return
+    print("\nanchor fwd+bwd by --cp-comm-type (balanced layout): seconds, and the time over p2p's")
+    print(f"{'S':>6} {'cp':>3} " + " ".join(f"{c:>17}" for c in args.comm_types))
+    for cp, s, by_type in rows:
+        cells = [
+            f"{by_type[c]:7.3f} s {by_type[c] / by_type['p2p']:5.2f}x" if c in by_type else f"{'-':>17}"
+            for c in args.comm_types
+        ]
+        print(f"{s:>6} {cp:>3} " + " ".join(cells))
 
 
 def main() -> None:
@@ -209,6 +265,9 @@ def main() -> None:
     parser.add_argument("--cps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--mem-cps", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--layouts", nargs="+", default=["megatron", "balanced"], help="CP layouts at cp > 1")
+    parser.add_argument(
+        "--comm-types", nargs="*", default=["p2p", "a2a", "a2a+p2p"], help="--cp-comm-type columns at cp > 1"
+    )
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--heads-kv", type=int, default=4)
     parser.add_argument("--dim", type=int, default=128)
@@ -220,7 +279,7 @@ def main() -> None:
         args.seqs, args.mem_seqs, args.heads, args.heads_kv, args.dim = (
             [2048, 4096],
             [2048, 4096, 8192],
-            2,
+            4,
             2,
             64,
         )

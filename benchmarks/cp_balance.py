@@ -26,8 +26,7 @@ import torch
 from doc_mixes import DOCUMENT_MIXES  # benchmarks/doc_mixes.py, beside this file
 
 from megatron_anchor.attention.geometry import SampleGeometry
-from megatron_anchor.attention.reference import visible_keys_per_query
-from megatron_anchor.parallel import balanced_cp_index
+from megatron_anchor.parallel import balanced_cp_index, rank_work, visible_pairs
 from megatron_anchor.parallel.cp_layout import megatron_cp_index
 
 
@@ -45,7 +44,7 @@ def per_document_head_tail(doc_row: torch.Tensor, cp_size: int) -> tuple[torch.T
 
 def evaluate(doc_row: torch.Tensor, index: torch.Tensor, mode: str, ideal: float) -> dict:
     """Busiest rank's work over ``ideal``, K/V rows received (max, mean) and calls per ring step."""
-    work = visible_keys_per_query(doc_row, mode)[index].sum(dim=1)  # [cp]
+    work = rank_work(doc_row, index, mode)  # [cp]
     geometry = SampleGeometry(doc_row.numpy(), index.numpy(), mode)
     rows = geometry.received_rows()
     return {
@@ -70,7 +69,7 @@ def _timed_layout(doc_row: torch.Tensor, cp_size: int, mode: str, repeat: int = 
 def compare(doc_row: torch.Tensor, cp_size: int, mode: str) -> dict:
     """The three layouts of one sample at one CP size."""
     seq_len = len(doc_row)
-    ideal = visible_keys_per_query(doc_row, mode).sum().item() / cp_size
+    ideal = visible_pairs(doc_row[None], mode) / cp_size
     _, cpu_ms = _timed_layout(doc_row, cp_size, mode)
     balanced = balanced_cp_index(doc_row, cp_size, mode)
     padded_row, torch_index = per_document_head_tail(doc_row, cp_size)

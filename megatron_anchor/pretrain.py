@@ -116,7 +116,10 @@ def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[f
     from megatron_anchor.training.summary import startup_summary
 
     dims = init_distributed(
-        args.tensor_model_parallel_size, args.context_parallel_size, args.distributed_timeout_minutes
+        args.tensor_model_parallel_size,
+        args.context_parallel_size,
+        args.distributed_timeout_minutes,
+        args.hierarchical_context_parallel_sizes,
     )
     try:
         config_path = write_config(args) if dims.rank == 0 else None

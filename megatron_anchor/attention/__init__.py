@@ -1,12 +1,13 @@
 """Anchor-aware context-parallel attention.
 
-``modes`` and ``reference`` (the visibility rules, dense fp64 attention, per-query work), ``geometry``
-(which K/V rows each rank needs, for any layout), ``plan`` (the per-micro-batch plan: index tensors and
-kernel calls), ``backends`` / ``flash`` / ``flash_packages`` (variable-length kernels), ``comm`` (the ring
-and the anchor exchange), ``anchor`` (the anchor in closed form), ``ring`` (forward and backward),
-``cp_attention`` (the public entry). Names are imported on first use (PEP 562), so ``ATTENTION_MODES`` is
-available without torch and the layout code in ``megatron_anchor.parallel`` can use ``reference`` without
-importing the rest.
+``reference`` (dense fp64 attention, the visibility mask), ``geometry`` (which K/V rows each rank needs,
+for any layout), ``plan`` (the per-micro-batch plan: index tensors and kernel calls), ``backends`` /
+``flash`` / ``flash_packages`` (variable-length kernels), ``comm`` (the ring and the anchor exchange),
+``anchor`` (the anchor in closed form), ``ring`` (forward and backward), ``heads_exchange`` (the
+all-to-all of ``--cp-comm-type a2a`` and ``a2a+p2p``), ``cp_attention`` (the public entry). The package
+sits above ``megatron_anchor.parallel`` (layouts, the mask's counts, the comm types' degrees), which never
+imports it. Names are imported on first
+use (PEP 562), so ``ATTENTION_MODES`` is available without torch.
 """
 
 from __future__ import annotations

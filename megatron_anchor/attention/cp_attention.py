@@ -5,10 +5,13 @@ Single process::
     out = anchor_cp_attention(q, k, v, doc_ids)                      # q [S, b, h, d], doc_ids [b, S]
 
 CP ranks, in megatron-core's load-balanced layout (``cp_index=None``) or any other (``cp_index [b, cp, L]``,
-e.g. ``megatron_anchor.parallel.balanced_cp_index``), the plan built once per micro-batch and reused::
+e.g. ``megatron_anchor.parallel.batch_cp_index``), the plan built once per micro-batch and reused::
 
     plan = build_attention_plan(doc_ids, "anchor", cp_size=cp, rank=r, cp_index=index, device=q.device)
     out = anchor_cp_attention(q_local, k_local, v_local, cp_group=group, plan=plan)
+
+``--cp-comm-type a2a`` passes the CP group as ``a2a_group`` (no ring); ``a2a+p2p`` passes the inner group
+as ``a2a_group`` and the outer one as ``cp_group``; the plan is then the ring's (``a2a_size=A``).
 
 ``MEGATRON_ANCHOR_ATTENTION_BACKEND`` (see ``BACKENDS``) picks the kernel when ``backend`` is not given;
 ``MEGATRON_ANCHOR_CHECK_DOC_IDS=1`` checks that every rank got the same doc_ids and layout.
@@ -24,9 +27,12 @@ import torch.distributed as dist
 
 from megatron_anchor.attention.backends import select_backend
 from megatron_anchor.attention.comm import CPComm
+from megatron_anchor.attention.heads import expand_kv_heads
+from megatron_anchor.attention.heads_exchange import heads_for_tokens, tokens_for_heads
 from megatron_anchor.attention.plan import AttentionPlan, AttentionStats, build_attention_plan
 from megatron_anchor.attention.ring import ring_backward, ring_forward
 from megatron_anchor.devices import same_device
+from megatron_anchor.parallel.comm_types import kv_head_repeat
 
 BACKEND_ENV = "MEGATRON_ANCHOR_ATTENTION_BACKEND"
 
@@ -83,8 +89,8 @@ class _AnchorCPAttention(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
-def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm) -> None:
-    """Raise ``ValueError`` on inputs that disagree with each other or the plan (shapes only, no reads)."""
+def check_qkv(q, k, v) -> None:
+    """Raise ``ValueError`` unless q ``[s, b, h, d]`` and k/v ``[s, b, h_kv, d]`` fit together."""
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
         raise ValueError(
             f"expected q [s, b, h, d], k/v [s, b, h_kv, d]; got {tuple(q.shape)}, "
@@ -97,16 +103,35 @@ def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm) -> None:
         raise ValueError(f"q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    if (plan.batch, plan.local_len * plan.cp_size) != (batch, s_local * comm.size):
+
+
+def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm, a2a: CPComm) -> None:
+    """Raise ``ValueError`` on inputs that disagree with each other or the plan (shapes only, no reads).
+
+    q, k, v are this CP rank's (before any all-to-all).
+    """
+    check_qkv(q, k, v)
+    s_local, batch = q.shape[:2]
+    cp_size = comm.size * a2a.size
+    if (plan.batch, plan.local_len * plan.cp_size) != (batch, s_local * cp_size):
         raise ValueError(
-            f"local length {s_local} x CP {comm.size} (batch {batch}) does not match the plan's sample "
-            f"length {plan.local_len * plan.cp_size} (batch {plan.batch})"
+            f"local length {s_local} x CP {cp_size} (batch {batch}) does not match "
+            f"the plan's sample length {plan.local_len * plan.cp_size} (batch {plan.batch})"
         )
-    if (plan.cp_size, plan.rank) != (comm.size, comm.rank) or not same_device(plan.device, q.device):
+    built_for = (plan.cp_size, plan.rank, plan.a2a_size)
+    if built_for != (comm.size, comm.rank, a2a.size) or not same_device(plan.device, q.device):
         raise ValueError(
-            f"plan built for CP rank {plan.rank}/{plan.cp_size} on {plan.device}, used on rank "
-            f"{comm.rank}/{comm.size} on {q.device}"
+            f"plan built for ring rank {plan.rank}/{plan.cp_size} after an all-to-all of {plan.a2a_size} on "
+            f"{plan.device}, used on ring rank {comm.rank}/{comm.size} after one of {a2a.size} on {q.device}"
         )
+
+
+def _scatter_heads(q, k, v, a2a: CPComm) -> tuple[torch.Tensor, ...]:
+    """Tokens for heads over the all-to-all group (the K/V heads repeated first where it needs them)."""
+    repeat = kv_head_repeat(q.shape[2], k.shape[2], a2a.size)
+    if repeat > 1:  # autograd sums the repeated heads' gradients back
+        k, v = (expand_kv_heads(t, t.shape[2] * repeat, dim=2) for t in (k, v))
+    return heads_for_tokens(q, k, v, a2a.group)  # [A * L, b, h / A, d], [A * L, b, h_kv' / A, d]
 
 
 def anchor_cp_attention(
@@ -117,6 +142,7 @@ def anchor_cp_attention(
     *,
     mode: str = "anchor",
     cp_group: dist.ProcessGroup | None = None,
+    a2a_group: dist.ProcessGroup | None = None,
     cp_index: torch.Tensor | None = None,
     plan: AttentionPlan | None = None,
     softmax_scale: float | None = None,
@@ -127,20 +153,27 @@ def anchor_cp_attention(
 
     q ``[s_local, b, h, d]``, k/v ``[s_local, b, h_kv, d]`` in the layout ``cp_index [b, cp, s_local]``
     (None: megatron-core's), doc_ids ``[b, S]`` int64 (the same on every rank) -> out ``[s_local, b, h, d]``.
-    A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``backend``: a name of ``BACKENDS`` or a kernel
-    object with the contract of ``backends.py``. ``stats`` accumulates work counters.
+    ``a2a_group`` (A ranks): tokens are exchanged for heads before the ring over ``cp_group`` (P ranks)
+    and back after it; CP rank ``p * A + i`` is rank ``i`` of its ``a2a_group`` and ``p`` of its
+    ``cp_group``. A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``backend``: a name of
+    ``BACKENDS`` or a kernel object with the contract of ``backends.py``. ``stats`` accumulates counters.
     """
-    comm = CPComm(cp_group, q.device)
+    comm, a2a = CPComm(cp_group, q.device), CPComm(a2a_group, q.device)
     if plan is None:
         if doc_ids is None:
             raise ValueError("anchor_cp_attention needs doc_ids [b, S] or a prebuilt plan")
         comm.check_same(doc_ids, cp_index)
+        a2a.check_same(doc_ids, cp_index)
         plan = build_attention_plan(
-            doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device
-        )
-    validate_inputs(q, k, v, plan, comm)
+            doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device,
+            a2a_size=a2a.size,
+        )  # fmt: skip
+    validate_inputs(q, k, v, plan, comm, a2a)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    if a2a.size > 1:
+        q, k, v = _scatter_heads(q, k, v, a2a)
     kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device, q.dtype, q.shape[-1])
     counters = AttentionStats() if stats is None else stats
     counters.add(plan.stats)
-    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    return _AnchorCPAttention.apply(q, k, v, plan, comm, kernel, scale, counters)
+    out = _AnchorCPAttention.apply(q, k, v, plan, comm, kernel, scale, counters)
+    return tokens_for_heads(out, a2a.group) if a2a.size > 1 else out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_anchor.attention.reference import check_mode
+from megatron_anchor.parallel.layout_names import check_mode
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from megatron_anchor.attention.geometry import SampleGeometry, concat_ranges
-from megatron_anchor.attention.reference import check_doc_ids, check_mode
-from megatron_anchor.parallel.cp_layout import megatron_cp_index
+from megatron_anchor.parallel.cp_layout import megatron_cp_index, ring_cp_index
+from megatron_anchor.parallel.layout_names import check_mode
+from megatron_anchor.parallel.work import check_doc_ids
 
 
 @dataclass
@@ -90,16 +91,17 @@ class AttentionPlan:
     """Everything one rank computes and sends for one micro-batch."""
 
     mode: str
-    cp_size: int
-    rank: int
+    cp_size: int  # ranks of the ring (P); the CP size is a2a_size * cp_size
+    rank: int  # this rank's place in the ring
     batch: int
-    local_len: int
+    local_len: int  # rows per sample after the all-to-all (a2a_size x the CP rank's tokens)
     device: torch.device
     order: torch.Tensor | None  # [T] input row of each packed row (None: the input is in local order)
     inverse: torch.Tensor | None  # [T] packed row of each input row
     steps: list[RingStep]
     anchor: AnchorFold | None
     stats: AttentionStats
+    a2a_size: int = 1  # degree of the all-to-all before the ring (A; 1: none, --cp-comm-type p2p)
 
 
 def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -211,19 +213,23 @@ def build_attention_plan(
     rank: int = 0,
     cp_index: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    a2a_size: int = 1,
 ) -> AttentionPlan:
-    """The plan of CP ``rank`` for ``doc_ids [b, S]`` (host tensor) under ``cp_index [b, cp, S / cp]``.
+    """The plan of ring ``rank`` (of ``cp_size``) for ``doc_ids [b, S]`` (host tensor) under ``cp_index``.
 
-    ``cp_index=None`` is megatron-core's load-balanced layout. Index tensors are placed on ``device``.
+    ``cp_index [b, a2a_size * cp_size, S / (a2a_size * cp_size)]`` is every CP rank's tokens (None:
+    megatron-core's layout). With an all-to-all of degree ``a2a_size`` (A) first, ring rank ``p`` holds
+    the tokens of CP ranks ``p*A .. p*A + A - 1`` (``ring_cp_index``). Index tensors go to ``device``.
     """
     check_mode(mode)
     doc_ids = doc_ids.cpu()  # callers pass the host copy; a device tensor costs one read per micro-batch
     check_doc_ids(doc_ids)
     batch, seq_len = doc_ids.shape
     if cp_index is None:
-        cp_index = megatron_cp_index(seq_len, cp_size, batch)
+        cp_index = megatron_cp_index(seq_len, a2a_size * cp_size, batch)
     cp_index = cp_index.cpu()
-    check_cp_index(cp_index, batch, seq_len, cp_size)
+    check_cp_index(cp_index, batch, seq_len, a2a_size * cp_size)
+    cp_index = ring_cp_index(cp_index, a2a_size)
     device = torch.device(device or "cpu")
     geoms = [SampleGeometry(doc_ids[b].numpy(), cp_index[b].numpy(), mode) for b in range(batch)]
     steps = [RingStep(rank, rank, None, 0, [_local_call(geoms, rank, device)])]
@@ -250,4 +256,5 @@ def build_attention_plan(
         steps=steps,
         anchor=anchor,
         stats=stats,
+        a2a_size=a2a_size,
     )

@@ -45,6 +45,8 @@ class AnchorGPTConfig:
     """Selective recompute: the core attention is recomputed in backward."""
     sequence_parallel: bool = False
     """Shard norms, residuals and embeddings along the sequence inside each TP group (needs TP > 1)."""
+    cp_comm_type: str = "p2p"
+    """Megatron's ``--cp-comm-type``: ``p2p`` (the anchor ring), ``a2a`` or ``a2a+p2p``."""
     loss_chunk_tokens: int = 0
     """Output layer and loss over this many sequence positions at a time, recomputed in backward (0: off)."""
     use_te: bool | None = None

@@ -17,9 +17,10 @@ from megatron.core.transformer.module import MegatronModule
 from torch.utils.checkpoint import checkpoint
 
 from megatron_anchor.attention import anchor_cp_attention
-from megatron_anchor.attention.reference import check_mode
 from megatron_anchor.devices import resolve_device
 from megatron_anchor.model.layout import AnchorLayout
+from megatron_anchor.parallel.comm_types import CP_COMM_TYPES
+from megatron_anchor.parallel.layout_names import check_mode
 from megatron_anchor.rope import apply_rotary_angles
 
 
@@ -50,6 +51,31 @@ class AnchorAttentionSetup:
         return self._on_device[key]
 
 
+def attention_groups(cp_comm_type: str, pg_collection=None) -> tuple:
+    """``(ring group, all-to-all group)`` of ``--cp-comm-type`` from megatron-core's process groups.
+
+    ``p2p``: the ring over the CP group; ``a2a``: the all-to-all over it; ``a2a+p2p``: megatron-core's
+    hierarchical CP groups ``[inner, outer]``: the all-to-all inside, the ring across. Groups of one rank
+    are None (nothing to exchange). A model built without ``pg_collection`` uses parallel_state's.
+    """
+    cp_group = getattr(pg_collection, "cp", None)
+    hierarchical = getattr(pg_collection, "hcp", None)
+    if cp_group is None and ps.model_parallel_is_initialized():
+        cp_group = ps.get_context_parallel_group()
+        hierarchical = ps.get_hierarchical_context_parallel_groups(check_initialized=False)
+    if cp_comm_type not in CP_COMM_TYPES:
+        raise ValueError(f"cp_comm_type {cp_comm_type!r}: expected one of {CP_COMM_TYPES}")
+    if cp_comm_type == "p2p":
+        groups = (cp_group, None)
+    elif cp_comm_type == "a2a":
+        groups = (None, cp_group)
+    elif not hierarchical or len(hierarchical) != 2:
+        raise ValueError("cp_comm_type a2a+p2p needs megatron-core's hierarchical CP groups [inner, outer]")
+    else:
+        groups = (hierarchical[1], hierarchical[0])
+    return tuple(g if g is not None and dist.get_world_size(g) > 1 else None for g in groups)
+
+
 class AnchorCoreAttention(MegatronModule):
     """fp32 RoPE on q and k at the layout's positions, then ``anchor_cp_attention`` over the CP group."""
 
@@ -62,6 +88,7 @@ class AnchorCoreAttention(MegatronModule):
         *,
         setup: AnchorAttentionSetup,
         softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
         pg_collection=None,
         **kwargs,
     ) -> None:
@@ -73,11 +100,8 @@ class AnchorCoreAttention(MegatronModule):
         self.layer_number = layer_number
         self.setup = setup
         self.softmax_scale = softmax_scale
-        # megatron-core passes its process groups; a model built without them uses parallel_state's.
-        cp_group = getattr(pg_collection, "cp", None)
-        if cp_group is None and ps.model_parallel_is_initialized():
-            cp_group = ps.get_context_parallel_group()
-        self.cp_group: dist.ProcessGroup | None = cp_group
+        # megatron-core passes config.cp_comm_type (at CP > 1) and its process groups.
+        self.cp_group, self.a2a_group = attention_groups(cp_comm_type or "p2p", pg_collection)
 
     def _attend(self, query, key, value, plan, angles):
         # fp32 rotation of the first d_rot channels (the rest pass through), cast back to the input dtype.
@@ -85,8 +109,9 @@ class AnchorCoreAttention(MegatronModule):
         query = apply_rotary_angles(query, angles, **rope)  # [s, b, h, d]
         key = apply_rotary_angles(key, angles, **rope)  # [s, b, h_kv, d]
         out = anchor_cp_attention(
-            query, key, value, plan=plan, cp_group=self.cp_group, softmax_scale=self.softmax_scale
-        )  # [s, b, h, d]
+            query, key, value, plan=plan, cp_group=self.cp_group, a2a_group=self.a2a_group,
+            softmax_scale=self.softmax_scale,
+        )  # [s, b, h, d]  # fmt: skip
         return out.reshape(out.shape[0], out.shape[1], -1)  # [s, b, h*d]
 
     def forward(self, query, key, value, attention_mask, *, packed_seq_params=None, **kwargs):
@@ -101,8 +126,19 @@ class AnchorCoreAttention(MegatronModule):
             raise ValueError(f"positions cover {positions.shape[1]} tokens, the queries {query.shape[0]}")
         angles = packed_seq_params.rope_angles(self.setup.inv_freq_on(query.device))  # [b, s_local, d_rot/2]
         # Built by the first layer of the micro-batch; every other layer and recompute reuse it.
-        plan = packed_seq_params.attention_plan(self.setup.mode, self.cp_group, query.device)
+        plan = packed_seq_params.attention_plan(self.setup.mode, self.cp_group, query.device, self.a2a_group)
         args = (query, key, value, plan, angles)
         if self.setup.recompute and self.training:
             return checkpoint(self._attend, *args, use_reentrant=False)
         return self._attend(*args)
+
+
+def cp_exchange(model: torch.nn.Module) -> str:
+    """How the model's core attention exchanges over CP, read from its groups: ``ring of P``,
+    ``all-to-all of A``, ``all-to-all A x ring P`` (``none`` without CP)."""
+    core = next((m for m in model.modules() if isinstance(m, AnchorCoreAttention)), None)
+    if core is None:
+        return "none"
+    ring, a2a = (1 if g is None else dist.get_world_size(g) for g in (core.cp_group, core.a2a_group))
+    parts = ([f"all-to-all {a2a}"] if a2a > 1 else []) + ([f"ring {ring}"] if ring > 1 else [])
+    return " x ".join(parts) or "none"

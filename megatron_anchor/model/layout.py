@@ -53,16 +53,25 @@ class AnchorLayout(PackedSeqParams):
         return self._rope_angles[id(inv_freq)][1]
 
     def attention_plan(
-        self, mode: str, cp_group: dist.ProcessGroup | None, device: torch.device
+        self,
+        mode: str,
+        cp_group: dist.ProcessGroup | None,
+        device: torch.device,
+        a2a_group: dist.ProcessGroup | None = None,
     ) -> AttentionPlan:
-        """This rank's attention plan for the micro-batch: built on the first layer's call, then reused."""
-        key = (mode, id(cp_group), str(device))
+        """This rank's attention plan for the micro-batch: built on the first layer's call, then reused.
+
+        ``cp_group`` is the ring's group, ``a2a_group`` the all-to-all's before it (``--cp-comm-type``).
+        """
+        key = (mode, id(cp_group), id(a2a_group), str(device))
         if key not in self._plans:
-            comm = CPComm(cp_group, device)
-            comm.check_same(self.doc_ids, self.cp_index)  # with MEGATRON_ANCHOR_CHECK_DOC_IDS=1
+            ring, a2a = CPComm(cp_group, device), CPComm(a2a_group, device)
+            for comm in (ring, a2a):
+                comm.check_same(self.doc_ids, self.cp_index)  # with MEGATRON_ANCHOR_CHECK_DOC_IDS=1
             self._plans[key] = build_attention_plan(
-                self.doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=self.cp_index, device=device
-            )
+                self.doc_ids, mode, cp_size=ring.size, rank=ring.rank, cp_index=self.cp_index,
+                device=device, a2a_size=a2a.size,
+            )  # fmt: skip
         return self._plans[key]
 
     def __post_init__(self) -> None:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_anchor.attention.reference import check_doc_ids, check_mode, visible_keys_per_query
+from megatron_anchor.parallel.layout_names import check_mode
+from megatron_anchor.parallel.work import check_doc_ids, visible_keys_per_query
 
 TOLERANCE = 0.01  # the running work total stays within this fraction of a share: busiest rank <= 1.02x
 LIGHT = 0.01  # items with at most this fraction of a share of work are light (fine-tuning material)

@@ -53,16 +53,35 @@ def megatron_cp_index(seq_len: int, cp_size: int, batch: int | None = None) -> t
     return index if batch is None else index.expand(batch, *index.shape)
 
 
-def batch_cp_index(doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str = "anchor") -> torch.Tensor:
-    """``[b, cp, S / cp]`` int64 layout of every sample of ``doc_ids [b, S]`` (host tensors)."""
+def batch_cp_index(
+    doc_ids: torch.Tensor, cp_size: int, layout: str, mode: str = "anchor", a2a_size: int = 1
+) -> torch.Tensor:
+    """``[b, cp, S / cp]`` int64 layout of every sample of ``doc_ids [b, S]`` (host tensors).
+
+    With an all-to-all of degree ``a2a_size`` (A, ``--cp-comm-type a2a`` / ``a2a+p2p``) the ring runs
+    over ``P = cp / A`` groups of A consecutive ranks: ``balanced`` balances the work over the P groups
+    and cuts each group's tokens into A consecutive pieces (any split attends the same); ``megatron`` is
+    megatron-core's layout at ``cp``, which is its layout at ``P`` for the groups' tokens.
+    """
     batch, seq_len = doc_ids.shape
+    if cp_size % a2a_size:
+        raise ValueError(f"all-to-all degree {a2a_size} does not divide the CP size {cp_size}")
     if layout == "megatron":
         return megatron_cp_index(seq_len, cp_size, batch)
     if layout == "balanced":
         from megatron_anchor.parallel.balanced_layout import balanced_cp_index
 
-        return torch.stack([balanced_cp_index(row, cp_size, mode) for row in doc_ids.cpu()])
+        rings = cp_size // a2a_size
+        groups = torch.stack([balanced_cp_index(row, rings, mode) for row in doc_ids.cpu()])  # [b, P, S/P]
+        return groups.reshape(batch, cp_size, seq_len // cp_size)
     raise ValueError(f"unknown CP layout {layout!r}; expected one of {CP_LAYOUTS}")
+
+
+def ring_cp_index(cp_index: torch.Tensor, a2a_size: int) -> torch.Tensor:
+    """The ring's layout ``[b, P, A * L]`` of a layout ``[b, cp, L]`` after the all-to-all: outer rank ``p``
+    holds the tokens of CP ranks ``p*A .. p*A + A - 1``, in that order (the all-to-all's output order)."""
+    batch, cp_size, local_len = cp_index.shape
+    return cp_index.reshape(batch, cp_size // a2a_size, a2a_size * local_len)
 
 
 def _batch_first(t: torch.Tensor, seq_dim: int) -> torch.Tensor:

@@ -1,9 +1,15 @@
-"""The context-parallel layouts by name (their index arithmetic is in ``cp_layout`` and ``balanced_layout``).
+"""The names the trainer's flag parser needs, kept free of torch: the attention modes whose work a layout
+balances, and the context-parallel layouts (their index arithmetic is in ``cp_layout`` and
+``balanced_layout``; what each mode shows is in ``attention.reference.visibility_mask``)."""
 
-Kept free of torch so that the trainer's flag parser imports without it.
-"""
-
+ATTENTION_MODES = ("causal", "intra_doc", "anchor")
 CP_LAYOUTS = ("balanced", "megatron")
+
+
+def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of ``ATTENTION_MODES``."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
 
 
 def required_multiple(layout: str, cp_size: int) -> int:

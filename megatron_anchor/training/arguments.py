@@ -10,6 +10,7 @@ import json
 import sys
 
 from megatron_anchor.data.position_modes import POSITION_MODES
+from megatron_anchor.parallel.comm_types import CP_COMM_TYPES
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS
 from megatron_anchor.training.megatron_flags import (
     NO_EFFECT,
@@ -230,6 +231,8 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
     add_flag(g, "--pipeline-model-parallel-size", type=int, default=1)
     add_flag(g, "--context-parallel-size", type=int, default=1)
     add_flag(g, "--cp-layout", choices=CP_LAYOUTS, default="balanced")
+    add_flag(g, "--cp-comm-type", nargs="+", choices=CP_COMM_TYPES, default=["p2p"])
+    add_flag(g, "--hierarchical-context-parallel-sizes", nargs="+", type=int, default=None, metavar="SIZE")
     add_flag(g, "--use-distributed-optimizer", action="store_true")
     add_flag(g, "--sequence-parallel", action="store_true")
 

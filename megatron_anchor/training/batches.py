@@ -108,6 +108,7 @@ class CPSlicing:
     rank: int = 0
     layout: str = "megatron"
     mode: str = "anchor"
+    a2a_size: int = 1  # the all-to-all degree of --cp-comm-type (the layout balances over cp / a2a_size)
 
 
 def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> dict:
@@ -116,7 +117,9 @@ def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> di
 
     The layout keeps ``doc_ids`` and ``cp_index`` on the host, where the attention plan is built.
     """
-    cp_index = batch_cp_index(batch["doc_ids"], cp.size, cp.layout, cp.mode) if cp.size > 1 else None
+    cp_index = None
+    if cp.size > 1:
+        cp_index = batch_cp_index(batch["doc_ids"], cp.size, cp.layout, cp.mode, cp.a2a_size)
     local = slice_batch_for_cp(batch, cp.size, cp.rank, cp_index)
     # Pinned, non-blocking copies: the host goes on preparing the step while they travel.
     positions = host_to_device(local["position_ids"], device)

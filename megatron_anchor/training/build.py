@@ -43,6 +43,7 @@ def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> Anch
         recompute_attention=args.recompute_granularity == "selective",
         use_te={"local": False, "transformer_engine": True}.get(getattr(args, "transformer_impl", None)),
         sequence_parallel=getattr(args, "sequence_parallel", False),  # the evaluation tools have no such flag
+        cp_comm_type=getattr(args, "cp_comm_type", "p2p"),
         loss_chunk_tokens=getattr(args, "cross_entropy_chunk_size", 0),
     )
 
@@ -54,7 +55,8 @@ def build_model(cfg: AnchorGPTConfig, dims: ParallelDims, device: torch.device, 
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
         model_parallel_cuda_manual_seed(seed)  # GPU initialisation draws from megatron's RNG tracker
-    return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp).to(device)
+    groups = dims.hierarchical_cp_groups
+    return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp, hierarchical_cp_groups=groups).to(device)
 
 
 def embedding_and_output_names(model: torch.nn.Module) -> set[str]:

@@ -137,8 +137,10 @@ def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
 
 
 def _cp_slicing(run: Run) -> CPSlicing:
-    """How this rank cuts each sample: ``--cp-layout``, balancing ``--attention-mode``'s work."""
-    return CPSlicing(run.dims.cp, run.dims.cp_rank, run.args.cp_layout, run.args.attention_mode)
+    """How this rank cuts each sample: ``--cp-layout``, balancing ``--attention-mode``'s work over the
+    ring's groups (``--cp-comm-type``)."""
+    args = run.args
+    return CPSlicing(run.dims.cp, run.dims.cp_rank, args.cp_layout, args.attention_mode, args.cp_a2a_size)
 
 
 def _autocast(run: Run):

@@ -181,7 +181,13 @@ FLAGS: tuple[Flag, ...] = (
          "evaluation too"),
     # Parallelism.
     Flag("--tensor-model-parallel-size", ACCEPTED, "TP"),
-    Flag("--context-parallel-size", ACCEPTED, "CP: the anchor attention's own ring over the CP group"),
+    Flag("--context-parallel-size", ACCEPTED, "CP: the anchor attention over the CP group (see "
+         "--cp-comm-type)"),
+    Flag("--cp-comm-type", ACCEPTED, "how CP ranks exchange the attention's inputs: p2p (the anchor ring), "
+         "a2a (all-to-all of heads for tokens, then the whole sample per rank), a2a+p2p (all-to-all inside "
+         "groups of A consecutive ranks, the ring across them); one type for every layer"),
+    Flag("--hierarchical-context-parallel-sizes", ACCEPTED, "A P with A x P = CP, for a2a+p2p: the "
+         "all-to-all degree (consecutive ranks, a node) and the ring's size"),
     Flag("--pipeline-model-parallel-size", ACCEPTED, "1 only: pipeline parallelism is not implemented"),
     Flag("--use-distributed-optimizer", ACCEPTED, "shard gradients and optimizer state over data-parallel "
          "ranks (torch's FSDP2, ZeRO-2-like)"),

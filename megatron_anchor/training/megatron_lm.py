@@ -126,9 +126,9 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "context-parallel variants",
-        "context parallelism here is the anchor attention's ring (p2p) with --cp-layout",
-        ("--cp-comm-type", "--hierarchical-context-parallel-sizes", "--max-seqlen-per-dp-cp-rank",
-         "--hybrid-context-parallel"),
+        "context parallelism here is the anchor attention (--cp-comm-type p2p, a2a, a2a+p2p) with "
+        "--cp-layout",
+        ("--max-seqlen-per-dp-cp-rank", "--hybrid-context-parallel"),
     ),
     Feature("multi-token prediction", "multi-token prediction (MTP) is not implemented", (), ("--mtp-",)),
     Feature(

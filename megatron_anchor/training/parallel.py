@@ -16,8 +16,9 @@ forward (gradients and optimizer state sharded, parameters kept gathered: ZeRO-2
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -32,6 +33,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from megatron_anchor.parallel.comm_types import hierarchical_ranks
+
 
 @dataclass(frozen=True)
 class ParallelDims:
@@ -44,6 +47,8 @@ class ParallelDims:
     tp_rank: int
     cp_rank: int
     dp_rank: int
+    hierarchical_cp_groups: tuple = field(default=(), compare=False, repr=False)
+    """``(inner, outer)`` CP groups of ``--hierarchical-context-parallel-sizes A P``, else empty."""
 
     @property
     def world(self) -> int:
@@ -65,22 +70,38 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(tp: int, cp: int, timeout_minutes: float = 10.0) -> ParallelDims:
+def init_distributed(
+    tp: int, cp: int, timeout_minutes: float = 10.0, hierarchical_cp_sizes: list[int] | None = None
+) -> ParallelDims:
     """Join the torchrun process group (NCCL on GPU, gloo on CPU) and build TP/CP/DP groups; a collective
-    that waits more than ``timeout_minutes`` (a stalled or dead rank) raises instead of hanging."""
+    that waits more than ``timeout_minutes`` (a stalled or dead rank) raises instead of hanging.
+
+    ``hierarchical_cp_sizes [A, P]``: the CP group's inner groups of A consecutive ranks and outer groups
+    across them (``--cp-comm-type a2a+p2p``), megatron-core's where it can build them (it needs einops).
+    """
     timeout = timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     world = dist.get_world_size()
     if world % (tp * cp):
         raise ValueError(f"world size {world} is not divisible by TP {tp} x CP {cp}")
+    with_mcore = hierarchical_cp_sizes if importlib.util.find_spec("einops") else None
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=1,
             context_parallel_size=cp,
+            hierarchical_context_parallel_sizes=with_mcore,
             distributed_timeout_minutes=timeout_minutes,  # megatron-core builds a timedelta from it
         )
+    groups = ()
+    if hierarchical_cp_sizes:
+        groups = tuple(ps.get_hierarchical_context_parallel_groups(check_initialized=False) or ())
+        if not groups:
+            if dist.get_rank() == 0:
+                print("note: megatron-core builds its hierarchical CP groups with einops, which is not "
+                      "installed: the same groups are made with torch.distributed", flush=True)  # fmt: skip
+            groups = hierarchical_cp_groups(hierarchical_cp_sizes[0], timeout)
     return ParallelDims(
         tp=tp,
         cp=cp,
@@ -89,7 +110,27 @@ def init_distributed(tp: int, cp: int, timeout_minutes: float = 10.0) -> Paralle
         tp_rank=ps.get_tensor_model_parallel_rank(),
         cp_rank=ps.get_context_parallel_rank(),
         dp_rank=ps.get_data_parallel_rank(),
+        hierarchical_cp_groups=groups,
     )
+
+
+def hierarchical_cp_groups(inner_size: int, timeout: timedelta) -> tuple:
+    """``(inner, outer)``: megatron-core's hierarchical CP groups of two levels, made with torch.
+
+    In every CP group (global ranks ``g[0..cp-1]``) the inner groups are ``inner_size`` consecutive ranks
+    and the outer groups every ``inner_size``-th one (``create_hierarchical_groups``' arrangement). Every
+    process makes every group, in one order, as ``torch.distributed.new_group`` requires.
+    """
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, ps.get_context_parallel_global_ranks())
+    found: list = [None, None]  # this rank's (inner, outer)
+    for ranks in sorted({tuple(r) for r in every}):
+        for level, parts in enumerate(hierarchical_ranks(list(ranks), inner_size)):
+            for part in parts:
+                group = dist.new_group(part, timeout=timeout)
+                if dist.get_rank() in part:
+                    found[level] = group
+    return tuple(found)
 
 
 def teardown_distributed() -> None:

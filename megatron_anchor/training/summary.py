@@ -6,6 +6,7 @@ import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.utils.data import Dataset
 
+from megatron_anchor.model.core_attention import cp_exchange
 from megatron_anchor.training.metrics import peak_tflops, readable
 from megatron_anchor.training.parallel import unwrapped_name
 
@@ -69,7 +70,8 @@ def startup_summary(run, notes: list[str], config_path: str | None) -> str:
         f"vocab {model.vocab_size:,} padded | {architecture_text(args)} | attention {args.attention_mode}, "
         f"positions {args.position_ids} | {'bf16' if args.bf16 else 'fp32'}, recompute {recompute}",
         f"parallel: {dims.world} processes = TP {dims.tp} x CP {dims.cp} x DP {dims.dp} | {wrapper} | "
-        f"{args.num_micro_batches} micro-batch(es) of {args.micro_batch_size} per DP rank and step",
+        f"{args.num_micro_batches} micro-batch(es) of {args.micro_batch_size} per DP rank and step"
+        + (f" | CP attention: {cp_exchange(model)}" if dims.cp > 1 else ""),
         f"steps: {run.start_step:,} -> {args.train_iters:,} | {args.global_batch_size} samples x "
         f"{args.seq_length:,} = {readable(tokens_per_step)} tokens per step, "
         f"{readable(tokens_per_step * args.train_iters)} in all",

@@ -15,6 +15,7 @@ import sys
 
 from megatron_anchor.data.splits import check_blend, check_split
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
+from megatron_anchor.parallel.comm_types import cp_degrees, kv_head_repeat, kv_repeat_note
 from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
 from megatron_anchor.training.report import Report, raise_all
@@ -69,6 +70,9 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     run("schedule", lambda: _validate_schedule(args), after=("batch",))
     run("precision", lambda: _validate_precision(args))
     run("sequence parallel", lambda: _validate_sequence_parallel(args), after=("parallel", "sequence"))
+    run("cp comm type", lambda: _validate_cp_comm_type(args),
+        after=("parallel", "model", "sequence", "batch"),
+        needs=("cp_comm_type", "hierarchical_context_parallel_sizes"))  # fmt: skip
     run("data", lambda: _validate_data(args))
     run("split", lambda: check_split(args.split), needs=("split",))
     if args.data_path:
@@ -365,3 +369,39 @@ def _validate_sequence_parallel(args: argparse.Namespace) -> None:
         f"--sequence-parallel: each CP rank's {args.seq_length // cp} tokens (--seq-length / "
         f"--context-parallel-size) must divide by --tensor-model-parallel-size {tp}",
     )
+
+
+def _notice(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"notice: {message}", file=sys.stderr)
+
+
+def _validate_cp_comm_type(args: argparse.Namespace) -> None:
+    """Megatron's --cp-comm-type (one type for every layer) and --hierarchical-context-parallel-sizes;
+    sets ``cp_a2a_size``, the all-to-all degree, and says what a K/V head repetition costs."""
+    types, sizes, cp = args.cp_comm_type, args.hierarchical_context_parallel_sizes, args.context_parallel_size
+    _require(
+        len(set(types)) == 1,
+        f"--cp-comm-type {' '.join(types)}: give one type; every layer uses the same one here",
+    )
+    args.cp_comm_type = types[0]
+    degrees = cp_degrees(args.cp_comm_type, cp, sizes)
+    if sizes is not None and args.cp_comm_type != "a2a+p2p":
+        _notice(
+            f"--hierarchical-context-parallel-sizes applies to --cp-comm-type a2a+p2p; unused with {types[0]}"
+        )
+    args.cp_a2a_size = degrees.a2a if cp > 1 else 1
+    if args.cp_a2a_size == 1:
+        return
+    tp = args.tensor_model_parallel_size
+    heads = args.num_attention_heads // tp
+    heads_kv = max(1, (args.num_query_groups or args.num_attention_heads) // tp)
+    try:
+        kv_head_repeat(heads, heads_kv, args.cp_a2a_size)
+    except ValueError as err:
+        raise ValueError(f"--cp-comm-type {args.cp_comm_type}: {err} (--num-attention-heads / TP)") from None
+    tokens = args.seq_length // cp * args.micro_batch_size
+    dim = args.hidden_size // args.num_attention_heads
+    note = kv_repeat_note(heads, heads_kv, args.cp_a2a_size, tokens, dim, 2 if args.bf16 else 4)
+    if note:
+        _notice(note)

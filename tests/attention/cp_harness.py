@@ -9,9 +9,16 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from megatron_anchor.attention import AttentionStats, anchor_cp_attention, dense_reference_attention
+from megatron_anchor.attention import (
+    AttentionStats,
+    anchor_cp_attention,
+    build_attention_plan,
+    dense_reference_attention,
+)
 from megatron_anchor.parallel import free_port
+from megatron_anchor.parallel.comm_types import hierarchical_ranks
 from megatron_anchor.parallel.cp_layout import (
     batch_cp_index,
     megatron_cp_index,
@@ -46,13 +53,16 @@ def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.long), ids])
 
 
-def make_cp_index(name: str, doc_ids: torch.Tensor, cp: int, seed: int, mode: str) -> torch.Tensor | None:
+def make_cp_index(
+    name: str, doc_ids: torch.Tensor, cp: int, seed: int, mode: str, a2a_size: int = 1
+) -> torch.Tensor | None:
     """``[b, cp, S / cp]`` layout of each sample: None for megatron-core's (the default path), the
-    balanced layout of ``mode``, or a random permutation of the sample cut into equal parts."""
+    balanced layout of ``mode`` (over the ring's ``cp / a2a_size`` groups), or a random permutation of
+    the sample cut into equal parts."""
     if name == "megatron":
         return None
     if name == "balanced":
-        return batch_cp_index(doc_ids, cp, "balanced", mode)
+        return batch_cp_index(doc_ids, cp, "balanced", mode, a2a_size)
     batch, seq_len = doc_ids.shape
     gen = torch.Generator().manual_seed(1000 + seed)
     if name == "random":
@@ -82,6 +92,7 @@ class Case:
     backend: str = "auto"
     cp_layout: str = "megatron"
     seed: int = 0
+    comm: str = "p2p"  # --cp-comm-type; a2a+p2p runs as 2 x (cp / 2)
 
 
 def cases_for(cp: int) -> list[Case]:
@@ -131,7 +142,48 @@ def cases_for(cp: int) -> list[Case]:
                 )
                 for backend in ("torch", "sdpa_cpu")
             ]
+    return cases + comm_type_cases(cp)
+
+
+def comm_type_cases(cp: int) -> list[Case]:
+    """The all-to-all types at ``cp`` (a2a at 2 and 4; a2a+p2p as 2 x 2 at 4): every mode, megatron and
+    balanced layouts, GQA with K/V heads the degree divides and with heads it must repeat, fp32 and bf16."""
+    comms = {2: ["a2a"], 4: ["a2a", "a2a+p2p"]}.get(cp, [])
+    cases = []
+    for comm in comms:
+        degree = cp if comm == "a2a" else 2
+        for mode in ("causal", "intra_doc", "anchor"):
+            name = f"{mode}-{comm}"
+            cases += [
+                Case(f"{name}-gqa-megatron", mode, ("lognormal", "tiny"), heads=8, heads_kv=degree,
+                     comm=comm, seed=20),
+                Case(f"{name}-kv-repeat-balanced", mode, ("lognormal", "sparse"), heads=2 * degree,
+                     heads_kv=degree // 2, cp_layout="balanced", comm=comm, seed=21),
+                Case(f"{name}-kv-repeat-bf16-megatron", mode, ("off_edges", "one_doc"), heads=degree,
+                     heads_kv=1, dtype="bfloat16", comm=comm, seed=22),
+                Case(f"{name}-bf16-balanced-varlen", mode, ("tiny", "lognormal"), heads=degree,
+                     heads_kv=degree, dtype="bfloat16", backend="varlen_reference", cp_layout="balanced",
+                     comm=comm, seed=23),
+            ]  # fmt: skip
     return cases
+
+
+def comm_groups(world: int) -> dict[str, tuple]:
+    """``{comm type: (ring group, all-to-all group)}`` on ``world`` ranks; every rank makes every group
+    in the same order (a2a+p2p: consecutive pairs for the all-to-all, the ring across them)."""
+    groups = {"p2p": (dist.group.WORLD, None), "a2a": (None, dist.group.WORLD)}
+    if world == 4:
+        rank = dist.get_rank()
+        inner, outer = hierarchical_ranks(list(range(world)), 2)  # [[0, 1], [2, 3]], [[0, 2], [1, 3]]
+        mine = [[dist.new_group(ranks) for ranks in level][index] for level, index in
+                zip((inner, outer), (rank // 2, rank % 2))]  # fmt: skip
+        groups["a2a+p2p"] = (mine[1], mine[0])
+    return groups
+
+
+def a2a_size(case: Case, world: int) -> int:
+    """The all-to-all degree of a case's comm type."""
+    return {"p2p": 1, "a2a": world, "a2a+p2p": 2}[case.comm]
 
 
 def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -145,7 +197,7 @@ def _gather(t: torch.Tensor, index: torch.Tensor, world: int) -> torch.Tensor:
     return unshard_from_cp(shards, index, seq_dim=0)
 
 
-def run_case(case: Case, rank: int, world: int) -> dict | None:
+def run_case(case: Case, rank: int, world: int, groups: dict) -> dict | None:
     """Run ``case`` on this rank; rank 0 returns relative errors of out, dq, dk, dv."""
     dtype = getattr(torch, case.dtype)
     doc_ids = torch.stack([layout(n, case.seq_len, case.seed + i) for i, n in enumerate(case.layouts)])
@@ -157,12 +209,13 @@ def run_case(case: Case, rank: int, world: int) -> dict | None:
     k, v = (
         torch.randn(case.seq_len, batch, case.heads_kv, case.dim, generator=gen).to(dtype) for _ in range(2)
     )
-    cp_index = make_cp_index(case.cp_layout, doc_ids, world, case.seed, case.mode)
+    cp_index = make_cp_index(case.cp_layout, doc_ids, world, case.seed, case.mode, a2a_size(case, world))
     index = layout_index(cp_index, batch, case.seq_len, world)
     local = [shard_for_cp(t, index, rank, seq_dim=0).detach().requires_grad_() for t in (q, k, v)]
     stats = AttentionStats()
+    ring, a2a = groups[case.comm]
     out = anchor_cp_attention(
-        *local, doc_ids, mode=case.mode, cp_group=dist.group.WORLD, cp_index=cp_index,
+        *local, doc_ids, mode=case.mode, cp_group=ring, a2a_group=a2a, cp_index=cp_index,
         backend=case.backend, stats=stats,
     )  # fmt: skip
     out.backward(shard_for_cp(gout, index, rank, seq_dim=0))
@@ -226,6 +279,59 @@ def run_errors(rank: int, world: int) -> dict | None:
     return messages if rank == 0 else None
 
 
+def run_comm_errors(rank: int, world: int, groups: dict) -> dict | None:
+    """The one-line error of an all-to-all degree that cannot split the query heads."""
+    q, kv = torch.randn(4, 1, 3, 8), torch.randn(4, 1, 1, 8)
+    doc_ids = torch.zeros(1, 4 * world, dtype=torch.long)
+    try:
+        anchor_cp_attention(q, kv, kv, doc_ids, a2a_group=groups["a2a"][1])
+    except ValueError as err:
+        return {"heads": str(err)} if rank == 0 else None
+    return {"heads": "no error"} if rank == 0 else None
+
+
+class HostReads(TorchDispatchMode):
+    """Records ops that read values back to the host or copy between devices (the rule of
+    ``tests/model/test_attention_hot_path.py``, here inside a real group)."""
+
+    NAMES = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "unique_dim",
+             "_unique2", "unique_consecutive"}  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        devices = {t.device for t in (*args, *kwargs.values(), *outs) if isinstance(t, torch.Tensor)}
+        if func.overloadpacket.__name__ in self.NAMES or len(devices) > 1:
+            self.seen.append(func.overloadpacket.__name__)
+        return out
+
+
+def run_host_reads(rank: int, world: int, groups: dict) -> dict | None:
+    """Ops reading back to the host in a forward and backward with the micro-batch's plan, per comm type."""
+    seen = {}
+    doc_ids = torch.stack([layout("lognormal", 16 * world, 3), layout("tiny", 16 * world, 4)])
+    for comm, (ring, a2a) in groups.items():
+        size = 1 if a2a is None else dist.get_world_size(a2a)
+        ring_rank = 0 if ring is None else dist.get_rank(ring)
+        cp_index = batch_cp_index(doc_ids, world, "balanced", "anchor", size)
+        plan = build_attention_plan(
+            doc_ids, "anchor", cp_size=world // size, rank=ring_rank, cp_index=cp_index, a2a_size=size
+        )
+        q = torch.randn(16, 2, 8, 8, requires_grad=True)
+        kv = torch.randn(16, 2, 1, 8, requires_grad=True)
+        with HostReads() as recorder:
+            anchor_cp_attention(q, kv, kv, plan=plan, cp_group=ring, a2a_group=a2a).sum().backward()
+        everywhere = [None] * world
+        dist.all_gather_object(everywhere, recorder.seen)
+        seen[comm] = sorted({name for names in everywhere for name in names})
+    return seen if rank == 0 else None
+
+
 def run_reply_depth(rank: int, world: int) -> int | None:
     """Most dK/dV replies posted and not yet waited for at once in one backward (max over ranks)."""
     from megatron_anchor.attention.comm import CPComm, Pending
@@ -261,14 +367,18 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     results = {"cases": {}, "stats": {}}
+    groups = comm_groups(world)
     for case in cases_for(world):
-        results["cases"][case.name] = run_case(case, rank, world)
+        results["cases"][case.name] = run_case(case, rank, world, groups)
     for mode in ("intra_doc", "anchor", "causal"):
         for cp_layout in ("megatron", "balanced", "random") if world > 1 else ("megatron",):
             results["stats"][f"{mode}-{cp_layout}"] = run_stats(rank, world, mode, cp_layout)
     if world > 1:
         results["errors"] = run_errors(rank, world)
         results["reply_depth"] = run_reply_depth(rank, world)
+    if world in (2, 4):  # the all-to-all types' errors and host reads
+        results["comm_errors"] = run_comm_errors(rank, world, groups)
+        results["host_reads"] = run_host_reads(rank, world, groups)
     if rank == 0:
         with open(path, "w") as f:
             json.dump(results, f)

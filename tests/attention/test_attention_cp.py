@@ -1,7 +1,8 @@
 """Ring attention on real gloo groups (cp = 1, 2, 4, 8) against dense fp64 attention over the whole sample.
 
-Each CP size spawns its processes once; they run every case (megatron-core's layout and random layouts)
-and rank 0 reports the errors and the counters, which are checked against the dense mask.
+Each CP size spawns its processes once; they run every case (megatron-core's layout, the balanced one and
+random layouts; ``--cp-comm-type`` a2a at cp = 2 and 4, a2a+p2p as 2 x 2 at cp = 4) and rank 0 reports the
+errors and the counters, which are checked against the dense mask.
 """
 
 from __future__ import annotations
@@ -94,3 +95,19 @@ def test_errors_in_a_group(cp):
 def test_backward_keeps_two_steps_of_dkdv_replies_in_flight_at_most(cp):
     """Each ring step's fp32 dK/dV reply is waited for once the next is posted, not all at the end."""
     assert results(cp)["reply_depth"] == 2
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_an_all_to_all_degree_that_cannot_split_the_heads_is_one_line_naming_both(cp):
+    message = results(cp)["comm_errors"]["heads"]
+    assert f"the all-to-all degree {cp}" in message and "the 3 query heads" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_every_comm_type_reads_nothing_back_with_the_plan_built(cp):
+    """The all-to-all and the ring with a prebuilt plan: no value read back to the host in forward or
+    backward, on any rank (the hot-path rule of tests/model, inside a real group)."""
+    seen = results(cp)["host_reads"]
+    assert set(seen) == ({"p2p", "a2a", "a2a+p2p"} if cp == 4 else {"p2p", "a2a"})
+    assert all(names == [] for names in seen.values()), seen
