@@ -6,8 +6,7 @@ for any layout), ``plan`` (the per-micro-batch plan: index tensors and kernel ca
 ``anchor`` (the anchor in closed form), ``ring`` (forward and backward), ``heads_exchange`` (the
 all-to-all of ``--cp-comm-type a2a`` and ``a2a+p2p``), ``cp_attention`` (the public entry). The package
 sits above ``megatron_anchor.parallel`` (layouts, the mask's counts, the comm types' degrees), which never
-imports it. Names are imported on first
-use (PEP 562), so ``ATTENTION_MODES`` is available without torch.
+imports it. Names are imported on first use (PEP 562), so ``ATTENTION_MODES`` is available without torch.
 """
 
 from __future__ import annotations
