@@ -1,7 +1,7 @@
 """Conversion between Hugging Face Llama-family checkpoints and megatron_anchor's megatron-core model."""
 
-from megatron_anchor.checkpoint import resolve_checkpoint
-from megatron_anchor.convert.checkpoint import CheckpointReader, load_model_weights
+from megatron_anchor.checkpoint.layout import resolve_checkpoint
+from megatron_anchor.checkpoint.weights import CheckpointReader, load_model_weights
 from megatron_anchor.convert.hf_checkpoint import (
     KEEP,
     RopeOverride,

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_anchor.checkpoint import LATEST, checkpoint_meta, tokenizer_identity
-from megatron_anchor.convert.checkpoint import CheckpointReader, write_weights_checkpoint
+from megatron_anchor.checkpoint.weights import CheckpointReader, write_weights_checkpoint
 from megatron_anchor.convert.hf_config import (
     check_supported,
     export_hf_config,

@@ -3,7 +3,7 @@
 Preprocessing (``tools/preprocess_data.py`` is a thin CLI over it): ``tokenizers`` (sentencepiece / HF,
 offline), ``jsonl`` (input chunks, record checks), ``sentences`` (offline punkt), ``encode`` (worker side),
 ``packing`` (greedy and best-fit packers over document lengths), ``packed_writer`` and ``indexed_writer``
-(megatron-core ``MMIDIDX`` files, written under ``output_lock``, checked before reading), ``worker_pool`` (an
+(megatron-core ``MMIDIDX`` files, written under a lock, checked before reading), ``worker_pool`` (an
 ordered process pool that fails at once when a worker dies), ``preprocess`` (the pipeline). Training:
 ``dataset`` (``AnchorPackedDataset``), ``blending`` (Megatron's ``--data-path`` / ``--split``), ``cp_batch``
 (a CP rank's share of a batch), ``positions`` (RoPE position ids).

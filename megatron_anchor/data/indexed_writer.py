@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from megatron_anchor._files import free_space, sync_and_close, sync_directory
-from megatron_anchor.data.output_lock import OutputLock
+from megatron_anchor._output_lock import OutputLock
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
 INDEX_VERSION = 1
@@ -51,7 +51,7 @@ class IndexedWriter:
         self.directory = os.path.dirname(prefix) or "."
         os.makedirs(self.directory, exist_ok=True)
         self.prefix, self.dtype = prefix, dtype
-        self._lock = OutputLock(prefix)
+        self._lock = OutputLock(prefix + ".lock", "--output-prefix")
         try:
             remove_stale_temporaries(prefix)
             tag = f"{os.getpid()}-{secrets.token_hex(4)}"

@@ -197,7 +197,16 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints")
     g.add_argument("--save", default=None, help="checkpoint directory to write")
-    g.add_argument("--load", default=None, help="checkpoint directory to resume or start from")
+    g.add_argument(
+        "--load",
+        default=None,
+        help="checkpoint directory to resume or start from (this project's, or Megatron-LM torch_dist)",
+    )
+    g.add_argument(
+        "--pretrained-checkpoint",
+        default=None,
+        help="weights to start from (at step 0) while --load holds no checkpoint yet; resume --load after",
+    )
     g.add_argument("--save-interval", type=int, default=None, help="steps between checkpoints")
 
 

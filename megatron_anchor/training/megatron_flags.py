@@ -147,8 +147,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--sequence-parallel", ACCEPTED, ""),
     Flag("--grad-reduce-in-bf16", ACCEPTED, ""),
     # Checkpoints.
-    Flag("--save", ACCEPTED, "torch.distributed.checkpoint directories of this project"),
-    Flag("--load", ACCEPTED, ""),
+    Flag("--save", ACCEPTED, "DCP directories of this project; writes latest_checkpointed_iteration.txt too"),
+    Flag("--load", ACCEPTED, "also reads Megatron-LM torch_dist checkpoints (as starting weights)"),
+    Flag("--pretrained-checkpoint", ACCEPTED, "weights at step 0 while --load holds no checkpoint"),
     Flag("--save-interval", ACCEPTED, ""),
     Flag("--finetune", ACCEPTED, ""),
     Flag("--no-load-optim", ACCEPTED, ""),

@@ -97,7 +97,8 @@ def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up
         1, [*TINY, "--train-iters", "5", *SAME_SCHEDULE, "--load", str(ckpt), "--save", str(ckpt)], tmp_path
     )
     kept = sorted(p.name for p in ckpt.iterdir())
-    assert kept == ["iter_0000003", "iter_0000005", "latest", CONFIG_FILE]  # the run's config beside them
+    tracker = "latest_checkpointed_iteration.txt"
+    assert kept == ["iter_0000003", "iter_0000005", "latest", tracker, CONFIG_FILE]  # config beside them
 
 
 def test_stalled_rank_ends_the_job_within_the_timeout(tmp_path):

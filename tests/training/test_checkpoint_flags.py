@@ -51,7 +51,7 @@ def test_load_without_a_checkpoint_is_an_error_except_the_auto_resume_pattern(tm
     for load, message in [
         (tmp_path / "typo", "does not exist"),
         (hf, "is a Hugging Face model directory, not a checkpoint: convert it first"),
-        (tmp_path, "holds neither meta.json nor a 'latest' file"),
+        (tmp_path, r"holds neither meta.json nor a 'latest' \(or latest_checkpointed_iteration.txt\) file"),
     ]:
         with pytest.raises(ValueError, match=f"--load {load} {message}"):
             _validate([*TINY, "--load", str(load)])

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 
-from megatron_anchor.convert.checkpoint import CheckpointReader, load_model_weights, write_weights_checkpoint
-from megatron_anchor.convert.hf_mapping import te_name
+from megatron_anchor.checkpoint.names import te_name
+from megatron_anchor.checkpoint.weights import CheckpointReader, load_model_weights, write_weights_checkpoint
 
 LOCAL = {
     "decoder.layers.0.input_layernorm.weight": (8,),
