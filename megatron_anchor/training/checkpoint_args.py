@@ -133,6 +133,11 @@ def check_save_target(args: argparse.Namespace) -> None:
     if _same_path(args.load_checkpoint, newest) and step == step_of_checkpoint(newest):
         return
     name = os.path.basename(newest)
+    if _same_path(args.load_checkpoint, newest):  # weights only (--finetune, converted, Megatron-LM's)
+        raise ValueError(
+            f"--save {args.save}: this run starts at step {step} from its newest checkpoint {name} (weights "
+            f"only) and would write its checkpoints among the ones there: choose another --save"
+        )
     if args.load_checkpoint is None:
         raise ValueError(
             f"--save {args.save} already holds checkpoints (newest {name}) and this run would start at "

@@ -23,6 +23,7 @@ from megatron_anchor.training.build import (
     model_dense_params,
 )
 from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
+from megatron_anchor.training.checkpoint_args import start_step
 from megatron_anchor.training.exit_conditions import ExitConditions
 from megatron_anchor.training.metrics import (
     peak_memory_gib,
@@ -138,7 +139,7 @@ def _resume(run: Run, path: str, weights_loaded: bool) -> None:
         load_rng=not (args.finetune or args.no_load_rng),
         weights_loaded=weights_loaded,
     )
-    run.start_step = 0 if args.finetune or meta.get("weights_only") else meta["step"]
+    run.start_step = start_step(args)
     if run.dims.rank == 0:
         rng = "restored" if meta["rng_restored"] else "from --seed"
         what = _loaded_what(args, meta)

@@ -223,6 +223,8 @@ def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_ite
         _validate([*TINY, "--save", str(copy)])
     with pytest.raises(ValueError, match=r"but this run starts at step 3 from .*iter_0000003 and would over"):
         _validate([*resume, "--load", str(copy / "iter_0000003"), "--save", str(copy)])
+    with pytest.raises(ValueError, match=r"step 0 from its newest checkpoint iter_0000006 \(weights only"):
+        _validate([*resume, "--finetune", "--load", str(copy), "--save", str(copy)])
     # The last guard: a commit never replaces an existing iter_*.
     before = (newest / "meta.json").read_text()
     (tmp_path / "iter_0000006.tmp").mkdir()
