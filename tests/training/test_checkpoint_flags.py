@@ -209,7 +209,7 @@ def _copy_reference(tmp_path) -> Path:
 def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_iter_is_overwritten(tmp_path):
     copy = _copy_reference(tmp_path)
     for pointer in ("latest", "latest_checkpointed_iteration.txt"):
-        (copy / pointer).unlink()
+        (copy / pointer).unlink(missing_ok=True)
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6"]
     args = _validate([*resume, "--load", str(copy), "--save", str(copy)])
     newest = copy / "iter_0000006"
