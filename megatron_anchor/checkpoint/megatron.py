@@ -85,14 +85,17 @@ class _ArgsUnpickler(pickle.Unpickler):
         ("argparse", "Namespace"),
         ("types", "SimpleNamespace"),
         ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
         ("torch", "Size"),
+        ("torch", "device"),
         ("torch._utils", "_rebuild_tensor_v2"),
         ("torch._utils", "_rebuild_parameter"),
         ("pathlib", "PosixPath"),
     }
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED or (module, name) == ("builtins", "set"):
+        if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
@@ -113,7 +116,8 @@ def read_common(checkpoint_dir: str) -> dict:
     try:
         common = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
     except Exception as err:  # a damaged file fails in zipfile, pickle or torch alike
-        raise CheckpointError(f"{path}: not a readable megatron-core common state ({err})") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable megatron-core common state ({reason})") from None
     if not isinstance(common, dict):
         raise CheckpointError(f"{path}: not a megatron-core common state (a dict is expected)")
     return common
