@@ -149,11 +149,8 @@ def test_export_of_trained_checkpoint_needs_its_rope(sharded_llama: Path, tmp_pa
     trained.parent.mkdir()
     (converted / "iter_0000000").rename(trained)
     meta = json.loads((trained / "meta.json").read_text())
-    (trained / "meta.json").write_text(
-        json.dumps(
-            {k: meta[k] for k in ("step", "tp", "cp", "dp", "world")} | {"step": 10, "seq_length": 128}
-        )
-    )
+    kept = {k: meta[k] for k in ("step", "tp", "cp", "dp", "world", "files")}
+    (trained / "meta.json").write_text(json.dumps(kept | {"step": 10, "seq_length": 128}))
     with pytest.raises(ValueError, match="does not record its model shape"):
         export_hf_checkpoint(str(trained), str(tmp_path / "a"), progress=False)
     with pytest.raises(ValueError, match="does not record its RoPE"):
