@@ -3,6 +3,7 @@
 # guide runs). Another tag: docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/pytorch:YY.MM-py3 .
 # Build:  docker build -t megatron_anchor .
 # Run:    docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 -v /data:/data -it megatron_anchor
+# Check:  docker run --gpus all --ipc=host megatron_anchor python benchmarks/gpu_check.py --out /data/gpu_check
 # Slurm (pyxis/enroot): enroot import dockerd://megatron_anchor, then CONTAINER_IMAGE=... (examples/README.md).
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
 FROM ${BASE_IMAGE}
@@ -12,6 +13,7 @@ COPY setup.py pyproject.toml README.md ./
 COPY megatron_anchor ./megatron_anchor
 COPY tools ./tools
 COPY examples ./examples
+COPY benchmarks ./benchmarks
 
 # The container's torch, Transformer Engine and apex must be kept. NGC images (25.03+) export
 # PIP_CONSTRAINT=/etc/pip/constraint.txt pinning every package of the image, which can refuse what

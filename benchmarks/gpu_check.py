@@ -1,26 +1,37 @@
-"""The GPU check in one command: exactness of every GPU kernel, anchor vs causal speed, one training step.
+"""The GPU check in one command: every GPU kernel's exactness, anchor vs causal speed, one training step.
 
-    python benchmarks/gpu_check.py --out "$OUT"     # one H100/H200, no network, under 8 minutes
-    python benchmarks/gpu_check.py --cpu-smoke       # the same code at tiny sizes on the CPU (seconds)
+    python benchmarks/gpu_check.py --out "$OUT"     # one H100/H200, no network
+    python benchmarks/gpu_check.py --cpu-smoke       # the same steps at tiny sizes on the CPU (CI)
 
-1. Exactness against dense fp64 attention on small shapes for every GPU backend that runs here
-   (``flash``: torch's FlashAttention-2 varlen ops; ``flash_attn3`` / ``flash_attn2`` when installed): bf16,
-   GQA, the three attention modes, forward and dq/dk/dv, relative error <= 2e-2.
-2. The bf16 matmul rate of this GPU (8192^3), the yardstick.
-3. Anchor vs causal attention at S = 32K, 64K, 128K (Llama-3-8B heads at TP=2: 16 query heads, 4 K/V heads,
-   d=128) with the documents of ``benchmarks/attention.py`` (log-normal, median 1K, one of S/2), forward and
-   forward+backward, in TFLOP/s of visible pairs (4*h*d FLOPs per pair forward, 14*h*d forward+backward) and
-   as a fraction of the matmul rate, beside torch SDPA causal (cuDNN/flash) as the peer.
-4. One training step of a ~1B Llama-shape model at S = 32K through ``megatron_anchor.pretrain`` (bf16,
-   synthetic data), its tokens/s and MFU (megatron-core must be installed: it can travel as a wheel).
-One table is printed last; the full log and a JSON of every number go to ``--out``.
+A bare GPU machine (Python 3.12, torch, no megatron-core, no network) needs the wheels of
+``bash scripts/gpu_wheels.sh``, run where the package index is reachable: the check installs ``.whl/`` into
+/tmp when megatron-core is missing. Every step runs on its own: one that fails records its error and the next
+one runs; ``gpu_check.json`` (rewritten after each step) and ``gpu_check.log`` go to ``--out``.
+
+1. packages: Python, torch, CUDA, the device; megatron-core (installed from ``.whl/`` when missing).
+2. backends: whether each GPU kernel runs here (bf16, head dim 128), and if not, why.
+3. exactness BACKEND MODE: against dense fp64 attention on small shapes for every GPU kernel that runs: bf16,
+   GQA, the three attention modes, out and dq/dk/dv, relative error <= 2e-2. ``--cpu-smoke`` checks
+   ``sdpa_cpu``, and ``flash``, which must fail on the CPU: the failure is recorded, the next step runs.
+4. matmul: the bf16 matmul rate of this GPU (8192^3), the yardstick.
+5. speed S: anchor and causal attention through this engine at S = 32K, 64K, 128K (Llama-3-8B heads at TP=2:
+   16 query heads, 4 K/V heads, d=128; the documents of ``benchmarks/attention.py``), beside the flash
+   kernel's own causal call and torch SDPA causal (cuDNN/flash), forward and forward+backward, in TFLOP/s
+   of visible pairs (4*h*d FLOPs per pair forward, 14*h*d forward+backward) and as a share of the matmul
+   rate.
+6. training step: three steps of a ~1B Llama-shape model at S = 32K, CP = 1, through
+   ``megatron_anchor.pretrain`` (bf16, synthetic data): tokens/s and MFU.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -28,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 from doc_mixes import realistic_doc_ids  # noqa: E402  (benchmarks/doc_mixes.py, beside this file)
 
 from megatron_anchor.attention import (  # noqa: E402
@@ -37,45 +49,123 @@ from megatron_anchor.attention import (  # noqa: E402
     dense_reference_attention,
     visible_pairs,
 )
+from megatron_anchor.attention.backends import select_backend  # noqa: E402
 from megatron_anchor.attention.flash import GPU_BACKENDS, gpu_backend_status  # noqa: E402
+from megatron_anchor.attention.plan import kernel_call  # noqa: E402
 from megatron_anchor.parallel import free_port  # noqa: E402
 
+WHEELS = REPO / ".whl"  # scripts/gpu_wheels.sh
+SITE = Path("/tmp/megatron_anchor_site")
+TOLERANCE = 2e-2
+HEAD_DIM = 128
 
-def log(out_dir: Path | None, text: str) -> None:
-    """Print and append to ``out_dir/gpu_check.log``."""
-    print(text, flush=True)
-    if out_dir is not None:
-        with open(out_dir / "gpu_check.log", "a") as f:
-            f.write(text + "\n")
+
+class Check:
+    """Runs steps one by one, recording each result or error; the JSON is rewritten after every step."""
+
+    def __init__(self, out_dir: Path | None, context: dict) -> None:
+        self.out_dir, self.context = out_dir, context
+        self.steps: dict[str, dict] = {}
+        self.table = ""
+
+    def log(self, text: str) -> None:
+        """Print and append to ``out_dir/gpu_check.log``."""
+        print(text, flush=True)
+        if self.out_dir is not None:
+            with open(self.out_dir / "gpu_check.log", "a") as f:
+                f.write(text + "\n")
+
+    def step(self, name: str, fn, *args):
+        """``fn(*args)`` as step ``name``: its result, or None when it raised (the error is recorded)."""
+        start = time.perf_counter()
+        try:
+            result = fn(*args)
+            entry = {"ok": True, "result": result}
+        except Exception as err:  # a failed step must not stop the others
+            result, entry = None, {"ok": False, "error": f"{type(err).__name__}: {err}"[-1500:]}
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        self.steps[name] = entry
+        summary = json.dumps(entry.get("result"), default=str)[:300] if entry["ok"] else entry["error"][-300:]
+        self.log(f"[{'ok' if entry['ok'] else 'FAILED'}] {name} ({entry['seconds']} s): {summary}")
+        self.save()
+        return result
+
+    def save(self) -> None:
+        """``out_dir/gpu_check.json``: every step so far."""
+        if self.out_dir is not None:
+            record = {**self.context, "steps": self.steps, "table": self.table}
+            (self.out_dir / "gpu_check.json").write_text(json.dumps(record, indent=1, default=str))
+
+
+def _megatron_core_version() -> str | None:
+    """megatron-core's version when importable (found, not imported: its import takes seconds), else None."""
+    try:
+        if importlib.util.find_spec("megatron.core") is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    try:
+        return importlib.metadata.version("megatron-core")
+    except importlib.metadata.PackageNotFoundError:
+        return "a source tree (no package metadata)"
+
+
+def packages(device: torch.device) -> dict:
+    """Versions and the device; megatron-core installed from ``.whl/`` into ``SITE`` when missing."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    version = _megatron_core_version()
+    if version is None:
+        wheels = sorted(str(w) for w in WHEELS.glob("*.whl"))
+        if not wheels:
+            raise RuntimeError(
+                f"megatron-core is missing and {WHEELS} holds no wheels: run scripts/gpu_wheels.sh"
+            )
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+               "--no-cache-dir", "--upgrade", "--target", str(SITE), *wheels]  # fmt: skip
+        subprocess.run(pip, check=True, capture_output=True, text=True)
+        sys.path.insert(0, str(SITE))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
+        importlib.invalidate_caches()
+        version = _megatron_core_version()
+        info["installed_from"] = [Path(w).name for w in wheels]
+    info["megatron_core"] = version
+    return info
+
+
+def backends(device: torch.device) -> dict:
+    """Each GPU kernel: ``runs`` or ``off: why``."""
+    statuses = {name: gpu_backend_status(name, device, torch.bfloat16, HEAD_DIM) for name in GPU_BACKENDS}
+    return {name: "runs" if ok else f"off: {why}" for name, (ok, why) in statuses.items()}
 
 
 def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
-def exactness(backend: str, device: torch.device, seq_len: int) -> dict:
-    """Worst relative error of out, dq, dk, dv over the three modes (bf16, GQA) against fp64."""
+def exactness(backend: str, mode: str, device: torch.device, seq_len: int) -> dict:
+    """Relative errors of out, dq, dk, dv (bf16, GQA) against dense fp64 attention."""
     gen = torch.Generator().manual_seed(0)
     doc_ids = realistic_doc_ids(seq_len, median=max(8, seq_len // 16))
-    worst = {}
-    for mode in ("causal", "intra_doc", "anchor"):
-        q, dout = (torch.randn(seq_len, 1, 8, 128, generator=gen) for _ in range(2))
-        k, v = (torch.randn(seq_len, 1, 2, 128, generator=gen) for _ in range(2))
-        inputs = [t.to(device, torch.bfloat16).requires_grad_() for t in (q, k, v)]
-        out = anchor_cp_attention(*inputs, doc_ids, mode=mode, backend=backend)
-        out.backward(dout.to(device, torch.bfloat16))
-        ref_in = [t.detach().double().requires_grad_() for t in inputs]
-        ref = dense_reference_attention(*ref_in, doc_ids.to(device), mode)
-        ref.backward(dout.to(device).double())
-        got, want = (out, *(t.grad for t in inputs)), (ref, *(t.grad for t in ref_in))
-        errors = [_rel(g, r) for g, r in zip(got, want)]
-        worst[mode] = max(errors)
-    return worst
+    q, dout = (torch.randn(seq_len, 1, 8, HEAD_DIM, generator=gen) for _ in range(2))
+    k, v = (torch.randn(seq_len, 1, 2, HEAD_DIM, generator=gen) for _ in range(2))
+    inputs = [t.to(device, torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    out = anchor_cp_attention(*inputs, doc_ids, mode=mode, backend=backend)  # its plan: on q's own device
+    out.backward(dout.to(device, torch.bfloat16))
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    ref = dense_reference_attention(*ref_in, doc_ids.to(device), mode)
+    ref.backward(dout.to(device).double())
+    got, want = (out, *(t.grad for t in inputs)), (ref, *(t.grad for t in ref_in))
+    errors = {name: _rel(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, want)}
+    return {**errors, "pass": max(errors.values()) <= TOLERANCE}
 
 
-def _timer(device: torch.device):
+def _timer(device: torch.device) -> float:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
@@ -97,35 +187,49 @@ def matmul_rate(device: torch.device, n: int) -> float:
     return 2 * n**3 / timed(lambda: a @ b, device, 5)
 
 
-def _attention_inputs(seq_len: int, device, dtype, heads: int, heads_kv: int):
-    gen = torch.Generator().manual_seed(1)
-    shapes = [(seq_len, 1, heads, 128), (seq_len, 1, heads_kv, 128), (seq_len, 1, heads_kv, 128)]
-    return [torch.randn(s, generator=gen).to(device, dtype).requires_grad_() for s in shapes]
+def _fwd_bwd_times(forward, backward, device, repeat: int) -> dict:
+    """Seconds of ``forward()`` (no grad) and of ``backward(forward())``."""
+    with torch.no_grad():
+        fwd = timed(forward, device, repeat)
+    return {"fwd": fwd, "fwd_bwd": timed(lambda: backward(forward()), device, repeat)}
+
+
+def _kernel_causal(q, k, v, kernel, device, repeat: int) -> dict:
+    """The selected flash kernel's own call: one causal sequence of S, no plan, no merge."""
+    seq_len = q.shape[0]
+    whole = (torch.zeros(1, dtype=torch.long).numpy(), torch.full((1,), seq_len).numpy())  # (starts, lengths)
+    call = kernel_call(True, whole, whole, q.device)
+    qp, kp, vp = (t.detach()[:, 0] for t in (q, k, v))  # [S, h(_kv), d]
+    dout, scale = torch.ones_like(qp), HEAD_DIM**-0.5
+    forward = lambda: kernel.forward(qp, kp, vp, call, scale)  # noqa: E731
+    backward = lambda r: kernel.backward(dout, qp, kp, vp, r[0], r[1], call, scale, r[2])  # noqa: E731
+    return _fwd_bwd_times(forward, backward, device, repeat)
 
 
 def attention_speed(seq_len: int, device, backend: str, heads: int, heads_kv: int, repeat: int) -> dict:
-    """Seconds of anchor, causal (this engine) and SDPA causal, forward and forward+backward."""
+    """Seconds of anchor and causal (this engine), the kernel's causal call, SDPA causal: fwd, fwd+bwd."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     doc_ids = realistic_doc_ids(seq_len)
-    q, k, v = _attention_inputs(seq_len, device, dtype, heads, heads_kv)
-    rows = {}
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(seq_len, 1, heads, HEAD_DIM), *[(seq_len, 1, heads_kv, HEAD_DIM)] * 2]
+    q, k, v = (torch.randn(s, generator=gen).to(device, dtype).requires_grad_() for s in shapes)
+    rows, causal_pairs = {}, visible_pairs(doc_ids, "causal")
     for mode in ("anchor", "causal"):
-        plan = build_attention_plan(doc_ids, mode, device=device)  # once per micro-batch, as in training
+        plan = build_attention_plan(doc_ids, mode, device=q.device)  # from the tensors' own device, once
         call = lambda plan=plan: anchor_cp_attention(q, k, v, plan=plan, backend=backend)  # noqa: E731
-        rows[mode] = _fwd_bwd_times(call, device, repeat) | {"visible": visible_pairs(doc_ids, mode)}
+        times = _fwd_bwd_times(call, lambda out: out.sum().backward(), device, repeat)
+        rows[mode] = times | {"visible": visible_pairs(doc_ids, mode)}
+    kernel = select_backend(backend, q.device, dtype, HEAD_DIM)
+    rows["kernel_causal"] = _kernel_causal(q, k, v, kernel, device, repeat) | {"visible": causal_pairs}
+    qs, ks, vs = (t.detach().permute(1, 2, 0, 3) for t in (q, k, v))  # [1, h, S, d]
     group = heads // heads_kv
-    qs, ks, vs = (t.detach().permute(1, 2, 0, 3).requires_grad_() for t in (q, k, v))  # [1, h, S, d]
-    ks_full, vs_full = (t.repeat_interleave(group, 1).detach().requires_grad_() for t in (ks, vs))
-    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks_full, vs_full, is_causal=True)  # noqa: E731
-    rows["sdpa_causal"] = _fwd_bwd_times(sdpa, device, repeat) | {"visible": rows["causal"]["visible"]}
+    qs, ks, vs = (
+        t.requires_grad_() for t in (qs, ks.repeat_interleave(group, 1), vs.repeat_interleave(group, 1))
+    )
+    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True)  # noqa: E731
+    rows["sdpa_causal"] = _fwd_bwd_times(sdpa, lambda out: out.sum().backward(), device, repeat)
+    rows["sdpa_causal"]["visible"] = causal_pairs
     return rows
-
-
-def _fwd_bwd_times(call, device, repeat: int) -> dict:
-    with torch.no_grad():
-        fwd = timed(call, device, repeat)
-    both = timed(lambda: call().sum().backward(), device, repeat)
-    return {"fwd": fwd, "fwd_bwd": both}
 
 
 def training_step(out_dir: Path | None, smoke: bool) -> dict:
@@ -144,46 +248,63 @@ def training_step(out_dir: Path | None, smoke: bool) -> dict:
            "--log-interval", "1", "--micro-batch-size", "1", "--log-jsonl", str(log_path)]  # fmt: skip
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # + SITE
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
     if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout)[-600:]}
+        raise RuntimeError(f"pretrain exited {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}")
     records = [json.loads(line) for line in log_path.read_text().splitlines() if '"loss"' in line]
-    last = records[-1]
-    return {key: last[key] for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "loss")}
+    return {key: records[-1][key] for key in ("tokens_per_s", "tflops_per_gpu", "mfu", "loss")}
 
 
-def _speed_rows(results: dict, rate: float) -> list[str]:
+def _speed_lines(rows: dict, rate: float | None, heads: int) -> list[str]:
     lines = []
-    for seq_len, rows in results["speed"].items():
-        for name, row in rows.items():
-            for key, flops in (("fwd", 4), ("fwd_bwd", 14)):
-                tflops = flops * 128 * results["heads"] * row["visible"] / row[key] / 1e12
-                share = 100 * tflops * 1e12 / rate
-                lines.append(
-                    f"{seq_len:>7} {name:>12} {key:>8} {1e3 * row[key]:10.1f} ms {tflops:8.1f} TFLOP/s "
-                    f"{share:6.1f}% of matmul  time anchor/this {rows['anchor'][key] / row[key]:5.2f}"
-                )
+    for name, row in rows.items():
+        for key, flops in (("fwd", 4), ("fwd_bwd", 14)):
+            tflops = flops * HEAD_DIM * heads * row["visible"] / row[key] / 1e12
+            share = f"{100 * tflops * 1e12 / rate:5.1f}% of matmul" if rate else ""
+            ratio = rows["anchor"][key] / row[key]
+            lines.append(
+                f"{name:>14} {key:>8} {1e3 * row[key]:10.1f} ms {tflops:8.1f} TFLOP/s {share}  "
+                f"time anchor/this {ratio:5.2f}"
+            )
     return lines
 
 
-def final_table(results: dict) -> str:
-    """The summary printed last."""
-    rate = results["matmul_rate"]
-    lines = [f"device {results['device']}, torch {torch.__version__}, matmul {rate / 1e12:.0f} TFLOP/s"]
-    lines += [f"backend {name}: {status}" for name, status in results["backends"].items()]
-    for name, errors in results["exactness"].items():
-        worst = max(errors.values())
-        lines.append(f"exact {name}: worst rel. error {worst:.2e} ({'PASS' if worst <= 2e-2 else 'FAIL'})")
-    lines.append(f"{'S':>7} {'kernel':>12} {'pass':>8} {'time':>13} {'visible-pair rate':>16}")
-    lines += _speed_rows(results, rate)
-    step = results["training_step"]
-    if "error" in step:
-        lines.append(f"training step: failed: {step['error']}")
-    else:
-        mfu = "-" if step["mfu"] is None else f"{100 * step['mfu']:.1f}%"  # the trainer's own peak table
-        rate_line = f"{step['tokens_per_s']:.0f} tokens/s, {step['tflops_per_gpu']:.1f} TFLOP/s"
-        lines.append(f"training step: {rate_line}, MFU {mfu}")
+def _step_lines(name: str, entry: dict, check: Check) -> list[str]:
+    """The table's lines for one step."""
+    if not entry["ok"]:
+        return [f"{name}: FAILED: {entry['error'].splitlines()[-1][-300:]}"]
+    result = entry["result"]
+    if name == "packages":
+        origin = f" (from {', '.join(result['installed_from'])})" if "installed_from" in result else ""
+        versions = f"Python {result['python']}, torch {result['torch']}, CUDA {result['cuda']}"
+        return [f"{result['device']}; {versions}, megatron-core {result['megatron_core']}{origin}"]
+    if name == "backends":
+        return [f"backend {backend}: {status}" for backend, status in result.items()]
+    if name.startswith("exactness"):
+        worst = max(v for k, v in result.items() if k != "pass")
+        return [f"{name}: worst rel. error {worst:.2e} ({'PASS' if result['pass'] else 'FAIL'})"]
+    if name == "matmul":
+        return [f"matmul: {result / 1e12:.1f} TFLOP/s"]
+    if name.startswith("speed"):
+        rate = check.steps.get("matmul", {}).get("result")
+        return [f"{name} (kernel {check.context['speed_kernel']}):"] + _speed_lines(
+            result, rate, check.context["heads"]
+        )
+    mfu = "-" if result.get("mfu") is None else f"{100 * result['mfu']:.1f}%"  # the trainer's own peak table
+    return [
+        f"{name}: {result['tokens_per_s']:.0f} tokens/s, {result['tflops_per_gpu']:.1f} TFLOP/s, MFU {mfu}"
+    ]
+
+
+def final_table(check: Check) -> str:
+    """One line or block per step, in order; a step whose lines cannot be made says so."""
+    lines = []
+    for name, entry in check.steps.items():
+        try:
+            lines += _step_lines(name, entry, check)
+        except Exception as err:  # the table is written whatever a step returned
+            lines.append(f"{name}: (no table line: {type(err).__name__}: {err})")
     return "\n".join(lines)
 
 
@@ -195,31 +316,32 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[32768, 65536, 131072])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    smoke = args.cpu_smoke
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    device = (
+        torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device() if cuda else 0)
+    )
+    heads, heads_kv = (4, 1) if smoke else (16, 4)
+    check = Check(args.out, {"device": str(device), "heads": heads, "heads_kv": heads_kv})
     start = time.perf_counter()
-    statuses = {name: gpu_backend_status(name, device, torch.bfloat16) for name in GPU_BACKENDS}
-    runnable = [name for name, (ok, _) in statuses.items() if ok] or (["sdpa_cpu"] if args.cpu_smoke else [])
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    results["backends"] = {name: "runs" if ok else f"off: {why}" for name, (ok, why) in statuses.items()}
-    small = 512 if args.cpu_smoke else 2048
-    results["exactness"] = {name: exactness(name, device, small) for name in runnable}
-    log(args.out, f"exactness: {results['exactness']}")
-    results["matmul_rate"] = matmul_rate(device, 1024 if args.cpu_smoke else 8192)
-    heads, heads_kv = (4, 1) if args.cpu_smoke else (16, 4)
-    seqs = [1024, 2048] if args.cpu_smoke else args.seqs
-    best = runnable[0] if runnable else "torch"
-    results["heads"] = heads
-    results["speed"] = {}
-    for seq_len in seqs:
-        results["speed"][seq_len] = attention_speed(seq_len, device, best, heads, heads_kv, args.repeat)
-        log(args.out, f"S={seq_len}: {results['speed'][seq_len]}")
-    results["training_step"] = training_step(args.out, args.cpu_smoke)
-    results["seconds"] = time.perf_counter() - start
-    if args.out is not None:
-        (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
-    log(args.out, "\n" + final_table(results) + f"\n({results['seconds']:.0f} s)")
+    check.step("packages", packages, device)
+    statuses = check.step("backends", backends, device) or {}
+    runnable = [name for name in ("flash_attn3", "flash", "flash_attn2") if statuses.get(name) == "runs"]
+    for backend in ["sdpa_cpu", "flash"] if smoke else runnable:  # smoke: flash must fail on the CPU
+        for mode in ("causal", "intra_doc", "anchor"):
+            check.step(
+                f"exactness {backend} {mode}", exactness, backend, mode, device, 512 if smoke else 2048
+            )
+    check.step("matmul", matmul_rate, device, 1024 if smoke else 8192)
+    check.context["speed_kernel"] = kernel = "sdpa_cpu" if smoke else (runnable[:1] or ["torch"])[0]
+    for seq_len in [1024, 2048] if smoke else args.seqs:
+        check.step(f"speed {seq_len}", attention_speed, seq_len, device, kernel, heads, heads_kv, args.repeat)
+    check.step("training step", training_step, args.out, smoke)
+    check.table = final_table(check) + f"\n({time.perf_counter() - start:.0f} s)"
+    check.save()
+    check.log("\n" + check.table)
 
 
 if __name__ == "__main__":

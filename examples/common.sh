@@ -46,13 +46,23 @@ launch_pretrain() {  # launch_pretrain TRAINER_FLAGS...
     fi
     if [[ -n "${SAVE:-}" ]]; then mkdir -p "$SAVE"; fi
     # Preemption (Slurm signals every process of the job): the workers' --exit-signal-handler finishes the
-    # step, saves and exits 0; torchrun leaves SIGTERM to them (torch >= 2.9 reads this variable; older
-    # torchruns forward the signal and give the workers --shutdown-timeout to save).
+    # step, saves and exits 0, and torchrun must leave SIGTERM to them and wait. torchrun ignores the
+    # signal only if told so: torch >= 2.9 reads TORCHELASTIC_SIGNALS_TO_HANDLE, but a torchrun that has
+    # --signals-to-handle (torch 2.13) overwrites that variable with the flag's default, which includes
+    # SIGTERM; older torchruns forward the signal and give the workers --shutdown-timeout to save.
     export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+    local signals="" usage
+    usage=$("$PYTHON" -m torch.distributed.run --help 2>/dev/null || true)
+    if [[ "$usage" == *--signals-to-handle* ]]; then
+        signals="--signals-to-handle $TORCHELASTIC_SIGNALS_TO_HANDLE"
+    fi
     # megatron-core's sequence-parallel communication overlap relies on one CUDA work queue, as in
     # Megatron-LM's recipes.
     export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
     trap '' TERM
-    exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
-        --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" -m megatron_anchor.pretrain "$@"
+    # torchrun, run by the same interpreter whose --help was read above ($signals: unquoted, two words).
+    # shellcheck disable=SC2086
+    exec "$PYTHON" -m torch.distributed.run $signals --nnodes "$NNODES" --node-rank "$NODE_RANK" \
+        --nproc-per-node "$GPUS_PER_NODE" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
+        -m megatron_anchor.pretrain "$@"
 }

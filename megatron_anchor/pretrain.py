@@ -35,6 +35,7 @@ import sys
 import time
 
 from megatron_anchor.checkpoint.layout import CheckpointError
+from megatron_anchor.data.errors import DataError
 from megatron_anchor.training.arguments import format_config, parse_args
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         if rank == 0 or os.environ.get("LOCAL_RANK") == "0":  # once per node: its files may differ
             print("\n".join(f"error: {e}" for e in findings.errors), file=sys.stderr, flush=True)
         sys.exit(1)
-    return _train(args, notes, started)
+    return _train(args, notes + findings.notes, started)
 
 
 def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[float]:
@@ -136,6 +137,8 @@ if __name__ == "__main__":
         _fail(str(err))
     except CheckpointError as err:  # the ranks agree on it: rank 0 says it, naming the file
         _fail(str(err), every_rank=False)
+    except DataError as err:  # a sample that must not reach the model: the ranks that read it say so
+        _fail(str(err))
     except RuntimeError as err:
         if not _lost_peer(err):
             raise

@@ -9,7 +9,10 @@ run with a new RoPE base; prints the matching trainer flags::
 Export (a checkpoint, converted or trained -> a HF directory transformers loads)::
 
     python tools/convert_hf_checkpoint.py export --load runs/llama2-64k --hf-dir Llama-2-7b-64k \\
-        --hf-source ckpt/llama2-7b-tp2 --dtype bfloat16
+        --dtype bfloat16
+
+The checkpoint records the model, its RoPE, the source model's config and the tokenizer it was trained with:
+export needs no other flag.
 """
 
 from __future__ import annotations
@@ -17,19 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_anchor.convert import (  # noqa: E402
-    KEEP,
-    RopeOverride,
-    export_hf_checkpoint,
-    format_flags,
-    import_hf_checkpoint,
-    trainer_flags,
-)
-from megatron_anchor.data.tokenizers import has_hf_tokenizer  # noqa: E402
-from megatron_anchor.rope import parse_rope_scaling  # noqa: E402
+# Only the flags load here: a conversion imports torch and safetensors once parsed, never megatron-core.
+from megatron_anchor.rope.args import parse_rope_scaling  # noqa: E402
+
+if TYPE_CHECKING:
+    from megatron_anchor.convert.hf_checkpoint import RopeOverride
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -60,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--hf-dir", required=True, help="HF directory to write")
     exp.add_argument(
         "--hf-source", default=None,
-        help="converted checkpoint or original HF directory: config and tokenizer files of the model",
+        help="converted checkpoint or original HF directory: config and tokenizer files for a checkpoint "
+        "that does not record them",
     )
-    exp.add_argument("--dtype", choices=DTYPES, default=None, help="default: the source model's dtype")
-    exp.add_argument("--max-position-embeddings", type=int, default=None, help="default: trained length")
+    exp.add_argument("--dtype", choices=DTYPES, default=None, help="default: the checkpoint's dtype")
+    exp.add_argument(
+        "--max-position-embeddings", type=int, default=None,
+        help="default: the longer of the source model's context and the trained --seq-length",
+    )
     exp.add_argument("--max-shard-size-gb", type=float, default=5.0)
     _add_rope_flags(exp)
     for p in (imp, exp):
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def rope_override(args: argparse.Namespace) -> RopeOverride | None:
     """The --rotary-base / --rope-scaling overrides, or None when neither is given."""
+    from megatron_anchor.convert.hf_checkpoint import KEEP, RopeOverride
+
     if args.rotary_base is None and args.rope_scaling is None:
         return None
     if args.rope_scaling is None:
@@ -86,6 +91,8 @@ def rope_override(args: argparse.Namespace) -> RopeOverride | None:
 
 def tokenizer_flags(hf_dir: str) -> list[str]:
     """The trainer's tokenizer flags for a HF directory that holds tokenizer files (else none)."""
+    from megatron_anchor.data.tokenizers import has_hf_tokenizer
+
     if not has_hf_tokenizer(hf_dir):
         return []
     return ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", hf_dir]
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one conversion; errors are printed as one line naming the file, tensor or flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from megatron_anchor.convert.hf_checkpoint import export_hf_checkpoint, import_hf_checkpoint
+    from megatron_anchor.convert.hf_config import format_flags, trainer_flags
+
     try:
         rope = rope_override(args)
         if args.command == "import":

@@ -1,17 +1,18 @@
 """Passkey retrieval over a grid of context lengths and needle depths, on a megatron_anchor model.
 
-A trained checkpoint (the trainer's ``--save`` directory) or a converted Hugging Face one; the model flags
-are read from its metadata (give one only to change it, e.g. ``--rotary-base``)::
+A trained checkpoint (the trainer's ``--save`` directory) or a converted Hugging Face one; the model and
+tokenizer flags are read from its metadata (give one only to change it, e.g. ``--rotary-base``)::
 
-    python tools/eval_passkey.py --load ckpt/ --tokenizer-type HuggingFaceTokenizer \\
-        --tokenizer-model hf_dir --bf16 --lengths 4096,16384,65536 --depths 0,0.25,0.5,0.75,1 --num-trials 5
+    python tools/eval_passkey.py --load ckpt/ --bf16 --lengths 4096,16384,65536 \\
+        --depths 0,0.25,0.5,0.75,1 --num-trials 5
 
 Long lengths with context parallelism (the prompt is sharded in the load-balanced layout)::
 
-    torchrun --nproc-per-node 8 tools/eval_passkey.py --context-parallel-size 8 ... --lengths 131072
+    torchrun --nproc-per-node 8 tools/eval_passkey.py --load ckpt/ --context-parallel-size 8 --bf16 \\
+        --lengths 131072
 
 Prints the accuracy table and writes ``passkey.json`` (grid and every prompt's output) and
-``passkey_heatmap.png`` under ``--out-dir``.
+``passkey_heatmap.png`` under ``--out-dir`` (checked before the model loads).
 """
 
 from __future__ import annotations
@@ -26,20 +27,14 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from megatron.core import parallel_state as ps  # noqa: E402
-
-from megatron_anchor.evaluation.loading import (  # noqa: E402
-    build_eval_model,
+# The flags load without torch or megatron-core (--help and flag errors come back at once).
+from megatron_anchor.evaluation.eval_args import (  # noqa: E402
     build_eval_parser,
+    exit_on_errors,
     finish_model_args,
-    init_eval_distributed,
+    out_dir_problem,
 )
-from megatron_anchor.evaluation.passkey import accuracy_table, build_prompt, run_passkey_grid  # noqa: E402
-from megatron_anchor.evaluation.report import plot_heatmap  # noqa: E402
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS  # noqa: E402
-from megatron_anchor.training import teardown_distributed  # noqa: E402
-from megatron_anchor.training.parallel import device_for_rank  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,17 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--anchor-token-id", type=int, default=None, help="default: tokenizer BOS, else EOS")
     g.add_argument("--out-dir", type=Path, default=Path("passkey"))
     args = p.parse_args(argv)
-    if args.tokenizer_model is None or args.tokenizer_type is None:
-        p.error("--tokenizer-type and --tokenizer-model are required (prompts are text)")
+    errors = []
     if not all(0.0 <= d <= 1.0 for d in args.depths):
-        p.error(f"--depths {args.depths}: every depth must lie in [0, 1]")
+        errors.append(f"--depths {args.depths}: every depth must lie in [0, 1]")
     if min(args.num_trials, args.micro_batch_size, args.passkey_digits) < 1:
-        p.error("--num-trials, --micro-batch-size and --passkey-digits must be >= 1")
+        errors.append("--num-trials, --micro-batch-size and --passkey-digits must be >= 1")
+    errors += [p for p in [out_dir_problem(args.out_dir)] if p]
     new_tokens = args.max_new_tokens or args.passkey_digits + 3
-    try:
-        finish_model_args(args, max(args.lengths) + new_tokens + 2 * args.context_parallel_size)
+    try:  # prompts are text: the tokenizer is the checkpoint's unless given
+        finish_model_args(args, max(args.lengths) + new_tokens + 2 * args.context_parallel_size, True)
     except ValueError as err:
-        p.error(str(err))
+        errors.append(str(err))
+    exit_on_errors(errors)
     return args
 
 
@@ -89,7 +85,19 @@ def _forward_tokens(length: int, generated: int) -> int:
 def main(argv: list[str] | None = None) -> dict:
     """Run the grid; rank 0 prints the table and writes the JSON and the heatmap; returns the results."""
     args = parse_args(argv)
+    from megatron_anchor.training.startup import import_training_stack, silence_inapplicable_warnings
+
+    stack = ("megatron_anchor.evaluation.loading", "megatron_anchor.evaluation.passkey")
+    fallbacks = import_training_stack(uses_wandb=False, modules=stack)
+    silence_inapplicable_warnings()
+    import torch
+    from megatron.core import parallel_state as ps
+
     from megatron_anchor.data import build_tokenizer, default_anchor_id
+    from megatron_anchor.evaluation.loading import build_eval_model, init_eval_distributed
+    from megatron_anchor.evaluation.passkey import accuracy_table, build_prompt, run_passkey_grid
+    from megatron_anchor.training import teardown_distributed
+    from megatron_anchor.training.parallel import device_for_rank
 
     tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
     anchor = default_anchor_id(tokenizer) if args.anchor_token_id is None else args.anchor_token_id
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if dims.dp != 1:
             raise SystemExit(f"run with TP x CP = {dims.tp * dims.cp} processes, not {dims.world}")
+        if fallbacks and dims.rank == 0:
+            print(f"note: {fallbacks}", flush=True)
         model = build_eval_model(args, dims, device_for_rank())
         start = time.perf_counter()
         autocast = torch.autocast(device_for_rank().type, dtype=torch.bfloat16, enabled=args.bf16)
@@ -125,23 +135,27 @@ def main(argv: list[str] | None = None) -> dict:
         teardown_distributed()
     if dims.rank == 0:
         print(accuracy_table(results))
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        results["config"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
-        (args.out_dir / "passkey.json").write_text(json.dumps(results, indent=1, default=str))
-        heatmap = plot_heatmap(
-            results["accuracy"],
-            args.lengths,
-            args.depths,
-            args.out_dir / "passkey_heatmap.png",
-            "passkey retrieval accuracy",
-        )
-        n = len(results["records"])
-        tokens = sum(_forward_tokens(r["length"], len(r["generated_ids"])) for r in results["records"])
-        print(
-            f"{n} prompts, {tokens} forward tokens in {elapsed:.1f} s ({n / elapsed:.2f} prompts/s, "
-            f"{tokens / elapsed:.0f} tokens/s); wrote {heatmap} and {args.out_dir / 'passkey.json'}"
-        )
+        _write_results(args, results, elapsed)
     return results
+
+
+def _write_results(args: argparse.Namespace, results: dict, elapsed: float) -> None:
+    """``passkey.json`` and the heatmap under ``--out-dir``, and the throughput line."""
+    from megatron_anchor.evaluation.report import plot_heatmap
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results["config"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    (args.out_dir / "passkey.json").write_text(json.dumps(results, indent=1, default=str))
+    heatmap = plot_heatmap(
+        results["accuracy"], args.lengths, args.depths, args.out_dir / "passkey_heatmap.png",
+        "passkey retrieval accuracy",
+    )
+    n = len(results["records"])
+    tokens = sum(_forward_tokens(r["length"], len(r["generated_ids"])) for r in results["records"])
+    print(
+        f"{n} prompts, {tokens} forward tokens in {elapsed:.1f} s ({n / elapsed:.2f} prompts/s, "
+        f"{tokens / elapsed:.0f} tokens/s); wrote {heatmap} and {args.out_dir / 'passkey.json'}"
+    )
 
 
 if __name__ == "__main__":

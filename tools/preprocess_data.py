@@ -1,4 +1,4 @@
-"""Turn a jsonl corpus into megatron-core indexed datasets, optionally packed into anchored samples.
+r"""Turn a jsonl corpus into megatron-core indexed datasets, optionally packed into anchored samples.
 
 Megatron-LM's flags and file naming (``{output_prefix}_{key}_document.bin/.idx``), plus anchor packing:
 
@@ -6,10 +6,13 @@ Megatron-LM's flags and file naming (``{output_prefix}_{key}_document.bin/.idx``
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --workers 8 \
         --seq-length 8192 --pack best-fit
 
-Inputs may be gzip-compressed (recognised by content, whatever the name). A run writes complete outputs or
-none: the output prefix is locked while it is written (a second run to it is refused), files are synced to
-disk before they take their final names, and a dead worker, damaged input, a full disk or a run that would
-write no documents ends with a one-line error and exit status 1.
+Without --seq-length the output is Megatron-LM's plain format (the same bytes as its own tool), which the
+trainer also reads as it is. Beside each .bin/.idx pair, {prefix}.meta.json records the tokenizer and
+checksums tying the two files together. Inputs may be gzip-compressed (recognised by content, whatever the
+name). A run writes complete outputs or none: the output prefix is locked while it is written (a second
+run to it is refused), files are synced to disk before they take their final names, and a dead worker,
+damaged input, a full disk or a run that would write no documents ends with a one-line error and exit
+status 1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Rotary-angle distribution disturbance of context-extension strategies, and DPRoPE's choice (SPEC 3).
+"""Rotary-angle distribution disturbance of context-extension strategies, and DPRoPE's choice (DPRoPE:
+arXiv 2410.01490).
+
+For each rotary pair, the angles ``(m * theta) mod 2 pi`` of the positions m of a length, histogrammed into
+``--bins`` bins, form a distribution. A strategy disturbs pair k by KL(original over [0, L) || the strategy's
+over [0, L')); DPRoPE interpolates the pairs where that lowers the disturbance most (``--interpolate-dims``
+of them) and extrapolates the rest.
 
     python tools/rope_distribution.py --rotary-base 10000 --head-dim 128 --original-length 4096 \\
         --target-length 8192 --bins 360 --interpolate-dims 80 --json [--plot out.png] [--save rope.json]
@@ -17,12 +23,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# Runnable from a checkout without installing the package.
+# Runnable from a checkout without installing the package (torch loads once the flags are parsed).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_anchor.rope import angle_distribution, rope_distribution_report, rotary_dim_for  # noqa: E402
-from megatron_anchor.rope.dprope import DistributionReport  # noqa: E402
+if TYPE_CHECKING:
+    from megatron_anchor.rope.dprope import DistributionReport
 
 STRATEGIES = ("extrapolation", "pi", "ntk", "yarn", "dprope")
 
@@ -51,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def plot_pairs(report: DistributionReport, args: argparse.Namespace) -> list[int]:
     """Write a PNG of the angle distributions of four pairs (original vs each strategy); return the pairs."""
     import matplotlib
+
+    from megatron_anchor.rope import angle_distribution
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,6 +100,8 @@ def plot_pairs(report: DistributionReport, args: argparse.Namespace) -> list[int
 def main(argv: list[str] | None = None) -> int:
     """Compute, print, and optionally plot and save."""
     args = parse_args(argv)
+    from megatron_anchor.rope import rope_distribution_report, rotary_dim_for
+
     start = time.perf_counter()
     try:
         rotary_dim = rotary_dim_for(args.head_dim, args.rotary_percent)

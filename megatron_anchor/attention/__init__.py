@@ -2,10 +2,11 @@
 
 ``modes`` and ``reference`` (the visibility rules, dense fp64 attention, per-query work), ``geometry``
 (which K/V rows each rank needs, for any layout), ``plan`` (the per-micro-batch plan: index tensors and
-kernel calls), ``backends`` / ``flash`` (variable-length kernels), ``comm`` (the ring and the anchor
-exchange), ``anchor`` (the anchor in closed form), ``ring`` (forward and backward), ``cp_attention`` (the
-public entry). Names are imported on first use (PEP 562), so ``ATTENTION_MODES`` is available without torch
-and the layout code in ``megatron_anchor.parallel`` can use ``reference`` without importing the rest.
+kernel calls), ``backends`` / ``flash`` / ``flash_packages`` (variable-length kernels), ``comm`` (the ring
+and the anchor exchange), ``anchor`` (the anchor in closed form), ``ring`` (forward and backward),
+``cp_attention`` (the public entry). Names are imported on first use (PEP 562), so ``ATTENTION_MODES`` is
+available without torch and the layout code in ``megatron_anchor.parallel`` can use ``reference`` without
+importing the rest.
 """
 
 from __future__ import annotations

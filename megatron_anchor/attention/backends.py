@@ -3,7 +3,8 @@
 The contract (FlashAttention's varlen call): packed ``q [Tq, h, d]``, ``k, v [Tk, h_kv, d]`` (GQA: ``h_kv``
 divides ``h``), the sequences of a ``KernelCall`` (int32 ``cu_q``/``cu_k`` offsets; causal means
 bottom-right aligned: query ``i`` of a sequence with ``n`` queries and ``m`` keys sees keys ``<= i + m - n``).
-``forward`` returns ``(out [Tq, h, d] like q, lse [h, Tq] fp32 natural log with the scale, aux)``;
+``forward`` returns ``(out [Tq, h, d] like q, lse [h, Tq] fp32 natural log with the scale, aux)``, a row
+that sees no key having out 0 and lse -inf;
 ``backward`` takes the *final merged* ``out``/``lse`` of the rows (which makes each call's gradient exact:
 ``P = exp(s - lse)``, ``delta = rowsum(dout * out)``) and returns ``(dq, dk, dv)`` shaped like q, k, v.
 
@@ -11,7 +12,8 @@ bottom-right aligned: query ``i`` of a sequence with ``n`` queries and ``m`` key
   reads); exactly the contract, for tests of the code that drives the GPU kernels.
 - ``sdpa_cpu`` (``attention/cpu_kernels.py``): aten's CPU flash kernels.
 - ``torch``: tiled online-softmax matmuls in fp32, any device (the GPU fallback for fp32 inputs).
-- ``flash`` / ``flash_attn2`` / ``flash_attn3`` (``attention/flash.py``): the GPU kernels.
+- ``flash`` / ``flash_attn2`` / ``flash_attn3`` (``attention/flash.py``, ``flash_packages.py``): the GPU
+  kernels.
 """
 
 from __future__ import annotations
@@ -145,19 +147,37 @@ class TorchTiled:
         return dq.transpose(0, 1), dk, dv
 
 
-def select_backend(name: str, device: torch.device, dtype: torch.dtype):
-    """The backend object for ``name`` (``auto``: the fastest that runs on ``device`` for ``dtype``)."""
+def _note_once(text: str) -> None:
+    """Print ``text`` once per process (on rank 0 when torch.distributed is initialised)."""
+    if text in _NOTED:
+        return
+    _NOTED.add(text)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(f"note: attention kernel: {text}", flush=True)
+
+
+_NOTED: set[str] = set()
+
+
+def select_backend(name, device: torch.device, dtype: torch.dtype, head_dim: int | None = None):
+    """The backend object for ``name`` (``auto``: the fastest that runs on ``device`` for ``dtype`` heads of
+    ``head_dim`` channels; a GPU fallback is noted once with its reason). A backend object passes through."""
     from megatron_anchor.attention import flash
 
+    if not isinstance(name, str):
+        return name
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda":
-            name = flash.best_gpu_backend(device, dtype) or "torch"
+            name = flash.best_gpu_backend(device, dtype, head_dim) or "torch"
+            if name == "torch":
+                why = flash.gpu_backend_status("flash", device, dtype, head_dim)[1]
+                _note_once(f"'torch' (tiled fp32 matmuls), no flash kernel runs: {why}")
         else:
             name = "sdpa_cpu" if SdpaCpu.available() else "torch"
     if name == "sdpa_cpu" and (device.type != "cpu" or not SdpaCpu.available()):
         raise RuntimeError(f"attention backend 'sdpa_cpu' needs CPU tensors and aten's CPU ops ({device})")
     if name in flash.GPU_BACKENDS:
-        return flash.make_backend(name, device, dtype)
+        return flash.make_backend(name, device, dtype, head_dim)
     return {"varlen_reference": VarlenReference, "sdpa_cpu": SdpaCpu, "torch": TorchTiled}[name]()

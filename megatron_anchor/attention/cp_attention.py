@@ -26,6 +26,7 @@ from megatron_anchor.attention.backends import select_backend
 from megatron_anchor.attention.comm import CPComm
 from megatron_anchor.attention.plan import AttentionPlan, AttentionStats, build_attention_plan
 from megatron_anchor.attention.ring import ring_backward, ring_forward
+from megatron_anchor.devices import same_device
 
 BACKEND_ENV = "MEGATRON_ANCHOR_ATTENTION_BACKEND"
 
@@ -101,7 +102,7 @@ def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm) -> None:
             f"local length {s_local} x CP {comm.size} (batch {batch}) does not match the plan's sample "
             f"length {plan.local_len * plan.cp_size} (batch {plan.batch})"
         )
-    if (plan.cp_size, plan.rank) != (comm.size, comm.rank) or plan.device != q.device:
+    if (plan.cp_size, plan.rank) != (comm.size, comm.rank) or not same_device(plan.device, q.device):
         raise ValueError(
             f"plan built for CP rank {plan.rank}/{plan.cp_size} on {plan.device}, used on rank "
             f"{comm.rank}/{comm.size} on {q.device}"
@@ -119,14 +120,15 @@ def anchor_cp_attention(
     cp_index: torch.Tensor | None = None,
     plan: AttentionPlan | None = None,
     softmax_scale: float | None = None,
-    backend: str | None = None,
+    backend: str | object | None = None,
     stats: AttentionStats | None = None,
 ) -> torch.Tensor:
     """Masked attention of this rank's queries over the whole sample (SPEC sections 1-2).
 
     q ``[s_local, b, h, d]``, k/v ``[s_local, b, h_kv, d]`` in the layout ``cp_index [b, cp, s_local]``
     (None: megatron-core's), doc_ids ``[b, S]`` int64 (the same on every rank) -> out ``[s_local, b, h, d]``.
-    A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``stats`` accumulates work counters.
+    A prebuilt ``plan`` replaces doc_ids, mode and cp_index. ``backend``: a name of ``BACKENDS`` or a kernel
+    object with the contract of ``backends.py``. ``stats`` accumulates work counters.
     """
     comm = CPComm(cp_group, q.device)
     if plan is None:
@@ -137,7 +139,7 @@ def anchor_cp_attention(
             doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device
         )
     validate_inputs(q, k, v, plan, comm)
-    kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device, q.dtype)
+    kernel = select_backend(backend or os.environ.get(BACKEND_ENV, "auto"), q.device, q.dtype, q.shape[-1])
     counters = AttentionStats() if stats is None else stats
     counters.add(plan.stats)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale

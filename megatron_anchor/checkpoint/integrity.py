@@ -7,26 +7,11 @@ and truncation, and runs at several GB/s, so a multi-GB checkpoint costs seconds
 from __future__ import annotations
 
 import os
-import socket
-import zlib
 
 import torch.distributed as dist
 
-from megatron_anchor._files import free_space, os_error_message, sync_and_close
+from megatron_anchor._files import file_crc32, free_space, os_error_message, write_probe
 from megatron_anchor.checkpoint.layout import META_FILE, CheckpointError, previous_checkpoint
-
-_BLOCK = 8 << 20
-
-
-def file_crc32(path: str) -> str:
-    """CRC-32 of the file's bytes as 8 hex digits."""
-    crc = 0
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return f"{crc:08x}"
 
 
 def describe_files(root: str, names: list[str]) -> dict[str, dict]:
@@ -121,20 +106,6 @@ def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
         hint = f"; load the previous checkpoint instead: --load {previous}" if previous else ""
         more = f" (and {len(mine) - 1} more)" if len(mine) > 1 else ""
         raise CheckpointError(f"checkpoint file {mine[0]}{more}{hint}")
-
-
-def write_probe(directory: str, nbytes: int = 4096) -> None:
-    """Create ``directory`` if needed, write ``nbytes`` to a file there, flush it to disk and delete it;
-    OSError if any of that fails (read-only mount, permissions, full disk, quota)."""
-    probe = os.path.join(directory, f".write_probe_{socket.gethostname()}_{os.getpid()}")
-    os.makedirs(directory, exist_ok=True)
-    try:
-        with open(probe, "wb") as f:
-            f.write(bytes(nbytes))
-            sync_and_close(f)
-    finally:
-        if os.path.exists(probe):
-            os.remove(probe)
 
 
 def probe_writable(directory: str, flag: str) -> None:

@@ -154,8 +154,8 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
         "model": model,
         "rope": rope,
         "tokenizer": tokenizer,
-        "schedule": None,
-        "seq_length": args.get("seq_length"),
+        # the length it was trained at (trained_length); the rest of a schedule a weights-only start ignores
+        "schedule": {"seq_length": args["seq_length"]} if args.get("seq_length") else None,
         "converted_from": os.path.abspath(checkpoint_dir),
         "megatron": {
             "iteration": iteration,

@@ -19,27 +19,9 @@ from __future__ import annotations
 
 import os
 
-from megatron_anchor.checkpoint.integrity import file_crc32
+from megatron_anchor.data.tokenizers import tokenizer_identity  # noqa: F401  (part of the contract)
 
 FORMAT_VERSION = 2
-# Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
-_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
-
-
-def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
-    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches)."""
-    crc = None
-    if tokenizer_model and os.path.isfile(tokenizer_model):
-        crc = file_crc32(tokenizer_model)
-    elif tokenizer_model and os.path.isdir(tokenizer_model):
-        parts = [
-            f"{n}:{file_crc32(p)}"
-            for n in _VOCAB_FILES
-            if os.path.isfile(p := os.path.join(tokenizer_model, n))
-        ]
-        crc = ",".join(parts) or None
-    model = os.path.abspath(tokenizer_model) if tokenizer_model else None
-    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
 
 
 def checkpoint_meta(
@@ -70,3 +52,30 @@ def checkpoint_meta(
         "schedule": schedule,
         **extra,
     }
+
+
+def recorded_tokenizer(meta: dict) -> tuple[str | None, str] | None:
+    """``(type, path)`` of the tokenizer a checkpoint was written with, or None when it records none.
+    ValueError (one line, naming the path) when its files are gone or have changed since."""
+    record = meta.get("tokenizer") or {}
+    path = record.get("model")
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise ValueError(f"its tokenizer {path} no longer exists")
+    crc = tokenizer_identity(record.get("type"), path, 0)["crc32"]
+    if record.get("crc32") and crc != record["crc32"]:
+        was = record["crc32"]
+        raise ValueError(f"its tokenizer files at {path} have changed since (CRC-32 {crc}, {was} then)")
+    return record.get("type"), path
+
+
+def trained_length(meta: dict) -> int | None:
+    """The sequence length a checkpoint's weights were trained at: the run's ``--seq-length`` (recorded with
+    its schedule), else a converted model's context (``max_position_embeddings``); None if neither."""
+    length = (meta.get("schedule") or {}).get("seq_length")
+    if length:
+        return int(length)
+    context = (meta.get("model") or {}).get("max_position_embeddings")
+    context = context or (meta.get("hf_config") or {}).get("max_position_embeddings")
+    return int(context) if context else None

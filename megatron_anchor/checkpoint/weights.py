@@ -9,8 +9,10 @@ project's checkpoints (TP size and checksums checked first) or Megatron-LM's (``
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -38,6 +40,15 @@ from megatron_anchor.checkpoint.layout import (
 from megatron_anchor.checkpoint.names import TE_RENAMES, te_name
 
 EXTRA_STATE = "._extra_state"
+
+
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """DCP without a process group (``no_dist=True``), minus its warning that it assumes one process: the
+    converter asks for exactly that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninit")
+        yield
 
 
 def _key(tp_rank: int, name: str) -> str:
@@ -92,7 +103,8 @@ def write_weights_checkpoint(
     # in memory. One thread and no copy-ahead write the items in state-dict order (the copy-ahead loader,
     # used when CUDA is present, sorts them by size), so a name's TP shards follow one another in the cache.
     writer = dcp.FileSystemWriter(tmp, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
-    dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
+    with _one_process():
+        dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
     if finalize is not None:
         finalize(tmp)
     write_meta(tmp, dict(meta, files=describe_files(tmp, checkpoint_files(tmp))))
@@ -135,7 +147,8 @@ class CheckpointReader:
         for r in range(self.tp):
             info = self._items[_key(r, stored)]
             state[_key(r, stored)] = torch.empty(info.size, dtype=dtype or info.properties.dtype)
-        dcp.load(state, storage_reader=FileSystemReader(self.path), no_dist=True)
+        with _one_process():
+            dcp.load(state, storage_reader=FileSystemReader(self.path), no_dist=True)
         return [state[_key(r, stored)] for r in range(self.tp)]
 
 

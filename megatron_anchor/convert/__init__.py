@@ -1,42 +1,30 @@
-"""Conversion between Hugging Face Llama-family checkpoints and megatron_anchor's megatron-core model."""
+"""Conversion between Hugging Face Llama-family checkpoints and megatron_anchor's megatron-core model.
 
-from megatron_anchor.checkpoint.layout import resolve_checkpoint
-from megatron_anchor.checkpoint.weights import CheckpointReader, load_model_weights
-from megatron_anchor.convert.hf_checkpoint import (
-    KEEP,
-    RopeOverride,
-    export_hf_checkpoint,
-    import_hf_checkpoint,
-)
-from megatron_anchor.convert.hf_config import format_flags, rope_from_hf, trainer_flags
-from megatron_anchor.convert.hf_mapping import (
-    SUPPORTED_ARCHITECTURES,
-    ModelShape,
-    hf_to_mcore,
-    mcore_to_hf,
-    merge_from_tp,
-    shape_from_hf_config,
-    split_for_tp,
-    tensor_rules,
-)
+Names are imported on first use (PEP 562): a conversion loads torch and safetensors, never megatron-core.
+"""
 
-__all__ = [
-    "KEEP",
-    "SUPPORTED_ARCHITECTURES",
-    "CheckpointReader",
-    "ModelShape",
-    "RopeOverride",
-    "export_hf_checkpoint",
-    "format_flags",
-    "hf_to_mcore",
-    "import_hf_checkpoint",
-    "load_model_weights",
-    "mcore_to_hf",
-    "merge_from_tp",
-    "resolve_checkpoint",
-    "rope_from_hf",
-    "shape_from_hf_config",
-    "split_for_tp",
-    "tensor_rules",
-    "trainer_flags",
-]
+from __future__ import annotations
+
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "KEEP": "hf_checkpoint",
+    "RopeOverride": "hf_checkpoint",
+    "export_hf_checkpoint": "hf_checkpoint",
+    "import_hf_checkpoint": "hf_checkpoint",
+    "format_flags": "hf_config",
+    "rope_from_hf": "hf_config",
+    "trainer_flags": "hf_config",
+    "SUPPORTED_ARCHITECTURES": "hf_mapping",
+    "ModelShape": "hf_mapping",
+    "hf_to_mcore": "hf_mapping",
+    "mcore_to_hf": "hf_mapping",
+    "merge_from_tp": "hf_mapping",
+    "shape_from_hf_config": "hf_mapping",
+    "split_for_tp": "hf_mapping",
+    "tensor_rules": "hf_mapping",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_anchor.checkpoint import LATEST, checkpoint_meta, tokenizer_identity
+from megatron_anchor.checkpoint import (
+    LATEST,
+    checkpoint_meta,
+    recorded_tokenizer,
+    tokenizer_identity,
+    trained_length,
+)
 from megatron_anchor.checkpoint.weights import CheckpointReader, write_weights_checkpoint
 from megatron_anchor.convert.hf_config import (
     check_supported,
@@ -131,10 +138,10 @@ def _nbytes(shard_meta: dict[str, list[torch.Tensor]]) -> int:
     return sum(t.numel() * t.element_size() for shards in shard_meta.values() for t in shards)
 
 
-def _summary(verb: str, n_tensors: int, nbytes: int, seconds: float, path: str) -> None:
+def _summary(verb: str, n_tensors: int, nbytes: int, seconds: float, path: str, dtype: str = "") -> None:
     rate = nbytes / max(seconds, 1e-9) / 2**20
     size = f"{nbytes / 2**30:.3f} GiB in {seconds:.1f} s ({rate:.0f} MiB/s)"
-    print(f"{verb} {n_tensors} tensors, {size} -> {path}")
+    print(f"{verb} {n_tensors} {dtype + ' ' if dtype else ''}tensors, {size} -> {path}")
 
 
 def _source_files(hf_source: str | None) -> tuple[dict | None, str | None, dict | None]:
@@ -149,13 +156,13 @@ def _source_files(hf_source: str | None) -> tuple[dict | None, str | None, dict 
 
 
 _SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                 "vocab_size", "add_qkv_bias", "untie_embeddings_and_output_weights")
+                 "add_qkv_bias", "untie_embeddings_and_output_weights")
 
 
 def _export_model_meta(meta: dict, source_meta: dict | None, source_config: dict | None, padded: int,
-                       hf_source: str | None) -> dict:
-    """The checkpoint's recorded model section, checked against ``--hf-source``'s; the source's when the
-    checkpoint records none (written before the model was recorded)."""
+                       source_name: str) -> dict:
+    """The checkpoint's recorded model section, checked against the source model's (``source_name``); the
+    source's when the checkpoint records none (written before the model was recorded)."""
     source = (source_meta or {}).get("model")
     if source is None and source_config is not None:
         source = model_meta(shape_from_hf_config(source_config, padded), source_config, None)
@@ -165,14 +172,27 @@ def _export_model_meta(meta: dict, source_meta: dict | None, source_config: dict
             "the checkpoint does not record its model shape: pass --hf-source (the converted checkpoint "
             "it was trained from, or the original Hugging Face directory)"
         )
-    if own is not None and source is not None:
-        for key in _SHAPE_FIELDS:
-            mine, theirs = own.get(key), source.get(key)
-            if mine is not None and theirs is not None and mine != theirs:
-                raise ValueError(f"--hf-source {hf_source} has {key} {theirs}, the checkpoint {mine}: "
-                                 f"it is not the model this checkpoint was trained from")
-        return {"architecture": source.get("architecture"), **own}
-    return own or source
+    if own is None or source is None:
+        return own or source
+    for key in _SHAPE_FIELDS:
+        mine, theirs = own.get(key), source.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(f"{source_name} has {key} {theirs}, the checkpoint {mine}: "
+                             f"it is not the model this checkpoint was trained from")
+    return {"architecture": source.get("architecture"), **own, "vocab_size": _vocab(own, source, padded)}
+
+
+def _vocab(own: dict, source: dict, padded: int) -> int:
+    """The exported vocabulary: the larger of the checkpoint's and the source model's (a run trained with a
+    smaller tokenizer keeps the model's rows), which must fit the stored rows."""
+    mine, theirs = own["vocab_size"], source.get("vocab_size") or own["vocab_size"]
+    vocab = max(mine, theirs)
+    if vocab > padded:
+        raise ValueError(f"the source model's vocabulary of {theirs} exceeds the checkpoint's {padded} rows")
+    if mine != theirs:
+        print(f"note: the checkpoint records a vocabulary of {mine}, the source model {theirs}: "
+              f"{vocab} rows exported")
+    return vocab
 
 
 def _export_rope(meta: dict, rope: RopeOverride | None) -> dict:
@@ -195,25 +215,24 @@ def _export_rope(meta: dict, rope: RopeOverride | None) -> dict:
 def export_hf_checkpoint(load: str, out_dir: str, *, hf_source: str | None = None, dtype: str | None = None,
                          rope: RopeOverride | None = None, max_position_embeddings: int | None = None,
                          max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> list[str]:
-    """Write checkpoint ``load`` as a HF directory ``out_dir`` (config, safetensors, tokenizer files)."""
+    """Write checkpoint ``load`` as a HF directory ``out_dir`` (config, safetensors, tokenizer files). The
+    weights keep the checkpoint's dtype unless ``dtype`` is given."""
     reader = CheckpointReader(load)
     reader.verify()
     meta = reader.meta
     source_meta, source_dir, source_config = _source_files(hf_source)
-    local_hf = os.path.join(reader.path, HF_SUBDIR)
-    source_dir = source_dir or (local_hf if os.path.isdir(local_hf) else None)
     hf_config = meta.get("hf_config") or source_config
     padded = reader.shard_shape("embedding.word_embeddings.weight")[0] * reader.tp
-    model = _export_model_meta(meta, source_meta, source_config or meta.get("hf_config"), padded, hf_source)
+    source_name = f"--hf-source {hf_source}" if hf_source else "the source model recorded in the checkpoint"
+    model = _export_model_meta(meta, source_meta, source_config or meta.get("hf_config"), padded, source_name)
     shape = shape_from_meta(model)
     rules = tensor_rules(shape)
     reader.check_names([rule.mcore for rule in rules])
     rope_section = _export_rope(meta, rope)
-    source = hf_config or {}
-    out_dtype = dtype or source.get("dtype") or source.get("torch_dtype") or meta.get("dtype") or "bfloat16"
-    target = _dtype(out_dtype)
+    target = _dtype(dtype)
     start = time.perf_counter()
     writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes)
+    written: set[torch.dtype] = set()
     for rule in tqdm(rules, desc="export", unit="tensor", disable=not progress):
         full = merge_from_tp(rule.mcore, reader.shards(rule.mcore), shape)
         try:
@@ -222,22 +241,64 @@ def export_hf_checkpoint(load: str, out_dir: str, *, hf_source: str | None = Non
             stored = tuple(full.shape)
             raise ValueError(f"{rule.mcore}: stored shape {stored} does not fit {shape}: {err}") from err
         for name, tensor in zip(rule.hf, parts):
-            writer.add(name, tensor.to(target))
+            writer.add(name, tensor.to(target or tensor.dtype))
+            written.add(target or tensor.dtype)
     files = writer.close()
-    positions = max_position_embeddings or _max_positions(meta, model)
+    out_dtype = _dtype_note(written, dtype, hf_config)
+    positions = max_position_embeddings or _max_positions(meta, model, hf_config)
     config = export_hf_config(model, rope_section, hf_config, positions, out_dtype)
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    copied = copy_tokenizer_files(source_dir, out_dir) if source_dir else []
-    if not copied:
-        print("note: no tokenizer files copied (give --hf-source with the original model directory)")
-    _summary("exported", len(rules), writer.total_bytes, time.perf_counter() - start, out_dir)
+    copied = _copy_tokenizer(meta, reader.path, source_dir, out_dir)
+    _summary("exported", len(rules), writer.total_bytes, time.perf_counter() - start, out_dir, out_dtype)
     return [*files, "config.json", *copied]
 
 
-def _max_positions(meta: dict, model: dict) -> int | None:
-    """The longer of the source model's context and the trained sequence length."""
-    lengths = [v for v in (model.get("max_position_embeddings"), meta.get("seq_length")) if v]
+def _dtype_note(written: set[torch.dtype], asked: str | None, hf_config: dict | None) -> str:
+    """The dtype name the weights were written in; a note when it is the checkpoint's and differs from the
+    source model's."""
+    name = str(max(written, key=lambda d: d.itemsize)).removeprefix("torch.")
+    source = (hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype")
+    if asked is None and source and source != name:
+        print(f"note: weights written in {name}, the checkpoint's dtype (the source model's: {source}; "
+              f"--dtype {source} to write that)")
+    return name
+
+
+def _max_positions(meta: dict, model: dict, hf_config: dict | None) -> int | None:
+    """The longer of the source model's context and the length the checkpoint was trained at."""
+    context = model.get("max_position_embeddings") or (hf_config or {}).get("max_position_embeddings")
+    lengths = [v for v in (context, trained_length(meta)) if v]
     return max(lengths) if lengths else None
+
+
+def _copy_tokenizer(meta: dict, checkpoint_dir: str, source_dir: str | None, out_dir: str) -> list[str]:
+    """Copy the tokenizer the checkpoint was written with (else the converted model's copy inside it, else
+    ``--hf-source``'s) into ``out_dir``; returns the names written and says where they came from."""
+    try:
+        recorded = recorded_tokenizer(meta)
+    except ValueError as err:
+        print(f"note: checkpoint {checkpoint_dir}: {err}")
+        recorded = None
+    local = os.path.join(checkpoint_dir, HF_SUBDIR)
+    if recorded is not None and os.path.isfile(recorded[1]):
+        # A SentencePiece model file: Hugging Face Llama repositories keep theirs as tokenizer.model.
+        shutil.copy2(recorded[1], os.path.join(out_dir, "tokenizer.model"))
+        copied, origin = ["tokenizer.model"], f"{recorded[1]} (the checkpoint's tokenizer, {recorded[0]})"
+    else:
+        candidates = [(recorded[1], "the checkpoint's tokenizer")] if recorded else []
+        candidates += [(local, "the converted model's copy"), (source_dir, "--hf-source")]
+        copied, origin = [], None
+        for directory, what in candidates:
+            if directory and os.path.isdir(directory):
+                copied, origin = copy_tokenizer_files(directory, out_dir), f"{directory} ({what})"
+            if copied:
+                break
+    if copied:
+        print(f"tokenizer files {', '.join(copied)} from {origin}")
+    else:
+        print("note: no tokenizer files written: the checkpoint records no tokenizer (give --hf-source with "
+              "the original model directory)")
+    return copied
 
 
 __all__ = ["KEEP", "RopeOverride", "export_hf_checkpoint", "import_hf_checkpoint"]

@@ -13,7 +13,7 @@ import shlex
 import warnings
 
 from megatron_anchor.convert.hf_mapping import ModelShape, shape_from_hf_config
-from megatron_anchor.model import AnchorGPTConfig
+from megatron_anchor.model.config import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record, rope_record
 from megatron_anchor.rope import RopeScaling
 

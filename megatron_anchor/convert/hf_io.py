@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -30,7 +30,23 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --hf-dir must be a Hugging Face model directory")
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file's object; ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
+def _open_safetensors(path: Path):
+    """``safe_open`` of ``path``; ValueError naming the file when it is truncated or not safetensors."""
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a complete safetensors file ({err}): copy it again") from None
 
 
 class SafetensorsReader:
@@ -40,7 +56,9 @@ class SafetensorsReader:
         self.dir = Path(hf_dir)
         index = self.dir / INDEX_NAME
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index} has no 'weight_map' object")
             self.files = {name: self.dir / file for name, file in weight_map.items()}
             self.source = str(index)
         else:
@@ -49,7 +67,7 @@ class SafetensorsReader:
             if not paths:
                 raise FileNotFoundError(f"no *.safetensors and no {INDEX_NAME} in {self.dir}")
             for path in paths:
-                with safe_open(path, framework="pt") as f:
+                with _open_safetensors(path) as f:
                     self.files.update(dict.fromkeys(f.keys(), path))
             self.source = ", ".join(p.name for p in paths)
         self._stack = ExitStack()
@@ -62,7 +80,7 @@ class SafetensorsReader:
         if path not in self._handles:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} (named for tensor {name!r} in {self.source}) does not exist")
-            self._handles[path] = self._stack.enter_context(safe_open(path, framework="pt"))
+            self._handles[path] = self._stack.enter_context(_open_safetensors(path))
         handle = self._handles[path]
         if name not in handle.keys():
             raise KeyError(f"tensor {name!r} is missing from {path} (where {self.source} places it)")

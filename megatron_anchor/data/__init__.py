@@ -1,12 +1,16 @@
-"""Anchor insertion, packing, the packed indexed dataset and per-sample layout tensors.
+"""Anchor insertion, packing, the indexed datasets (packed-anchor and Megatron-LM plain), sample tensors.
 
 Preprocessing (``tools/preprocess_data.py`` is a thin CLI over it): ``tokenizers`` (sentencepiece / HF,
 offline), ``jsonl`` (input chunks, record checks), ``sentences`` (offline punkt), ``encode`` (worker side),
 ``packing`` (greedy and best-fit packers over document lengths), ``packed_writer`` and ``indexed_writer``
-(megatron-core ``MMIDIDX`` files, written under a lock, checked before reading), ``worker_pool`` (an
-ordered process pool that fails at once when a worker dies), ``preprocess`` (the pipeline). Training:
-``dataset`` (``AnchorPackedDataset``), ``blending`` (Megatron's ``--data-path`` / ``--split``), ``cp_batch``
-(a CP rank's share of a batch), ``positions`` (RoPE position ids).
+(megatron-core ``MMIDIDX`` files, written under a lock, checked before reading), ``data_record``
+(the ``{prefix}.meta.json`` beside each pair: layout, tokenizer, checksums), ``worker_pool`` (an ordered
+process pool that fails at once when a worker dies), ``preprocess`` (the pipeline).
+
+Training: ``layouts`` (packed or Megatron-LM plain, per prefix), ``dataset`` (``AnchorPackedDataset``),
+``plain_dataset`` (``AnchorGPTDataset``: plain files sampled as megatron-core's ``GPTDataset`` does),
+``sample`` (one sample as tensors; the vocabulary check), ``blending`` and ``splits`` (Megatron's
+``--data-path`` / ``--split``), ``cp_batch`` (a CP rank's share of a batch), ``positions`` (RoPE positions).
 
 Names are imported on first use (PEP 562), so that preprocessing workers never import torch or megatron-core.
 """
@@ -33,9 +37,14 @@ _EXPORTS = {
     "PreprocessError": "preprocess",
     "run_preprocess": "preprocess",
     "AnchorPackedDataset": "dataset",
+    "AnchorGPTDataset": "plain_dataset",
     "AnchorDatasetConfig": "blending",
     "AnchorSplitDataset": "blending",
+    "AnchorTokens": "blending",
     "build_train_valid_test_datasets": "blending",
+    "DataError": "errors",
+    "describe_prefix": "layouts",
+    "prefix_layout": "layouts",
     "slice_batch_for_cp": "cp_batch",
 }
 

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from megatron_anchor.data.indexed_writer import check_indexed_pair
-from megatron_anchor.data.positions import POSITION_MODES, position_ids_from_doc_ids
+from megatron_anchor.data.position_modes import POSITION_MODES
+from megatron_anchor.data.sample import check_token_ids, sample_item
 
 
 class AnchorPackedDataset(torch.utils.data.Dataset):
@@ -14,12 +15,9 @@ class AnchorPackedDataset(torch.utils.data.Dataset):
 
     Each index document is one sample of ``S + 1`` tokens: its first sequence is the 1-token anchor
     (document 0), every further sequence is a document (piece). Only the last index document may be shorter
-    (a partial sample kept with ``--partial-sample pad``): it is padded here with the anchor id, and every
-    label that is padding gets ``loss_mask`` 0. Padding is one more document, so it never joins the text's.
-
-    Item ``i``: ``tokens``, ``labels`` (tokens shifted by one), ``doc_ids``, ``position_ids``: ``[S]`` int64;
-    ``loss_mask``: ``[S]`` float32. With ``mask_cross_doc_labels``, a label that is the first token of the
-    next document gets ``loss_mask`` 0 (the anchor's label is kept: it plays BOS for document 1).
+    (a partial sample kept with ``--partial-sample pad``): ``sample.sample_item`` pads and loss-masks it.
+    Item ``i`` is ``sample_item``'s dict; with ``vocab_size``, a token id outside ``[0, vocab_size)`` is a
+    ``DataError`` naming the file and the sample.
     """
 
     def __init__(
@@ -29,6 +27,7 @@ class AnchorPackedDataset(torch.utils.data.Dataset):
         seq_length: int,
         position_ids: str = "global",
         mask_cross_doc_labels: bool = False,
+        vocab_size: int | None = None,
     ) -> None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -38,6 +37,7 @@ class AnchorPackedDataset(torch.utils.data.Dataset):
         self.seq_length = seq_length
         self.position_ids = position_ids
         self.mask_cross_doc_labels = mask_cross_doc_labels
+        self.vocab_size = vocab_size
         check_indexed_pair(path_prefix)  # megatron-core reads any .bin beside the .idx without a check
         self.indexed = IndexedDataset(path_prefix)
         self._sequence_lengths = self.indexed.sequence_lengths
@@ -72,24 +72,7 @@ class AnchorPackedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         first, end = int(self._document_indices[index]), int(self._document_indices[index + 1])
         lengths = self._sequence_lengths[first:end]
-        total = int(lengths.sum())
-        tokens = self.indexed.get(first, 0, total).astype(np.int64)  # [n <= S+1]
+        tokens = self.indexed.get(first, 0, int(lengths.sum()))  # [n <= S+1]
+        check_token_ids(tokens, self.vocab_size, f"{self.path_prefix}.bin: sample {index}")
         doc = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # [n]
-        padding = self.seq_length + 1 - total
-        if padding:
-            tokens = np.concatenate([tokens, np.full(padding, tokens[0])])  # [S+1]
-            doc = np.concatenate([doc, np.full(padding, len(lengths))])
-        loss_mask = np.ones(self.seq_length, dtype=np.float32)
-        loss_mask[total - 1 :] = 0.0  # labels that are padding
-        if self.mask_cross_doc_labels:
-            crossing = doc[1:] != doc[:-1]  # [S]: label j starts a new document
-            crossing[0] = False
-            loss_mask[crossing] = 0.0
-        doc_ids = torch.from_numpy(doc[:-1])
-        return {
-            "tokens": torch.from_numpy(tokens[:-1]),
-            "labels": torch.from_numpy(tokens[1:]),
-            "loss_mask": torch.from_numpy(loss_mask),
-            "doc_ids": doc_ids,
-            "position_ids": position_ids_from_doc_ids(doc_ids, self.position_ids),
-        }
+        return sample_item(tokens, doc, self.seq_length, self.position_ids, self.mask_cross_doc_labels)

@@ -20,6 +20,7 @@ import numpy as np
 
 from megatron_anchor._files import free_space, sync_and_close, sync_directory
 from megatron_anchor._output_lock import OutputLock
+from megatron_anchor.data.data_record import check_written_together, read_record, record_path, write_record
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
 INDEX_VERSION = 1
@@ -27,7 +28,7 @@ INDEX_PREAMBLE = struct.Struct("<9sQBQQ")  # header, version, dtype code, sequen
 # megatron.core.datasets.indexed_dataset.DType codes
 DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.uint16: 8}
 _ITEM_SIZES = {code: np.dtype(dtype).itemsize for dtype, code in DTYPE_CODES.items()}
-_TEMPORARY = r"\.(bin|idx)\.\d+-[0-9a-f]{8}\.tmp"  # after the prefix: .bin.{pid}-{random}.tmp
+_TEMPORARY = r"\.(bin|idx|meta\.json)\.\d+-[0-9a-f]{8}\.tmp"  # after the prefix: .bin.{pid}-{random}.tmp
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -36,7 +37,9 @@ def token_dtype(vocab_size: int) -> type:
 
 
 class IndexedWriter:
-    """Documents in, ``{prefix}.bin`` / ``{prefix}.idx`` out; nothing under the final names until ``commit``.
+    """Documents in, ``{prefix}.bin`` / ``{prefix}.idx`` and their record ``{prefix}.meta.json`` out (the
+    ``record`` contents plus a run id and checksums, ``data_record``); nothing under the final names until
+    ``commit``.
 
     The writer holds ``{prefix}.lock`` from construction to ``commit`` or ``abort``, so a second writer of
     the same prefix is refused (``OutputLockedError``); it then removes temporary files that killed runs
@@ -45,17 +48,18 @@ class IndexedWriter:
     interrupted run leaves nothing that looks complete. Write errors name the file and the free space.
     """
 
-    def __init__(self, prefix: str, dtype: type) -> None:
+    def __init__(self, prefix: str, dtype: type, record: dict | None = None) -> None:
         if dtype not in DTYPE_CODES:
             raise ValueError(f"unsupported token dtype {dtype}")
         self.directory = os.path.dirname(prefix) or "."
         os.makedirs(self.directory, exist_ok=True)
-        self.prefix, self.dtype = prefix, dtype
+        self.prefix, self.dtype, self.record = prefix, dtype, record or {}
         self._lock = OutputLock(prefix + ".lock", "--output-prefix")
         try:
             remove_stale_temporaries(prefix)
             tag = f"{os.getpid()}-{secrets.token_hex(4)}"
             self.tmp_bin, self.tmp_idx = f"{prefix}.bin.{tag}.tmp", f"{prefix}.idx.{tag}.tmp"
+            self.tmp_record = f"{record_path(prefix)}.{tag}.tmp"
             self._bin = open(self.tmp_bin, "xb")  # closed by commit or abort
         except BaseException:
             self._lock.release()
@@ -84,7 +88,9 @@ class IndexedWriter:
         self.add_documents(tokens, np.asarray(sequence_lengths), np.array([len(sequence_lengths)]))
 
     def commit(self) -> tuple[str, str]:
-        """Write the index, sync both files, move them to their final names; return ``(bin, idx)`` paths."""
+        """Write the index and the record, sync them, move the three files to their final names; return
+        ``(bin, idx)`` paths. The record goes first and the index last, so that a crash at any point
+        leaves no ``.idx`` beside a ``.bin`` it was not written with."""
         with self._naming(self.tmp_bin):
             sync_and_close(self._bin)
         lengths = np.concatenate([np.zeros(0, np.int32), *self._sequence_lengths])  # [sequences] int32
@@ -99,9 +105,13 @@ class IndexedWriter:
             for array in (lengths, pointers, document_indices):
                 idx.write(array.tobytes(order="C"))
             sync_and_close(idx)
+        with self._naming(self.tmp_record):
+            files = {".bin": self.tmp_bin, ".idx": self.tmp_idx}
+            write_record(self.tmp_record, self.record, secrets.token_hex(8), files)
         final_bin, final_idx = self.prefix + ".bin", self.prefix + ".idx"
         with contextlib.suppress(FileNotFoundError):
             os.remove(final_idx)  # so that no moment pairs an earlier run's .idx with the new .bin
+        os.replace(self.tmp_record, record_path(self.prefix))
         os.replace(self.tmp_bin, final_bin)
         os.replace(self.tmp_idx, final_idx)
         with self._naming(self.directory):
@@ -113,7 +123,7 @@ class IndexedWriter:
         """Close and delete the temporary files; release the output."""
         with contextlib.suppress(OSError):
             self._bin.close()
-        for path in (self.tmp_bin, self.tmp_idx):
+        for path in (self.tmp_bin, self.tmp_idx, self.tmp_record):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         self._lock.release()
@@ -141,10 +151,13 @@ def remove_stale_temporaries(prefix: str) -> list[str]:
     return stale
 
 
-def check_indexed_pair(prefix: str) -> None:
-    """Refuse a ``.bin/.idx`` pair whose ``.bin`` size is not the one its ``.idx`` describes, or an empty one.
+def check_indexed_pair(prefix: str) -> dict | None:
+    """Refuse a ``.bin/.idx`` pair whose ``.bin`` size is not the one its ``.idx`` describes, an empty one,
+    or one that its record (``{prefix}.meta.json``) shows was not written together; return the record
+    (None for files without one, e.g. Megatron-LM's).
 
-    A mismatched pair (files of two runs, a truncated copy) would otherwise read as wrong tokens.
+    A mismatched pair (files of two runs, a truncated copy, an ``.idx`` of another packing of the same
+    corpus beside a ``.bin`` of the same size) would otherwise read as wrong tokens or wrong documents.
     """
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     with open(idx_path, "rb") as idx:
@@ -175,3 +188,7 @@ def check_indexed_pair(prefix: str) -> None:
         )
     if expected == 0:
         raise ValueError(f"{idx_path}: the dataset holds no tokens; preprocess a non-empty corpus")
+    record = read_record(prefix)
+    if record is not None:
+        check_written_together(prefix, record)
+    return record

@@ -98,6 +98,24 @@ def _split_on_newlines(data: bytes) -> list[bytes]:
     return [line + b"\n" for line in lines] + ([last] if last else [])
 
 
+def read_texts(spec: str, key: str) -> Iterator[str]:
+    """The ``key`` text of every record of the jsonl file(s) ``--input`` names (plain or gzip), in order.
+
+    Blank lines are skipped; a bad record is a ``ValueError`` naming its file and line.
+    """
+    for path in find_input_files(spec):
+        line = 0
+        for chunk in read_chunks([path]):
+            for raw in chunk.read_lines():
+                line += 1
+                try:
+                    texts = parse_record(raw, (key,))
+                except BadRecord as bad:
+                    raise ValueError(f"{path}:{line}: {bad}") from None
+                if texts is not None:
+                    yield texts[0]
+
+
 def parse_record(raw: bytes, keys: tuple[str, ...]) -> list[str] | None:
     """The texts of ``keys`` in one jsonl line, or ``None`` for a blank line; raises ``BadRecord``."""
     try:

@@ -34,7 +34,7 @@ from megatron_anchor.data.jsonl import (
 )
 from megatron_anchor.data.packed_writer import KeyStats, PackedStream, plain_stats
 from megatron_anchor.data.packing import PACKERS
-from megatron_anchor.data.tokenizers import build_tokenizer, default_anchor_id
+from megatron_anchor.data.tokenizers import build_tokenizer, default_anchor_id, tokenizer_identity
 from megatron_anchor.data.worker_pool import OrderedPool, WorkerDied
 
 PUNKT_TRAINING_BYTES = 8 << 20  # input text used to train punkt parameters when no punkt data is installed
@@ -142,7 +142,8 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
             # Opened (and locked) once the workers exist, so that they do not inherit the lock: it must end
             # with this process. Nothing has been read yet: a locked or unwritable output costs no work.
             chunk_results = pool.map(read_chunks(paths, config.chunk_bytes))
-            stats = _write_outputs(config, chunk_results, counts, dtype, mode, anchor)
+            record = _record(config, tokenizer, mode, anchor)
+            stats = _write_outputs(config, chunk_results, counts, dtype, record)
     except WorkerDied as error:
         raise PreprocessError(
             f"a tokenizer {error}; nothing was written. If memory is short (the out-of-memory killer sends "
@@ -155,19 +156,31 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     return summary
 
 
-def _write_outputs(
-    config: PreprocessConfig, chunk_results, counts: Counter, dtype: type, mode: str, anchor: int | None
-):
-    """Write every key's documents, plain or packed (``mode``, ``anchor``); commit all or abort all."""
+def _record(config: PreprocessConfig, tokenizer, mode: str, anchor: int | None) -> dict:
+    """What the files of this run hold and which tokenizer wrote them (``data_record``)."""
+    if mode == "none":
+        layout = {"layout": "plain"}
+    else:
+        layout = {"layout": "packed", "seq_length": config.seq_length, "pack": mode, "anchor_id": anchor}
+    return {
+        **layout,
+        "append_eod": config.append_eod,
+        "eod_id": tokenizer.eos_id if config.append_eod else None,
+        "tokenizer": tokenizer_identity(config.tokenizer_type, config.tokenizer_model, tokenizer.vocab_size),
+    }
+
+
+def _write_outputs(config: PreprocessConfig, chunk_results, counts: Counter, dtype: type, record: dict):
+    """Write every key's documents, plain or packed as ``record`` says; commit all or abort all."""
     writers: list[IndexedWriter] = []
     try:
         for key in config.json_keys:
-            writers.append(IndexedWriter(output_prefix(config, key), dtype))
+            writers.append(IndexedWriter(output_prefix(config, key), dtype, record))
         results = _checked(chunk_results, counts, config)
-        if mode == "none":
+        if record["layout"] == "plain":
             stats = _write_plain(results, writers)
         else:
-            stats = _write_packed(results, writers, anchor, config.seq_length, mode, config.partial_sample)
+            stats = _write_packed(results, writers, record, config.partial_sample)
         _check_written(config, writers, stats, counts)
         for writer in writers:
             writer.commit()
@@ -270,8 +283,9 @@ def _write_plain(results: Iterable[ChunkResult], writers: list[IndexedWriter]) -
     return stats
 
 
-def _write_packed(results, writers, anchor: int, seq_length: int, mode: str, partial: str) -> list[KeyStats]:
+def _write_packed(results, writers, record: dict, partial: str) -> list[KeyStats]:
     feeds = itertools.tee(results, len(writers))
+    anchor, seq_length, mode = record["anchor_id"], record["seq_length"], record["pack"]
     streams = [
         PackedStream(feed, index, writer, anchor, seq_length, mode, partial)
         for index, (feed, writer) in enumerate(zip(feeds, writers))

@@ -8,13 +8,18 @@ wrappers import only their own library, so pool workers start fast, and add a ba
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 import numpy as np
 
+from megatron_anchor._files import file_crc32
+
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 # A Hugging Face tokenizer directory holds at least one of these (fast, config, or a slow vocabulary).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
 
 
 def has_hf_tokenizer(directory: str) -> bool:
@@ -149,6 +154,28 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
     )
 
 
+def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
+    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches).
+
+    Recorded in checkpoints' ``meta.json`` and beside preprocessed data (``data_record``).
+    """
+    crc = None
+    if tokenizer_model and os.path.isfile(tokenizer_model):
+        crc = file_crc32(tokenizer_model)
+    elif tokenizer_model and os.path.isdir(tokenizer_model):
+        paths = [(n, os.path.join(tokenizer_model, n)) for n in VOCAB_FILES]
+        parts = [f"{n}:{file_crc32(p)}" for n, p in paths if os.path.isfile(p)]
+        crc = ",".join(parts) or None
+    model = os.path.abspath(tokenizer_model) if tokenizer_model else None
+    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
+
+
+def describe_tokenizer(identity: dict) -> str:
+    """``SentencePieceTokenizer /path/tok.model (32,000 ids, CRC-32 1a2b3c4d)`` for messages."""
+    crc = f", CRC-32 {identity['crc32']}" if identity.get("crc32") else ""
+    return f"{identity.get('type')} {identity.get('model')} ({identity.get('vocab_size'):,} ids{crc})"
+
+
 def default_anchor_id(tokenizer: Tokenizer) -> int:
     """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1)."""
     for token_id in (tokenizer.bos_id, tokenizer.eos_id):
@@ -157,12 +184,20 @@ def default_anchor_id(tokenizer: Tokenizer) -> int:
     raise ValueError("the tokenizer has neither a BOS nor an EOS token: pass --anchor-token-id")
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """A vocabulary to train has at least one piece (the corpus may ask for more: ``train_sentencepiece``)."""
+    if vocab_size < 1:
+        raise ValueError(f"--vocab-size {vocab_size}: must be positive")
+
+
 def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int, **kw) -> str:
     """Train a SentencePiece model offline on ``texts``; return the ``.model`` path.
 
     Defaults: unigram, unk=0, bos=1, eos=2, no pad, and ``hard_vocab_limit=False`` so that a small corpus
     gives a smaller vocabulary instead of an error. Keyword arguments override sentencepiece's trainer flags.
+    A vocabulary too small for the corpus' characters, or no text at all, is a one-line ``ValueError``.
     """
+    check_vocab_size(vocab_size)
     import sentencepiece
 
     options = dict(
@@ -180,10 +215,37 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
     directory = os.path.dirname(model_prefix)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size, **options
-    )
+    counted = _Counted(texts)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=counted, model_prefix=model_prefix, vocab_size=vocab_size, **options
+        )
+    except RuntimeError as error:  # sentencepiece's checks fail with "INTERNAL: file(line) [check] why"
+        if not counted.seen:
+            raise ValueError("no text to train on") from None
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+        if needed:
+            raise ValueError(
+                f"--vocab-size {vocab_size} is smaller than the {needed.group(1)} pieces this corpus needs "
+                "(its characters and the special tokens)"
+            ) from None
+        raise ValueError(f"SentencePiece training failed: {str(error).strip().splitlines()[0]}") from None
     return model_prefix + ".model"
+
+
+class _Counted:
+    """An iterator over texts that remembers whether it yielded any."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self._texts, self.seen = iter(texts), False
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> str:
+        text = next(self._texts)
+        self.seen = True
+        return text
 
 
 def _optional_id(token_id: int) -> int | None:

@@ -1,44 +1,31 @@
 """Evaluation of trained or converted models: the bf16 RoPE deviation diagnostic and passkey retrieval.
 
-The command-line tools are ``tools/bf16_rope_deviation.py`` and ``tools/eval_passkey.py``.
+The command-line tools are ``tools/bf16_rope_deviation.py`` and ``tools/eval_passkey.py``. Names are
+imported on first use (PEP 562): the flags (``eval_args``) load without torch or megatron-core.
 """
 
-from megatron_anchor.evaluation.loading import (
-    build_eval_model,
-    build_eval_parser,
-    finish_model_args,
-    init_eval_distributed,
-    load_weights,
-)
-from megatron_anchor.evaluation.passkey import (
-    PasskeyPrompt,
-    build_prompt,
-    greedy_generate,
-    last_token_logits,
-    run_passkey_grid,
-)
-from megatron_anchor.evaluation.rope_deviation import (
-    PATHS,
-    DeviationProbe,
-    attach_probes,
-    attention_probs,
-    run_diagnostic,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PATHS",
-    "DeviationProbe",
-    "PasskeyPrompt",
-    "attach_probes",
-    "attention_probs",
-    "build_eval_model",
-    "build_eval_parser",
-    "build_prompt",
-    "finish_model_args",
-    "greedy_generate",
-    "init_eval_distributed",
-    "last_token_logits",
-    "load_weights",
-    "run_diagnostic",
-    "run_passkey_grid",
-]
+from megatron_anchor._lazy import lazy_exports
+
+_EXPORTS = {
+    "build_eval_parser": "eval_args",
+    "finish_model_args": "eval_args",
+    "build_eval_model": "loading",
+    "init_eval_distributed": "loading",
+    "load_weights": "loading",
+    "PasskeyPrompt": "passkey",
+    "build_prompt": "passkey",
+    "greedy_generate": "passkey",
+    "last_token_logits": "passkey",
+    "run_passkey_grid": "passkey",
+    "PATHS": "deviation_grid",
+    "DeviationProbe": "rope_deviation",
+    "attach_probes": "rope_deviation",
+    "attention_probs": "rope_deviation",
+    "run_diagnostic": "rope_deviation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,5 @@
-"""Evaluation set-up shared by the tools: the trainer's model flags, process groups, model and weights.
-
-An evaluation takes the same model, RoPE and tokenizer flags as ``megatron_anchor.pretrain`` (Megatron's
-names) and resolves them by the trainer's rule: flags left out are taken from the ``--load`` checkpoint
-(trained or converted), a flag contradicting its shape is an error, a new RoPE is reported on one line.
-"""
+"""Evaluation set-up shared by the tools: process groups, the model and its weights (the flags are resolved by
+``eval_args``)."""
 
 from __future__ import annotations
 
@@ -18,38 +14,7 @@ from megatron_anchor.checkpoint import load_verified_weights
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import ParallelDims, init_distributed
 from megatron_anchor.training.build import build_model, build_model_config
-from megatron_anchor.training.checkpoint_args import resolve_model_config
-from megatron_anchor.training.model_args import add_model_args
 from megatron_anchor.training.vocab import resolve_vocab_size
-
-
-def build_eval_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with the trainer's model and RoPE flags plus tokenizer, parallel, precision and --load."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    g = p.add_argument_group("model source")
-    g.add_argument(
-        "--load",
-        default=None,
-        help="checkpoint directory (trainer --save or converted); default: random initialisation from --seed",
-    )
-    g.add_argument("--tokenizer-type", default=None)
-    g.add_argument("--tokenizer-model", default=None)
-    g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size without a tokenizer")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--context-parallel-size", type=int, default=1)
-    return p
-
-
-def finish_model_args(args: argparse.Namespace, seq_length: int) -> argparse.Namespace:
-    """Resolve and validate the model flags as the trainer does (``--load``'s metadata fills the flags left
-    out); sets ``args.seq_length`` and ``args.checkpoint_notes``. Raises ValueError naming the flag."""
-    args.seq_length = seq_length
-    args.checkpoint_notes = resolve_model_config(args, args.tensor_model_parallel_size)
-    if args.tokenizer_model is None and args.vocab_size is None:
-        raise ValueError("give --tokenizer-type/--tokenizer-model or --vocab-size (or --load a checkpoint)")
-    return args
 
 
 def init_eval_distributed(tp: int, cp: int) -> ParallelDims:

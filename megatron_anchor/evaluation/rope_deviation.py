@@ -1,4 +1,4 @@
-"""The BF16 RoPE deviation diagnostic (SPEC section 4; AnchorAttention paper, section 3) on the model itself.
+"""The BF16 RoPE deviation diagnostic (AnchorAttention paper, section 3) on the model itself.
 
 Shifting every position by delta changes nothing in exact arithmetic. The model is run on the same sequences
 at positions ``delta + i`` for several deltas in one batch (group 0 at the reference delta), and every
@@ -24,24 +24,13 @@ import torch
 
 from megatron_anchor.attention.reference import visibility_mask
 from megatron_anchor.data import position_ids_from_doc_ids
+from megatron_anchor.evaluation.deviation_grid import PATHS, REFERENCE_DELTA
 from megatron_anchor.model import AnchorCoreAttention, AnchorLayout
 from megatron_anchor.rope import apply_rotary_angles
 from megatron_anchor.rope.invariance import megatron_unfused_rope
 
-REFERENCE_DELTA = 16
 ROPES = ("anchor_fp32", "megatron_unfused")
-# name -> (compute dtype, RoPE implementation)
-PATHS: dict[str, tuple[torch.dtype, str]] = {
-    "bf16_fp32_rope": (torch.bfloat16, "anchor_fp32"),
-    "bf16_megatron_rope": (torch.bfloat16, "megatron_unfused"),
-    "fp32": (torch.float32, "anchor_fp32"),
-}
 PROBS_BUDGET = 2**28  # fp32 probability elements held at once (1 GiB); heads are taken in chunks
-
-
-def default_deltas() -> list[int]:
-    """The paper's sweep of delta1: 0..22, then 50, 100, ..., 2000."""
-    return list(range(23)) + list(range(50, 2001, 50))
 
 
 def attention_probs(
@@ -128,7 +117,7 @@ class DeviationProbe(AnchorCoreAttention):
         setup = self.setup
         if self.recorder.rope == "megatron_unfused":
             return megatron_unfused_rope(t, layout.positions, setup.inv_freq, setup.mscale, setup.interleaved)
-        angles = layout.rope_angles(setup.inv_freq)  # the model's own fp32 angle table
+        angles = layout.rope_angles(setup.inv_freq_on(t.device))  # the model's own fp32 angle table
         return apply_rotary_angles(t, angles, setup.mscale, interleaved=setup.interleaved)
 
     def forward(self, query, key, value, attention_mask, *, packed_seq_params=None, **kwargs):
@@ -206,7 +195,8 @@ def run_shifts(
     reference: int = REFERENCE_DELTA,
 ) -> dict[int, dict[str, float]]:
     """One forward of ``tokens [n, T]`` at ``reference`` and every delta; ``{delta: {D, D_first, ...}}``."""
-    dtype, rope = PATHS[path]
+    dtype_name, rope = PATHS[path]
+    dtype = getattr(torch, dtype_name)
     n, length = tokens.shape
     shifts = torch.tensor([reference, *deltas])
     doc_ids = document_ids(length, num_docs).to(tokens.device).expand(n * len(shifts), length)

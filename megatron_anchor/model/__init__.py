@@ -1,7 +1,8 @@
 """The anchor GPT model on megatron-core: layer spec, core attention, sample layout, recorded configuration.
 
-Names are imported on first use (PEP 562), so the flag parser reads ``config_record``'s key lists without
-importing megatron-core (import ``config_record()`` itself from that submodule).
+Names are imported on first use (PEP 562), so the flag parser reads ``config_record``'s key lists and the
+converter builds an ``AnchorGPTConfig`` without importing megatron-core (import ``config_record()`` itself
+from that submodule).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ _EXPORTS = {
     "SHAPE_KEYS": "config_record",
     "AnchorAttentionSetup": "core_attention",
     "AnchorCoreAttention": "core_attention",
-    "AnchorGPTConfig": "gpt",
+    "AnchorGPTConfig": "config",
     "AnchorGPTModel": "gpt",
     "build_anchor_gpt": "gpt",
     "pad_vocab_size": "config_record",

@@ -4,12 +4,9 @@ trainer's flag names (Megatron's), so that a reader can take every omitted model
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from megatron_anchor.model.config import AnchorGPTConfig
 from megatron_anchor.rope.scaling import RopeScaling
-
-if TYPE_CHECKING:  # the flag parser reads the key lists without importing megatron-core
-    from megatron_anchor.model.gpt import AnchorGPTConfig
 
 # Recorded keys that must equal the run's value for the weights to mean the same thing.
 SHAPE_KEYS = (

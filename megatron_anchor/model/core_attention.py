@@ -8,7 +8,7 @@ The model is built with ``position_embedding_type="none"`` so RoPE happens here,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megatron_anchor.attention import anchor_cp_attention
 from megatron_anchor.attention.reference import check_mode
+from megatron_anchor.devices import resolve_device
 from megatron_anchor.model.layout import AnchorLayout
 from megatron_anchor.rope import apply_rotary_angles
 
@@ -36,9 +37,17 @@ class AnchorAttentionSetup:
     """Rotate adjacent pairs (GPT-J style) instead of halves."""
     recompute: bool = False
     """Recompute this module in backward instead of keeping its activations (selective recompute)."""
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # inv_freq copies
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+
+    def inv_freq_on(self, device: torch.device) -> torch.Tensor:
+        """``inv_freq`` on ``device``, copied there once per run (the layers share it; no per-step copy)."""
+        key = resolve_device(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.inv_freq.to(key)
+        return self._on_device[key]
 
 
 class AnchorCoreAttention(MegatronModule):
@@ -90,7 +99,7 @@ class AnchorCoreAttention(MegatronModule):
         positions = packed_seq_params.positions  # [b, s_local]
         if positions.shape[1] != query.shape[0]:
             raise ValueError(f"positions cover {positions.shape[1]} tokens, the queries {query.shape[0]}")
-        angles = packed_seq_params.rope_angles(self.setup.inv_freq)  # [b, s_local, d_rot/2] fp32
+        angles = packed_seq_params.rope_angles(self.setup.inv_freq_on(query.device))  # [b, s_local, d_rot/2]
         # Built by the first layer of the micro-batch; every other layer and recompute reuse it.
         plan = packed_seq_params.attention_plan(self.setup.mode, self.cp_group, query.device)
         args = (query, key, value, plan, angles)

@@ -18,6 +18,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_anchor.attention import AttentionPlan, build_attention_plan
 from megatron_anchor.attention.comm import CPComm
+from megatron_anchor.devices import same_device
 from megatron_anchor.rope import rotary_angles
 
 
@@ -37,11 +38,19 @@ class AnchorLayout(PackedSeqParams):
     _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def rope_angles(self, inv_freq: torch.Tensor) -> torch.Tensor:
-        """fp32 angles ``[b, s_local, d_rot/2]`` of ``positions``, built once and shared by every layer."""
-        key = (inv_freq.data_ptr(), inv_freq.numel())
-        if key not in self._rope_angles:
-            self._rope_angles[key] = rotary_angles(self.positions, inv_freq.to(self.positions.device))
-        return self._rope_angles[key]
+        """fp32 angles ``[b, s_local, d_rot/2]`` of ``positions``, built once and shared by every layer.
+
+        ``inv_freq`` must be where the positions are (``AnchorAttentionSetup.inv_freq_on``): copying it here
+        would make the host wait for the device once per micro-batch.
+        """
+        if not same_device(inv_freq.device, self.positions.device):
+            raise ValueError(
+                f"inv_freq is on {inv_freq.device}, the positions on {self.positions.device}: "
+                "pass AnchorAttentionSetup.inv_freq_on(device)"
+            )
+        if id(inv_freq) not in self._rope_angles:  # the entry keeps inv_freq alive: its id is not reused
+            self._rope_angles[id(inv_freq)] = (inv_freq, rotary_angles(self.positions, inv_freq))
+        return self._rope_angles[id(inv_freq)][1]
 
     def attention_plan(
         self, mode: str, cp_group: dist.ProcessGroup | None, device: torch.device

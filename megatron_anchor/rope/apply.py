@@ -8,12 +8,13 @@ on CUDA when TE imports) and a torch fp32 path (anywhere). ``backend=`` or the e
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 from collections.abc import Callable
 
 import torch
+
+from megatron_anchor.binding import BindError, Binding, python_parameters
 
 BACKENDS = ("auto", "torch", "te")
 BACKEND_ENV = "MEGATRON_ANCHOR_ROPE_BACKEND"
@@ -56,11 +57,24 @@ def _te_apply() -> tuple[Callable | None, str]:
     try:
         try:
             from transformer_engine.pytorch.attention.rope import apply_rotary_pos_emb
-        except ImportError:  # TE 1.x keeps it one level up
+        except ImportError:  # TE 2.2 and older: transformer_engine/pytorch/attention.py defines or imports it
             from transformer_engine.pytorch.attention import apply_rotary_pos_emb
     except Exception as err:  # a broken TE install raises more than ImportError (missing CUDA libraries)
         return None, f"transformer_engine does not import: {type(err).__name__}: {err}"
     return apply_rotary_pos_emb, ""
+
+
+# Each of TE's parameters set explicitly. cp_size=1: the angles are this rank's own tokens' (any CP layout);
+# with cp_size > 1 TE would assume megatron-core's chunk layout. No offsets (start_positions), no packing.
+_TE_FIXED = {"tensor_format": "sbhd", "fused": True, "cu_seqlens": None, "cp_size": 1, "cp_rank": 0,
+             "start_positions": None}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _te_binding(fn: Callable) -> Binding:
+    """How ``fn`` (TE's ``apply_rotary_pos_emb``) is called; ``BindError`` if a parameter is not set here."""
+    per_call, required = ("t", "freqs", "interleaved"), {"angles": ("freqs",)}
+    return Binding("TE apply_rotary_pos_emb", python_parameters(fn), _TE_FIXED, per_call, required)
 
 
 def te_rope_available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -70,18 +84,22 @@ def te_rope_available(device: torch.device | str | None = None) -> tuple[bool, s
     if not torch.cuda.is_available():
         return False, "CUDA is not available"
     fn, reason = _te_apply()
-    return fn is not None, reason
+    if fn is None:
+        return False, reason
+    try:
+        _te_binding(fn)
+    except BindError as err:
+        return False, str(err)
+    return True, ""
 
 
 def te_takes_interleaved() -> bool:
     """Whether the installed TE's ``apply_rotary_pos_emb`` has ``interleaved`` (TE 2.3 and newer)."""
     fn, _ = _te_apply()
-    return fn is not None and _has_parameter(fn, "interleaved")
-
-
-@functools.lru_cache(maxsize=8)
-def _has_parameter(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters  # read once, not per layer call
+    try:
+        return fn is not None and "interleaved" in _te_binding(fn).per_call
+    except BindError:
+        return False
 
 
 def resolve_backend(t: torch.Tensor, backend: str | None = None, interleaved: bool = False) -> str:
@@ -108,13 +126,15 @@ def _te_rotate(t: torch.Tensor, angles: torch.Tensor, mscale: float, interleaved
     # TE's freqs layout per channel: [a, a] halves, or each angle twice in a row when interleaved.
     freqs = angles.repeat_interleave(2, dim=-1) if interleaved else torch.cat([angles, angles], dim=-1)
     freqs = freqs[:, None, None, :].contiguous()  # [s, 1, 1, d_rot] fp32
-    layout = {"interleaved": True} if interleaved else {}  # TE < 2.3 has no such argument
+    binding = _te_binding(apply)
+    if interleaved and "interleaved" not in binding.per_call:
+        raise RuntimeError("this Transformer Engine's apply_rotary_pos_emb has no 'interleaved' (TE < 2.3)")
     if mscale == 1.0:
-        return apply(t, freqs, tensor_format="sbhd", fused=True, **layout)
+        return apply(**binding.kwargs(t=t, freqs=freqs, interleaved=interleaved))
     # The kernel has no mscale: scale the rotary channels in fp32 first so the result is still cast once.
     d_rot = freqs.shape[-1]
     scaled = torch.cat([t[..., :d_rot].float() * mscale, t[..., d_rot:].float()], dim=-1)
-    return apply(scaled, freqs, tensor_format="sbhd", fused=True, **layout).to(t.dtype)
+    return apply(**binding.kwargs(t=scaled, freqs=freqs, interleaved=interleaved)).to(t.dtype)
 
 
 def _check_shapes(t: torch.Tensor, positions: torch.Tensor, n_pairs: int) -> None:

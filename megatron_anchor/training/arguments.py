@@ -69,7 +69,12 @@ def flag_problems(argv: list[str], known: list[str]) -> list[str]:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data-path", nargs="+", default=None, help="[weight] prefix ... of packed datasets")
+    g.add_argument(
+        "--data-path",
+        nargs="+",
+        default=None,
+        help="[weight] prefix ...: packed-anchor datasets, or Megatron-LM's plain ones read as they are",
+    )
     g.add_argument("--mock-data", action="store_true", help="synthetic packed samples (tests, benchmarks)")
     g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
     g.add_argument(
@@ -104,7 +109,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="vocabulary without a tokenizer; with one, the model's vocabulary (must hold every token id)",
     )
     g.add_argument(
-        "--data-cache-path", default=None, help="directory for megatron-core's cached blend indices"
+        "--data-cache-path",
+        default=None,
+        help="directory for megatron-core's cached indices (plain datasets: default PREFIX/cache/)",
+    )
+    g.add_argument(
+        "--no-data-shuffle",
+        dest="data_shuffle",
+        action="store_false",
+        help="samples in file order: no seeded shuffle of documents or samples",
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from megatron_anchor.data import position_ids_from_doc_ids, slice_batch_for_cp
+from megatron_anchor.devices import host_to_device
 from megatron_anchor.model import AnchorLayout
 from megatron_anchor.parallel.cp_layout import batch_cp_index
 
@@ -117,10 +118,10 @@ def to_model_inputs(batch: dict[str, torch.Tensor], cp: CPSlicing, device) -> di
     """
     cp_index = batch_cp_index(batch["doc_ids"], cp.size, cp.layout, cp.mode) if cp.size > 1 else None
     local = slice_batch_for_cp(batch, cp.size, cp.rank, cp_index)
-    layout = AnchorLayout(
-        doc_ids=batch["doc_ids"], positions=local["position_ids"].to(device), cp_index=cp_index
-    )
-    inputs = {k: local[k].to(device) for k in ("tokens", "labels", "loss_mask")}
+    # Pinned, non-blocking copies: the host goes on preparing the step while they travel.
+    positions = host_to_device(local["position_ids"], device)
+    layout = AnchorLayout(doc_ids=batch["doc_ids"], positions=positions, cp_index=cp_index)
+    inputs = {k: host_to_device(local[k], device) for k in ("tokens", "labels", "loss_mask")}
     # Counted here, on the host copy: counting the device tensor would wait for the device.
     return {**inputs, "layout": layout, "valid_tokens": float(local["loss_mask"].sum())}
 

@@ -13,6 +13,7 @@ from megatron_anchor.rope import rope_scaling_from_args
 from megatron_anchor.training.batches import MockPackedDataset, check_sample_length
 from megatron_anchor.training.metrics import dense_params_per_token
 from megatron_anchor.training.parallel import ParallelDims
+from megatron_anchor.training.vocab import tokenizer_vocab_size
 
 
 def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> AnchorGPTConfig:
@@ -73,7 +74,7 @@ class Datasets:
 
 
 def build_datasets(args: argparse.Namespace, padded_vocab_size: int) -> Datasets:
-    """The packed datasets named by ``--data-path`` (or synthetic ones with ``--mock-data``)."""
+    """The datasets named by ``--data-path``, packed or Megatron-LM plain (or synthetic: ``--mock-data``)."""
     n_train = args.train_iters * args.global_batch_size
     n_valid = args.eval_iters * args.global_batch_size
     if args.mock_data:
@@ -81,24 +82,42 @@ def build_datasets(args: argparse.Namespace, padded_vocab_size: int) -> Datasets
         train = MockPackedDataset(args.seq_length, vocab, n_train, args.seed, args.position_ids)
         valid = MockPackedDataset(args.seq_length, vocab, n_valid, args.seed + 1, args.position_ids)
     else:
-        from megatron_anchor.data import build_train_valid_test_datasets
-
-        train, valid, _ = build_train_valid_test_datasets(
-            data_path=args.data_path,
-            split=args.split,
-            seq_length=args.seq_length,
-            seed=args.seed,
-            num_samples=[n_train, n_valid, 0],
-            position_ids=args.position_ids,
-            mask_cross_doc_labels=args.mask_cross_doc_labels,
-            path_to_cache=args.data_cache_path,
-        )
+        train, valid = _data_path_datasets(args, n_train, n_valid)
     check_sample_length(train, args.seq_length, "train")
     if valid is not None and len(valid) > 0:
         check_sample_length(valid, args.seq_length, "valid")
     else:
         valid = None
     return Datasets(train=train, valid=valid)
+
+
+def _data_path_datasets(
+    args: argparse.Namespace, n_train: int, n_valid: int
+) -> tuple[Dataset, Dataset | None]:
+    """``--data-path``'s train and validation splits; every sample's token ids are checked against the
+    model's vocabulary (``tokenizer_vocab_size``), plain files get the tokenizer's anchor and EOD."""
+    from megatron_anchor.data import AnchorTokens, DataError, build_tokenizer, build_train_valid_test_datasets
+
+    tokenizer = args.tokenizer_model and build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    train, valid, _ = build_train_valid_test_datasets(
+        data_path=args.data_path,
+        split=args.split,
+        seq_length=args.seq_length,
+        seed=args.seed,
+        num_samples=[n_train, n_valid, 0],
+        position_ids=args.position_ids,
+        mask_cross_doc_labels=args.mask_cross_doc_labels,
+        path_to_cache=args.data_cache_path,
+        tokens=AnchorTokens.of(tokenizer) if tokenizer else None,
+        vocab_size=tokenizer_vocab_size(args),
+        shuffle=args.data_shuffle,
+    )
+    if train is None:
+        raise DataError(
+            f"--split {args.split} gives the train split of --data-path {' '.join(args.data_path)} no "
+            "samples: too few documents for its share"
+        )
+    return train, valid
 
 
 def model_dense_params(cfg: AnchorGPTConfig) -> int:

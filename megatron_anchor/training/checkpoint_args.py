@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron_anchor._files import nearest_existing
+from megatron_anchor._files import nearest_existing, writable_problem
 from megatron_anchor.checkpoint import (
     CheckpointError,
     check_tp_size,
@@ -29,7 +29,6 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
-from megatron_anchor.training.preflight import writable_problem
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).

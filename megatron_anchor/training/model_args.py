@@ -190,17 +190,19 @@ def validate_model_args(args: argparse.Namespace, tp: int) -> None:
 
 
 def _fill_vocab(args: argparse.Namespace, meta: dict) -> list[str]:
-    """Without --tokenizer-model and --vocab-size: the checkpoint's vocabulary size."""
+    """Without --vocab-size: the checkpoint's vocabulary size, the model's whatever the tokenizer's (a
+    smaller tokenizer leaves rows unused; ``check_checkpoint_vocab`` says so and refuses a larger one)."""
     vocab = meta.get("model", {}).get("vocab_size")
-    if args.tokenizer_model is not None or args.vocab_size is not None or vocab is None:
+    if args.vocab_size is not None or vocab is None:
         return []
     args.vocab_size = vocab
-    return [f"--vocab-size {vocab}"]
+    return [] if args.tokenizer_model is not None else [f"--vocab-size {vocab}"]
 
 
 def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padded: int) -> list[str]:
-    """The run's padded vocabulary (``padded``) must be the checkpoint's embedding size; a tokenizer whose
-    files differ from the recorded one is reported. Returns notes; ValueError on a size mismatch."""
+    """The run's padded vocabulary (``padded``) must be the checkpoint's embedding size, and the tokenizer's
+    ids must fit the model's vocabulary; a smaller tokenizer, or one whose files differ from the recorded
+    one, is reported on one line. Returns notes; ValueError on a size mismatch."""
     model = meta.get("model", {})
     want = model.get("padded_vocab_size")
     if want is not None and padded != want:
@@ -214,14 +216,26 @@ def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padd
             f"{args.make_vocab_size_divisible_by}), but checkpoint {path} has {want} rows "
             f"(vocabulary {model.get('vocab_size')})"
         )
+    if not args.tokenizer_model:
+        return []
     from megatron_anchor.checkpoint import tokenizer_identity  # reads files: only with a checkpoint
+    from megatron_anchor.training.vocab import tokenizer_size
 
+    try:
+        size, vocab = tokenizer_size(args.tokenizer_type, args.tokenizer_model), args.vocab_size
+    except (OSError, ValueError):
+        return []  # a tokenizer that does not load is the tokenizer check's to report (preflight)
+    given = f"--tokenizer-model {args.tokenizer_model} ({size} ids)"
+    if vocab is not None and size > vocab:
+        raise ValueError(
+            f"{given} does not fit the model's vocabulary of {vocab} (checkpoint {path}): ids {vocab}-"
+            f"{size - 1} have no embedding row; use the tokenizer the model was trained with"
+        )
     recorded = meta.get("tokenizer") or {}
-    if args.tokenizer_model and recorded.get("crc32"):
-        here = tokenizer_identity(args.tokenizer_type, args.tokenizer_model, 0)["crc32"]
-        if here != recorded["crc32"]:
-            return [
-                f"--tokenizer-model {args.tokenizer_model}: its files differ from the tokenizer checkpoint "
-                f"{path} was written with ({recorded.get('model')}), though the vocabulary size agrees"
-            ]
-    return []
+    here = tokenizer_identity(args.tokenizer_type, args.tokenizer_model, 0)["crc32"]
+    parts = []
+    if recorded.get("crc32") and here != recorded["crc32"]:
+        parts.append(f"not the tokenizer checkpoint {path} was written with ({recorded.get('model')})")
+    if vocab is not None and size < vocab:
+        parts.append(f"the model keeps its vocabulary of {vocab} (ids {size}-{vocab - 1} unused)")
+    return [f"{given}: " + "; ".join(parts)] if parts else []

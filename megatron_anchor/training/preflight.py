@@ -1,6 +1,7 @@
 """What the flags point at, checked before any process group or model exists: the tokenizer loads (and fits
-``--vocab-size``), every ``--data-path`` prefix is a packed dataset of ``--seq-length``, every output path
-can be written, the packages the requested logging needs are installed.
+``--vocab-size``), every ``--data-path`` prefix is a readable pair (packed samples of ``--seq-length``, or
+Megatron-LM's plain documents) preprocessed with the training tokenizer, every output path can be written,
+the packages the requested logging needs are installed.
 
 ``--dry-run`` prints the findings; a training run stops on the first start-up with any error. Packages
 and GPUs are checked on the machine where the check runs, so for a dry run on a login node their absence
@@ -14,25 +15,28 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from megatron_anchor._files import nearest_existing
+from megatron_anchor._files import writable_problem
 from megatron_anchor.training.profiling import trace_dir
 from megatron_anchor.training.step_log import wandb_dir
 
 
 @dataclass
 class Findings:
-    """Errors (the run cannot work), warnings (it may not), facts (what was found)."""
+    """Errors (the run cannot work), warnings (it may not), facts (what was found), notes (what every run
+    says at start-up, e.g. each dataset's layout)."""
 
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def report(self) -> str:
-        """One line per finding: errors, then warnings, then facts."""
+        """One line per finding: errors, then warnings, then facts, then notes."""
         return "\n".join(
             [f"error: {e}" for e in self.errors]
             + [f"warning: {w}" for w in self.warnings]
             + [f"ok: {f}" for f in self.facts]
+            + [f"note: {n}" for n in self.notes]
         )
 
 
@@ -73,42 +77,60 @@ def _data_prefixes(data_path: list[str]) -> list[str]:
 
 
 def _check_data(args: argparse.Namespace, found: Findings) -> None:
+    """Each prefix: its pair, its layout (a note), its tokenizer against the training one."""
     if not args.data_path:
         return
-    from megatron_anchor.data import AnchorPackedDataset
+    from megatron_anchor.data.data_record import check_data_tokenizer
+    from megatron_anchor.data.layouts import PLAIN, describe_prefix
 
     try:
         prefixes = _data_prefixes(args.data_path)
     except (ValueError, AssertionError) as err:
         found.errors.append(f"--data-path {' '.join(args.data_path)}: {err}")
         return
+    training, vocab = _training_tokenizer(args)
     for prefix in prefixes:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
         if missing:
             found.errors.append(f"--data-path {prefix}: no file {missing[0]}")
             continue
         try:
-            samples = len(AnchorPackedDataset(prefix, seq_length=args.seq_length))
+            layout, line = describe_prefix(prefix, args.seq_length)
+            found.notes.append(line)
+            if layout == PLAIN:
+                _check_plain(args, prefix, found)
+            if vocab is not None and (note := check_data_tokenizer(prefix, training, vocab)):
+                found.notes.append(note)
         except (ValueError, AssertionError, OSError) as err:
-            found.errors.append(f"--data-path {prefix}: {err}")
-            continue
-        found.facts.append(f"data {prefix}: {samples:,} samples of {args.seq_length + 1:,} tokens")
+            named = str(err).startswith("--data-path")
+            found.errors.append(str(err) if named else f"--data-path {prefix}: {err}")
 
 
-def writable_problem(flag: str, path: str, is_file: bool = False) -> str | None:
-    """Why ``path`` cannot be written (a directory, or a file in one), or None: it exists and is writable,
-    or its nearest existing ancestor is a writable directory (the run creates the rest)."""
-    target = os.path.abspath(path)
-    if is_file:
-        if os.path.isdir(target):
-            return f"{flag} {path} is a directory"
-        target = os.path.dirname(target)
-    probe = nearest_existing(target)
-    if not os.path.isdir(probe):
-        return f"{flag} {path}: {probe} is a file, not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{flag} {path}: {probe} is not writable"
-    return None
+def _training_tokenizer(args: argparse.Namespace) -> tuple[dict | None, int | None]:
+    """The training tokenizer's identity (None without one) and the model's vocabulary (None if unknown)."""
+    from megatron_anchor.data.tokenizers import tokenizer_identity
+    from megatron_anchor.training.vocab import tokenizer_size
+
+    if args.tokenizer_model is None:
+        return None, args.vocab_size
+    try:
+        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+    except Exception:  # reported by _check_tokenizer
+        return None, None
+    return tokenizer_identity(args.tokenizer_type, args.tokenizer_model, size), args.vocab_size or size
+
+
+def _check_plain(args: argparse.Namespace, prefix: str, found: Findings) -> None:
+    """A plain dataset needs the tokenizer's anchor, and megatron-core's index cache must be writable."""
+    from megatron_anchor.data.layouts import PLAIN_NEEDS_TOKENIZER
+
+    if args.tokenizer_model is None:
+        found.errors.append(f"--data-path {prefix}: {PLAIN_NEEDS_TOKENIZER}")
+    if args.data_cache_path is None:  # megatron-core's GPTDataset keeps its indices under the prefix then
+        cache = os.path.join(prefix, "cache")
+        problem = writable_problem(f"--data-path {prefix}: megatron-core's index cache", cache)
+        if problem:
+            found.errors.append(f"{problem}; give --data-cache-path DIR")
 
 
 def _check_outputs(args: argparse.Namespace, found: Findings) -> None:

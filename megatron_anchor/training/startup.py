@@ -34,9 +34,13 @@ def _without_module(name: str, hide: bool) -> Iterator[None]:
             del sys.modules[name]
 
 
-def import_training_stack(uses_wandb: bool) -> str | None:
-    """Import the training loop (and with it megatron-core); returns one line naming the fallbacks
-    megatron-core takes without Transformer Engine / apex, or None when it takes none.
+_TRAINING_STACK = ("megatron_anchor.training.loop",)
+
+
+def import_training_stack(uses_wandb: bool, modules: tuple[str, ...] = _TRAINING_STACK) -> str | None:
+    """Import the training loop, or the given ``modules`` (an evaluation's), and with it megatron-core;
+    returns one line naming the fallbacks megatron-core takes without Transformer Engine / apex, or None
+    when it takes none.
 
     megatron-core warns about each fallback as its modules import (6 warnings per process on a machine
     without TE and apex); they are facts about the installation, not something a run can act on.
@@ -46,7 +50,8 @@ def import_training_stack(uses_wandb: bool) -> str | None:
     """
     with warnings.catch_warnings(record=True) as caught, _without_module("wandb", hide=not uses_wandb):
         warnings.simplefilter("always")
-        importlib.import_module("megatron_anchor.training.loop")
+        for module in modules:
+            importlib.import_module(module)
     fallbacks: list[str] = []
     for item in caught:
         match = _FALLBACK.match(str(item.message))
@@ -76,6 +81,12 @@ def silence_inapplicable_warnings() -> None:
         "ignore",
         message=r"FSDP2-wrapped module \(FSDPAnchorGPTModel\) returned a view tensor",
         category=UserWarning,
+    )
+    # Under bf16 autocast the norms receive bf16 activations and keep their fp32 weights (the mixed-precision
+    # policy); torch's CPU rms_norm then says it cannot use its fused kernel and computes the same result
+    # unfused. Nothing in the run can or should change that.
+    warnings.filterwarnings(
+        "ignore", message=r"Mismatch dtype between input and weight: .* Cannot dispatch to fused"
     )
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 
+from megatron_anchor.data.splits import check_blend, check_split
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
 from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
@@ -140,6 +141,9 @@ def _validate_data(args: argparse.Namespace) -> None:
         "--mask-cross-doc-labels (--eod-mask-loss) applies to --data-path datasets; "
         "--mock-data has no such labels to mask",
     )
+    if args.data_path:
+        check_blend(args.data_path)
+        check_split(args.split)
     _validate_tokenizer(args)
 
 

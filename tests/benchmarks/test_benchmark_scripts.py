@@ -9,19 +9,52 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """Every step runs; the one that must fail (the CUDA kernel on the CPU) is recorded and the next runs."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--repeat", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert max(results["exactness"]["sdpa_cpu"].values()) <= 2e-2  # bf16, three modes, against fp64
-    assert set(results["speed"]["1024"]) == {"anchor", "causal", "sdpa_causal"}
-    assert results["training_step"]["tokens_per_s"] > 0 and "error" not in results["training_step"]
-    assert "exact sdpa_cpu: worst rel. error" in proc.stdout and "training step:" in proc.stdout
+    steps = results["steps"]
+    names = [n for n in steps if not n.startswith("exactness")]
+    assert names == ["packages", "backends", "matmul", "speed 1024", "speed 2048", "training step"]
+    for mode in ("causal", "intra_doc", "anchor"):
+        exact = steps[f"exactness sdpa_cpu {mode}"]["result"]
+        assert exact["pass"] and max(v for k, v in exact.items() if k != "pass") <= 2e-2  # bf16 vs fp64
+        failed = steps[f"exactness flash {mode}"]
+        assert not failed["ok"] and "needs CUDA tensors" in failed["error"]
+    assert all(steps[n]["ok"] for n in names)
+    assert set(steps["speed 1024"]["result"]) == {"anchor", "causal", "kernel_causal", "sdpa_causal"}
+    assert steps["training step"]["result"]["tokens_per_s"] > 0
+    assert "exactness flash anchor: FAILED: RuntimeError" in results["table"]
+    assert "exactness sdpa_cpu anchor: worst rel. error" in proc.stdout and "training step:" in proc.stdout
+
+
+def test_gpu_check_says_where_megatron_core_comes_from_on_a_bare_machine(monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "_megatron_core_version", lambda: None)
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    with pytest.raises(
+        RuntimeError, match=f"megatron-core is missing and {tmp_path} holds no wheels: run scripts/"
+    ):
+        gpu_check.packages(gpu_check.torch.device("cpu"))
+
+
+def test_the_docker_image_holds_the_gpu_check():
+    """The image runs ``python benchmarks/gpu_check.py`` (README): its folder (with the ``doc_mixes.py`` it
+    imports) and the package are copied in."""
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
+    missing = {"megatron_anchor", "benchmarks"} - copied
+    assert not missing, f"the image lacks {missing}"
 
 
 def test_cp_demo_matches_dense_attention_on_two_ranks():

@@ -131,7 +131,7 @@ def test_launch_flags_pass_the_trainer_dry_run(
     # TensorBoard's default directory is kept: a machine without the package gets a warning, not a failure.
     if importlib.util.find_spec("tensorboard") is None:
         assert "warning: --tensorboard-dir needs the tensorboard package" in proc.stdout
-    assert f"ok: data {packed[seq]}: 2 samples of {seq + 1:,} tokens" in proc.stdout
+    assert f"note: data {packed[seq]}: packed-anchor samples, 2 of {seq + 1:,} tokens" in proc.stdout
     config = _config(proc.stdout)
     seq, base, tp, cp = expected
     assert (config["seq_length"], config["rotary_base"]) == (seq, base)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "examples" / "data" / "sample_corpus.jsonl"
@@ -141,3 +144,19 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def read_only(directory):
+    """``directory`` made unwritable: mode 555, and immutable when root (root ignores the mode)."""
+    directory.chmod(0o555)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode:
+        directory.chmod(0o755)
+        pytest.skip("root ignores permissions and chattr +i is not available here")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)

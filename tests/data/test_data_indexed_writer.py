@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -80,13 +81,13 @@ def test_second_writer_of_a_prefix_is_refused_until_the_first_ends(tmp_path):
     assert second.tmp_bin != first.tmp_bin and second.tmp_idx != first.tmp_idx
     second.add_document(np.arange(5), [5])
     second.commit()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.idx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.idx", "out.meta.json"]
     IndexedWriter(prefix, np.uint16).abort()  # and it can be written again
 
 
 def test_stale_temporaries_are_removed_by_the_next_writer(tmp_path):
     """A killed run's temporary files go when the prefix is next locked; other files stay."""
-    stale = ["out.bin.123-0a1b2c3d.tmp", "out.idx.123-0a1b2c3d.tmp"]
+    stale = ["out.bin.123-0a1b2c3d.tmp", "out.idx.123-0a1b2c3d.tmp", "out.meta.json.123-0a1b2c3d.tmp"]
     kept = ["out.bin", "out.notes.tmp", "out_other.bin.123-0a1b2c3d.tmp", "outx.bin.123-0a1b2c3d.tmp"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"x")
@@ -97,7 +98,8 @@ def test_stale_temporaries_are_removed_by_the_next_writer(tmp_path):
 
 
 def test_files_are_synced_before_the_renames(tmp_path, monkeypatch):
-    """Both files reach the disk before either is renamed, and the directory after the renames."""
+    """The three files reach the disk before any is renamed, the index is renamed last (a crash never leaves
+    an ``.idx`` beside a ``.bin`` it was not written with), and the directory is synced after the renames."""
     events = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -114,10 +116,14 @@ def test_files_are_synced_before_the_renames(tmp_path, monkeypatch):
     writer = IndexedWriter(str(tmp_path / "out"), np.uint16)
     writer.add_document(np.arange(5), [5])
     writer.commit()
-    tmp_bin, tmp_idx = (os.path.basename(path) for path in (writer.tmp_bin, writer.tmp_idx))
+    tmp_bin, tmp_idx, tmp_record = (
+        os.path.basename(path) for path in (writer.tmp_bin, writer.tmp_idx, writer.tmp_record)
+    )
     assert events == [
         ("fsync", tmp_bin),
         ("fsync", tmp_idx),
+        ("fsync", tmp_record),
+        ("rename", "out.meta.json"),
         ("rename", "out.bin"),
         ("rename", "out.idx"),
         ("fsync", tmp_path.name),
@@ -150,3 +156,65 @@ def test_pair_check_refuses_mismatched_incomplete_and_empty_pairs(tmp_path):
     IndexedWriter(str(tmp_path / "empty"), np.uint16).commit()
     with pytest.raises(ValueError, match=r"empty\.idx: the dataset holds no tokens"):
         check_indexed_pair(str(tmp_path / "empty"))
+
+
+def _write(prefix: str, documents: list[list[np.ndarray]]) -> None:
+    writer = IndexedWriter(prefix, np.uint16, {"layout": "plain"})
+    for doc in documents:
+        writer.add_document(np.concatenate(doc), [len(s) for s in doc])
+    writer.commit()
+
+
+def test_an_index_of_another_packing_beside_a_bin_of_the_same_size_is_refused(tmp_path):
+    """The same tokens in other documents: the sizes agree, the record's sampled checksums do not."""
+    tokens = np.random.default_rng(0).integers(0, 1000, 30_000)
+    cuts_a, cuts_b = [0, 7_000, 19_000, 30_000], [0, 11_000, 23_000, 30_000]
+    _write(str(tmp_path / "a"), [[tokens[s:e]] for s, e in zip(cuts_a, cuts_a[1:])])
+    _write(str(tmp_path / "b"), [[tokens[s:e]] for s, e in zip(cuts_b, cuts_b[1:])])
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    assert check_indexed_pair(str(tmp_path / "a"))["layout"] == "plain"
+    (tmp_path / "a.idx").write_bytes((tmp_path / "b.idx").read_bytes())  # sizes agree: the old check passes
+    a = str(tmp_path / "a")
+    with pytest.raises(ValueError) as error:
+        check_indexed_pair(a)
+    message = str(error.value)
+    assert message.startswith(f"{a}.idx and {a}.bin were not written together: {a}.idx is not the file run ")
+    assert f"(other bytes at offset 0, per {a}.meta.json)" in message and "\n" not in message
+
+
+def test_a_bin_of_another_run_is_refused_in_a_few_reads(tmp_path, monkeypatch):
+    """A .bin with other tokens in the middle (the same size), found by reading a few blocks only."""
+    rng = np.random.default_rng(1)
+    documents = [[rng.integers(0, 1000, 40_000)] for _ in range(5)]  # 400 KB of tokens: 98 blocks of 4 KiB
+    _write(str(tmp_path / "a"), documents)
+    data = bytearray((tmp_path / "a.bin").read_bytes())
+    record = json.loads((tmp_path / "a.meta.json").read_text())
+    offset = record["files"][".bin"]["samples"][7][0]
+    data[offset + 100] ^= 0xFF
+    (tmp_path / "a.bin").write_bytes(bytes(data))
+    reads = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        stream = real_open(path, *args, **kwargs)
+        if str(path).endswith(".bin"):
+            real_read = stream.read
+            stream.read = lambda n=-1: reads.append(n) or real_read(n)  # noqa: B023
+        return stream
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    with pytest.raises(ValueError, match=rf"a\.bin is not the file run .*other bytes at offset {offset:,}"):
+        check_indexed_pair(str(tmp_path / "a"))
+    assert 0 < len(reads) <= 16 and sum(reads) <= 16 * 4096
+
+
+def test_files_without_a_record_get_the_size_checks_only(tmp_path):
+    """Megatron-LM's own output has no record: read as before; a damaged record is named."""
+    builder = IndexedDatasetBuilder(str(tmp_path / "m.bin"), dtype=np.uint16)
+    for doc in random_documents(3, 10, 1000):
+        builder.add_document(np.concatenate(doc), [len(s) for s in doc])
+    builder.finalize(str(tmp_path / "m.idx"))
+    assert check_indexed_pair(str(tmp_path / "m")) is None
+    (tmp_path / "m.meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"m\.meta\.json: unreadable dataset record"):
+        check_indexed_pair(str(tmp_path / "m"))

@@ -21,6 +21,7 @@ from anchor_data_helpers import (
     corpus_texts,
     hf_tokenizer_dir,
     read_documents,
+    read_only,
     run_tool,
     sp_model,
     tool,
@@ -105,7 +106,7 @@ def test_second_run_to_a_locked_prefix_is_refused(tmp_path, corpus):
     line = one_line_error(second.stderr)
     assert f"out_text_document.lock: another run (pid {first.pid} on" in line
     assert first.returncode == 0, err
-    assert outputs(tmp_path) == ["out_text_document.bin", "out_text_document.idx"]
+    assert outputs(tmp_path) == [f"out_text_document{s}" for s in (".bin", ".idx", ".meta.json")]
     documents = read_documents(str(tmp_path / "out_text_document"))  # the first run's, and all of them
     assert len(documents) == corpus.read_text(encoding="utf-8").count("\n")
     tokens = int(out.split("tokens ")[1].split("\n")[0].replace(",", ""))
@@ -207,22 +208,6 @@ def test_bad_tokenizers_are_one_line(tmp_path, capsys):
     hf_tokenizer_dir(tmp_path / "good_hf", 300, with_bos=True)  # and a real one still loads
     assert tool().main([*base, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
                         str(tmp_path / "good_hf")]) == 0  # fmt: skip
-
-
-@contextlib.contextmanager
-def read_only(directory):
-    """``directory`` made unwritable: mode 555, and immutable when root (root ignores the mode)."""
-    directory.chmod(0o555)
-    immutable = os.geteuid() == 0
-    if immutable and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode:
-        directory.chmod(0o755)
-        pytest.skip("root ignores permissions and chattr +i is not available here")
-    try:
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        directory.chmod(0o755)
 
 
 def test_read_only_output_directory_is_one_line(tmp_path, capsys):

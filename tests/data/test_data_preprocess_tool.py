@@ -235,6 +235,7 @@ def test_killed_run_leaves_no_complete_looking_output(tmp_path):
     assert sorted(path.name for path in tmp_path.glob("out*")) == [
         "out_text_document.bin",
         "out_text_document.idx",
+        "out_text_document.meta.json",
     ]
 
 

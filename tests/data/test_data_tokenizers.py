@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import pickle
 
 import numpy as np
@@ -76,3 +79,67 @@ def test_train_tokenizer_tool(tmp_path):
         text=True,
     )
     assert result.returncode != 0 and f"{bad}:2" in result.stderr
+
+
+@functools.cache
+def tokenizer_tool():
+    """``tools/train_tokenizer.py`` as a module."""
+    from anchor_data_helpers import REPO
+
+    path = REPO / "tools" / "train_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("train_tokenizer_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_tokenizer_reads_gzip_as_preprocessing_does(tmp_path, capsys):
+    """A .jsonl.gz (and a gzip file without the suffix: known by its bytes) trains the same model."""
+    from anchor_data_helpers import write_jsonl
+
+    write_jsonl(tmp_path / "c.jsonl", corpus_texts(60))
+    (tmp_path / "c.data").write_bytes(gzip.compress((tmp_path / "c.jsonl").read_bytes()))
+    pieces = []
+    for name, source in (("plain", "c.jsonl"), ("gz", "c.data")):
+        args = ["--input", str(tmp_path / source), "--model-prefix", str(tmp_path / name)]
+        assert tokenizer_tool().main([*args, "--vocab-size", "300"]) == 0
+        model = build_tokenizer("SentencePieceTokenizer", str(tmp_path / f"{name}.model"))
+        pieces.append([model.decode([i]) for i in range(model.vocab_size)])
+    assert pieces[0] == pieces[1] and len(pieces[0]) > 100
+    assert capsys.readouterr().err == ""
+
+
+def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
+    """A missing input, --vocab-size 0 or too small, an empty input, an unwritable output: one line each."""
+    from anchor_data_helpers import read_only, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(20))
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "ro").mkdir()
+    prefix, missing = ["--model-prefix", str(tmp_path / "tok")], str(tmp_path / "missing.jsonl")
+    cases = [
+        (["--input", missing, *prefix], f"--input '{missing}': no such file"),
+        (["--input", str(corpus), *prefix, "--vocab-size", "0"], "--vocab-size 0: must be positive"),
+        (["--input", str(corpus), *prefix, "--vocab-size", "5"], "--vocab-size 5 is smaller than the "),
+        (["--input", str(tmp_path / "empty.jsonl"), *prefix], "no text under key 'text' to train on"),
+        (["--input", str(corpus), "--model-prefix", str(tmp_path / "ro" / "t")], f"{tmp_path}/ro/t: cannot"),
+    ]
+    with read_only(tmp_path / "ro"):
+        for argv, expected in cases:
+            assert tokenizer_tool().main(argv) == 1, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert not list(tmp_path.glob("tok*")) and not list((tmp_path / "ro").iterdir())
+
+
+def test_help_keeps_the_examples_line_breaks(capsys):
+    """The example commands in --help are the module docstring's lines, backslash continuations included."""
+    from anchor_data_helpers import tool
+
+    for module, continued in (
+        (tool(), "--output-prefix data/corpus \\\n        --tokenizer-type SentencePieceTokenizer"),
+        (tokenizer_tool(), "--model-prefix runs/tok \\\n        --vocab-size 2000"),
+    ):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--help"])
+        assert continued in capsys.readouterr().out

@@ -103,7 +103,7 @@ def test_grid_scores_a_model_that_copies_the_key(process_group, tokenizer):  # n
 
 
 def _eval_args(tokenizer_model: str, extra: list[str]):
-    from megatron_anchor.evaluation.loading import build_eval_parser, finish_model_args
+    from megatron_anchor.evaluation.eval_args import build_eval_parser, finish_model_args
 
     args = build_eval_parser("test").parse_args(
         [*MODEL, "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model, *extra]
@@ -197,7 +197,7 @@ def test_passkey_tool_cp2_and_tp2_predict_as_cp1(checkpoint_dir, tokenizer_model
 def test_model_flags_left_out_come_from_the_checkpoint(checkpoint_dir, tokenizer_model):
     """The evaluation tools resolve model flags by the trainer's rule: omitted ones from the checkpoint,
     a contradicting shape flag refused by name, a new RoPE base reported."""
-    from megatron_anchor.evaluation.loading import build_eval_parser, finish_model_args
+    from megatron_anchor.evaluation.eval_args import build_eval_parser, finish_model_args
 
     path, _ = checkpoint_dir
     tokenizer = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model]
@@ -227,7 +227,8 @@ def test_converted_hf_model_generates_as_transformers(
     import transformers
 
     from megatron_anchor.convert import import_hf_checkpoint, trainer_flags
-    from megatron_anchor.evaluation.loading import build_eval_model, build_eval_parser, finish_model_args
+    from megatron_anchor.evaluation.eval_args import build_eval_parser, finish_model_args
+    from megatron_anchor.evaluation.loading import build_eval_model
 
     config = transformers.LlamaConfig(
         hidden_size=64,

@@ -222,7 +222,7 @@ def test_megatron_llama_recipe_passes_the_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "dry run: 8 processes = TP 2 x CP 2 x DP 2; 100 steps of 8 x 64 tokens" in out
-    assert f"ok: data {tmp_path}/corpus_text_document: 40 samples of 65 tokens" in out
+    assert f"note: data {tmp_path}/corpus_text_document: packed-anchor samples, 40 of 65 tokens" in out
     assert "ok: tokenizer HuggingFaceTokenizer" in out and ": 64 ids" in out
     assert "warning: --tensorboard-dir needs the tensorboard package" in out  # not installed here
     assert "--swiglu, --normalization RMSNorm" in out and "--num-workers 1" in out
@@ -259,7 +259,7 @@ def test_data_cache_path_keeps_megatron_cores_blend_indices(tmp_path):
 
     a = write_packed(tmp_path / "a_text_document", seq_length=64, samples=30)
     b = write_packed(tmp_path / "b_text_document", seq_length=64, samples=30)
-    flags = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --vocab-size 99"
+    flags = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --vocab-size 100"
     flags += f" --train-iters 5 --global-batch-size 4 --data-path 0.6 {a} 0.4 {b} --split 9,1,0"
     flags += f" --data-cache-path {tmp_path / 'cache'}"
     args = validate_args(build_parser().parse_args(flags.split()), 1)

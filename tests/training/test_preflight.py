@@ -50,7 +50,7 @@ def test_data_prefixes_are_opened_and_their_sample_length_checked(inputs):
             "1,0,0",
         ]
     )
-    assert found.facts == [f"data {inputs['data32']}: 6 samples of 33 tokens"]
+    assert found.notes[0] == f"data {inputs['data32']}: packed-anchor samples, 6 of 33 tokens"
     assert f"--data-path {work}/only_bin: no file {work}/only_bin.idx" in found.errors
     assert any(
         "s16_text_document.idx: sample 0 has 17 tokens but seq_length 32 needs 33" in e for e in found.errors

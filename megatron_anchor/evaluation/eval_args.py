@@ -1,0 +1,103 @@
+"""The evaluation tools' command line: the trainer's model flags resolved by the trainer's rule, the tokenizer
+the checkpoint records, and the output directory probed before any work.
+
+An evaluation takes the same model, RoPE and tokenizer flags as ``megatron_anchor.pretrain`` (Megatron's
+names). Flags left out are taken from the ``--load`` checkpoint (trained or converted), the tokenizer too;
+a flag contradicting its shape is an error, a new RoPE is reported on one line. Importing this module loads
+neither torch nor megatron-core, so ``--help`` and flag errors come back at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from megatron_anchor._files import output_problem
+from megatron_anchor.training.model_args import add_model_args
+
+
+def build_eval_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the trainer's model and RoPE flags plus tokenizer, parallel, precision and --load."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("model source")
+    g.add_argument(
+        "--load",
+        default=None,
+        help="checkpoint directory (trainer --save or converted); default: random initialisation from --seed",
+    )
+    g.add_argument("--tokenizer-type", default=None, help="default: the one the --load checkpoint records")
+    g.add_argument("--tokenizer-model", default=None, help="default: the one the --load checkpoint records")
+    g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size without a tokenizer")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    return p
+
+
+def finish_model_args(
+    args: argparse.Namespace, seq_length: int | None, tokenizer_required: bool = False
+) -> argparse.Namespace:
+    """Resolve and validate the model and tokenizer flags as the trainer does (``--load``'s metadata fills
+    the flags left out). Sets ``args.seq_length`` (when given), ``args.checkpoint_notes`` and
+    ``args.trained_length`` (the checkpoint's, or None). Raises ValueError naming the flag."""
+    from megatron_anchor.checkpoint import read_meta, trained_length
+    from megatron_anchor.training.checkpoint_args import resolve_model_config
+
+    notes = _take_recorded_tokenizer(args, tokenizer_required)
+    if seq_length is not None:
+        args.seq_length = seq_length
+    args.checkpoint_notes = notes + resolve_model_config(args, args.tensor_model_parallel_size)
+    args.trained_length = trained_length(read_meta(args.load_checkpoint)) if args.load_checkpoint else None
+    if args.tokenizer_model is None and (tokenizer_required or args.vocab_size is None):
+        needs = "--tokenizer-type/--tokenizer-model" + ("" if tokenizer_required else " or --vocab-size")
+        where = f" (checkpoint {args.load_checkpoint} records none)" if args.load_checkpoint else ""
+        raise ValueError(f"give {needs}{where}")
+    if args.tokenizer_model is not None:
+        from megatron_anchor.training.vocab import tokenizer_size
+
+        try:  # a tokenizer that does not load is one line here, not a traceback after the model loads
+            tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        except (OSError, ValueError) as err:
+            raise ValueError(str(err)) from err
+    return args
+
+
+def _take_recorded_tokenizer(args: argparse.Namespace, required: bool) -> list[str]:
+    """Without tokenizer flags: the tokenizer the ``--load`` checkpoint records (its files checked against
+    the record). Returns notes; ValueError when it is gone or changed and the evaluation needs it."""
+    from megatron_anchor.checkpoint import CheckpointError, find_checkpoint, read_meta, recorded_tokenizer
+
+    if args.tokenizer_model is not None or args.tokenizer_type is not None or not args.load:
+        return []
+    try:
+        path = find_checkpoint(args.load)
+    except CheckpointError:
+        return []  # resolve_model_config names the problem
+    if path is None:
+        return []
+    try:
+        found = recorded_tokenizer(read_meta(path))
+    except ValueError as err:
+        if required:
+            raise ValueError(f"--load {path}: {err}: give --tokenizer-type/--tokenizer-model") from err
+        return [f"--load {path}: {err}: running without a tokenizer"]
+    if found is None:
+        return []
+    args.tokenizer_type, args.tokenizer_model = found
+    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found[0]} --tokenizer-model {found[1]}"]
+
+
+def out_dir_problem(out_dir: str) -> str | None:
+    """Why ``--out-dir`` cannot take the results (probed on the rank that writes them), or None."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    return output_problem("--out-dir", str(out_dir))
+
+
+def exit_on_errors(errors: list[str]) -> None:
+    """Print every error of the command line, one line each, and exit 2; nothing when there are none."""
+    if errors:
+        print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
+        raise SystemExit(2)

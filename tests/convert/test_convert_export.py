@@ -1,0 +1,92 @@
+"""Export of checkpoints written without a source model (as a run from scratch writes them): the stored dtype,
+the trained length and the recorded tokenizer carry over; a damaged safetensors file is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from megatron_anchor.checkpoint import tokenizer_identity
+from tests.convert.convert_harness import save_tiny_hf
+from tests.training.packed_data import write_hf_tokenizer
+from tools.convert_hf_checkpoint import main
+
+SCHEDULE = {"train_iters": 10, "global_batch_size": 4, "seq_length": 1024}  # what the trainer records
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    """The tiny fp32 Llama saved by transformers."""
+    return save_tiny_hf("llama", tmp_path_factory.mktemp("export") / "hf")
+
+
+def _from_scratch(hf_dir: Path, work: Path, tokenizer: dict | None) -> Path:
+    """A converted checkpoint whose meta.json is made what a run from scratch records: no source config,
+    no copy of the source files, the run's schedule and tokenizer."""
+    ckpt = work / "ckpt"
+    assert main(["import", "--hf-dir", str(hf_dir), "--save", str(ckpt), "--quiet"]) == 0
+    iter_dir = ckpt / "iter_0000000"
+    meta = json.loads((iter_dir / "meta.json").read_text())
+    for name in list(meta["files"]):
+        if name.startswith("hf/"):
+            (iter_dir / name).unlink()
+            del meta["files"][name]
+    (iter_dir / "hf").rmdir()
+    for key in ("hf_config", "converted_from", "dtype"):
+        meta.pop(key)
+    meta["model"].pop("max_position_embeddings")
+    meta.update(schedule=SCHEDULE, tokenizer=tokenizer, weights_only=False)
+    (iter_dir / "meta.json").write_text(json.dumps(meta))
+    return ckpt
+
+
+def test_export_without_a_source_keeps_dtype_trained_length_and_tokenizer(hf_dir, tmp_path, capsys) -> None:
+    tokenizer_dir = write_hf_tokenizer(tmp_path / "tokenizer", vocab=80)
+    ckpt = _from_scratch(hf_dir, tmp_path, tokenizer_identity("HuggingFaceTokenizer", tokenizer_dir, 100))
+    out = tmp_path / "out"
+    assert main(["export", "--load", str(ckpt), "--hf-dir", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
+    config = json.loads((out / "config.json").read_text())
+    assert dtypes == {"F32"} and config["dtype"] == "float32" and "exported 15 float32 tensors" in printed
+    assert config["max_position_embeddings"] == 1024  # the trained length, not a fallback
+    from transformers import AutoTokenizer
+
+    text = "w5 w17 w79 w3"
+    assert AutoTokenizer.from_pretrained(out)(text)["input_ids"] == AutoTokenizer.from_pretrained(
+        tokenizer_dir
+    )(text)["input_ids"]
+    assert f"tokenizer files tokenizer.json, tokenizer_config.json from {tokenizer_dir}" in printed
+    half = tmp_path / "half"
+    assert main(["export", "--load", str(ckpt), "--hf-dir", str(half), "--dtype", "bfloat16", "--quiet"]) == 0
+    with safe_open(half / "model.safetensors", framework="pt") as f:
+        assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+
+
+def test_export_names_a_tokenizer_that_changed_and_writes_none(hf_dir, tmp_path, capsys) -> None:
+    tokenizer_dir = write_hf_tokenizer(tmp_path / "tokenizer", vocab=80)
+    ckpt = _from_scratch(hf_dir, tmp_path, tokenizer_identity("HuggingFaceTokenizer", tokenizer_dir, 80))
+    write_hf_tokenizer(tmp_path / "tokenizer", vocab=60)  # replaced after the run
+    assert main(["export", "--load", str(ckpt), "--hf-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"its tokenizer files at {tokenizer_dir} have changed since" in printed
+    assert "no tokenizer files written" in printed and not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_truncated_safetensors_is_one_line_naming_the_file(hf_dir, tmp_path, capsys, keep: float) -> None:
+    broken = tmp_path / "hf"
+    broken.mkdir()
+    for f in hf_dir.iterdir():
+        data = f.read_bytes()
+        (broken / f.name).write_bytes(data[: int(len(data) * keep)] if f.suffix == ".safetensors" else data)
+    assert main(["import", "--hf-dir", str(broken), "--save", str(tmp_path / "ckpt"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert f"{broken / 'model.safetensors'} is not a complete safetensors file" in err
+    assert not (tmp_path / "ckpt").exists()
