@@ -103,6 +103,7 @@ def read_back(out: str, written: dict[str, torch.Tensor]) -> dict:
 
 
 def main(out: str) -> None:
+    sys.modules.setdefault("wandb", None)  # megatron-core imports wandb when installed (seconds); unused here
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("WRITER_PORT", "29631"))
     dist.init_process_group("gloo", rank=0, world_size=1)
     from megatron.core import parallel_state as ps

@@ -16,7 +16,8 @@ def test_a_second_run_on_the_same_save_is_refused_and_a_dead_runs_lock_is_taken_
     lock = save / "run.lock"
     first = start_pretrain(1, [*TINY, "--train-iters", "100000", "--save", str(save)], tmp_path / "a", [])
     try:
-        first.wait_for_step(1)
+        # The lock is taken as the process group forms, before anything is written to --save.
+        first.wait_for(lambda: lock.is_file() and lock.read_text().endswith("\n"), "the lock")
         (holder,) = worker_pids(first.proc.pid).values()
         _, second = run_pretrain(1, [*TINY, "--save", str(save)], tmp_path / "b", expect_fail=True)
         assert lock.read_text() == f"{holder} on {socket.gethostname()}\n"
