@@ -15,11 +15,6 @@ PYTHON=${PYTHON:-python}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 
-# Resume from our own run when it has a checkpoint, else start from the converted (weights-only) one.
-resume_or_start() {  # resume_or_start SAVE_DIR CONVERTED_DIR -> prints the --load directory
-    if [[ -f "$1/latest" ]]; then echo "$1"; else echo "$2"; fi
-}
-
 # The flags both recipes share. The script sets TP, CP, SEQ_LENGTH, CKPT, DATA, SAVE, GLOBAL_BATCH and
 # TRAIN_ITERS; LR, MIN_LR, WARMUP and TENSORBOARD_DIR (default $SAVE/tensorboard; empty: none, for machines
 # without the tensorboard package) may come from the environment.
@@ -38,7 +33,7 @@ recipe_flags() {  # fills the array RECIPE
         --micro-batch-size 1 --global-batch-size "$GLOBAL_BATCH" --train-iters "$TRAIN_ITERS"
         --lr "${LR:-2e-5}" --min-lr "${MIN_LR:-2e-6}" --lr-decay-style cosine --lr-warmup-iters "${WARMUP:-20}"
         --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 --seed 1234
-        --load "$(resume_or_start "$SAVE" "$CKPT")" --save "$SAVE" --save-interval 100
+        --pretrained-checkpoint "$CKPT" --load "$SAVE" --save "$SAVE" --save-interval 100
         --eval-interval 100 --eval-iters 4 --log-interval 1 --log-jsonl "$SAVE/train_log.jsonl"
     )
     local tensorboard=${TENSORBOARD_DIR-$SAVE/tensorboard}

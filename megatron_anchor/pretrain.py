@@ -21,8 +21,10 @@ reported in one round, before anything starts.
 Only the flag parser is imported up front, so ``--help`` comes back at once.
 
 Resuming: ``--load DIR --save DIR`` (the same directory) starts from scratch the first time and resumes
-from ``DIR/latest`` afterwards; model flags left out are taken from the checkpoint. Preemption:
-``--exit-signal-handler`` saves after the step in flight on SIGTERM and exits 0 (see
+from ``DIR/latest`` afterwards; add ``--pretrained-checkpoint CKPT`` to start the first time from CKPT's
+weights (this project's or a Megatron-LM ``torch_dist`` checkpoint). Model flags left out are taken from the
+checkpoint. A run holds ``DIR/run.lock`` while it writes there: a second run to the same ``--save`` stops.
+Preemption: ``--exit-signal-handler`` saves after the step in flight on SIGTERM and exits 0 (see
 ``megatron_anchor.training.exit_conditions`` for torchrun under a scheduler).
 """
 
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[float]:
+    from megatron_anchor.training.checkpoint import lock_save_dir
     from megatron_anchor.training.loop import build_run, train
     from megatron_anchor.training.parallel import init_distributed, teardown_distributed
     from megatron_anchor.training.startup import write_config
@@ -121,13 +124,17 @@ def _train(args: argparse.Namespace, notes: list[str], started: float) -> list[f
         args.distributed_timeout_minutes,
         args.hierarchical_context_parallel_sizes,
     )
+    lock = None
     try:
+        lock = lock_save_dir(args.save, dims) if args.save else None  # before anything is written there
         config_path = write_config(args) if dims.rank == 0 else None
         run = build_run(args, dims, started_at=started)
         if dims.rank == 0:
             print(startup_summary(run, notes, config_path), flush=True)
         losses = train(run, started_at=started)
     finally:
+        if lock is not None:
+            lock.release()
         teardown_distributed()
     return losses
 

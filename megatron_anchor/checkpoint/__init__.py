@@ -1,5 +1,7 @@
 """The on-disk checkpoint contract shared by the trainer, the converter, the evaluation tools and export:
-directory layout and atomic commits, ``meta.json`` contents, file checksums verified on load.
+directory layout and atomic commits (``layout``), ``meta.json`` contents (``meta``), file checksums verified
+on load (``integrity``), the one loader of model weights (``weights``), Megatron-LM's checkpoints
+(``megatron``).
 
 Names are imported on first use (PEP 562): the layout helpers load without torch.
 """
@@ -9,7 +11,23 @@ from __future__ import annotations
 from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
+    "EXTRA_STATE": "weights",
+    "LOCK_FILE": "layout",
+    "MEGATRON_TRACKER": "layout",
+    "TE_RENAMES": "names",
     "CheckpointError": "layout",
+    "CheckpointReader": "weights",
+    "checked_manifest": "integrity",
+    "is_megatron_checkpoint": "layout",
+    "load_megatron_weights": "megatron",
+    "load_model_weights": "weights",
+    "load_verified_weights": "weights",
+    "megatron_meta": "megatron",
+    "newest_checkpoint": "layout",
+    "read_pointer": "layout",
+    "step_of_checkpoint": "layout",
+    "te_name": "names",
+    "write_weights_checkpoint": "weights",
     "FORMAT_VERSION": "meta",
     "LATEST": "layout",
     "META_FILE": "layout",

@@ -47,13 +47,49 @@ def _problem(root: str, name: str, want: dict) -> str | None:
     return None
 
 
-def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
-    """Check every file's size and CRC-32 against ``meta["files"]``; CheckpointError naming the first bad
-    file and the previous checkpoint. Under torch.distributed the files are split over the ranks
-    (collective)."""
+def _entry_problem(name: object, entry: object) -> str | None:
+    """Why a ``files`` entry of ``meta.json`` cannot be checked (None when it can)."""
+    if not isinstance(name, str) or os.path.isabs(name) or os.path.normpath(name).startswith(".."):
+        return f"{name!r} is not a path inside the checkpoint"
+    if not isinstance(entry, dict):
+        return f"the entry of {name} is not an object"
+    missing = [k for k in ("size", "crc32") if k not in entry]
+    if missing:
+        return f"the entry of {name} has no {' or '.join(repr(k) for k in missing)}"
+    if not isinstance(entry["size"], int) or not isinstance(entry["crc32"], str):
+        return f"the entry of {name} has a malformed 'size' or 'crc32'"
+    return None
+
+
+def checked_manifest(checkpoint_dir: str, meta: dict) -> dict[str, dict]:
+    """``meta["files"]``, once every file of the checkpoint is listed there with a size and a CRC-32;
+    CheckpointError naming ``meta.json`` otherwise (a file left out would load unchecked)."""
+    meta_path = os.path.join(checkpoint_dir, META_FILE)
     manifest = meta.get("files")
-    if manifest is None:
-        return  # written before checksums were recorded: nothing to compare with
+    if not isinstance(manifest, dict) or not manifest:
+        raise CheckpointError(
+            f"{meta_path} lists no files with checksums ('files'): a checkpoint whose files cannot be "
+            f"checked is not loaded"
+        )
+    for name, entry in manifest.items():
+        problem = _entry_problem(name, entry)
+        if problem:
+            raise CheckpointError(f"{meta_path}: {problem} (each file needs its size and crc32)")
+    unlisted = [n for n in checkpoint_files(checkpoint_dir) if n not in manifest]
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise CheckpointError(
+            f"{os.path.join(checkpoint_dir, unlisted[0])}{more} is not listed in {meta_path}, so its "
+            f"checksum cannot be checked (was meta.json edited?)"
+        )
+    return manifest
+
+
+def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
+    """Check that ``meta["files"]`` lists every file, then each file's size and CRC-32; CheckpointError naming
+    the first bad file (or ``meta.json``) and the previous checkpoint. Under torch.distributed the files are
+    split over the ranks (collective)."""
+    manifest = checked_manifest(checkpoint_dir, meta)
     names = sorted(manifest)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = [

@@ -1,8 +1,14 @@
-"""Where checkpoints live on disk: ``DIR/iter_NNNNNNN/`` directories, the ``latest`` pointer, atomic commits.
+"""Where checkpoints live on disk: ``DIR/iter_NNNNNNN/`` directories, the pointers to the newest one, atomic
+commits, the lock of a run writing ``DIR``.
 
-A checkpoint is written into ``iter_NNNNNNN.tmp`` and renamed once complete; ``latest`` is then replaced
-atomically, so ``latest`` never names a half-written checkpoint. A ``.tmp`` left by a crash or a full disk
-is removed by the next save into the same directory.
+A checkpoint is written into ``iter_NNNNNNN.tmp`` and renamed once complete; the pointers are then replaced
+atomically: ``latest`` (this project's, ``iter_NNNNNNN``) and Megatron-LM's
+``latest_checkpointed_iteration.txt`` (the bare iteration number, or ``release``), so neither names a
+half-written checkpoint and either is read. An existing ``iter_*`` is never replaced. A ``.tmp`` left by a
+crash or a full disk is removed by the next save into the same directory.
+
+A directory is a checkpoint when it holds ``meta.json`` (this project's) or is a Megatron-LM ``torch_dist``
+checkpoint (megatron-core ``dist_checkpointing``: ``metadata.json`` and ``common.pt``; see ``megatron``).
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ import shutil
 from megatron_anchor._files import sync_directory, write_synced
 
 LATEST = "latest"
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 META_FILE = "meta.json"
+LOCK_FILE = "run.lock"
 TMP_SUFFIX = ".tmp"
+# megatron-core dist_checkpointing's files (megatron/core/dist_checkpointing/core.py CONFIG_FNAME and
+# strategies/common.py COMMON_STATE_FNAME, core_v0.16.0).
+MEGATRON_CONFIG = "metadata.json"
+MEGATRON_COMMON = "common.pt"
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
+_RELEASE = "release"  # Megatron-LM's name for a checkpoint without an iteration (its tracker says so too)
 
 
 class CheckpointError(ValueError):
@@ -30,23 +43,82 @@ def iter_dir_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def is_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a complete checkpoint directory (it holds ``meta.json``)."""
+def is_megatron_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a Megatron-LM ``torch_dist`` checkpoint directory (and not this project's)."""
+    files = (MEGATRON_CONFIG, MEGATRON_COMMON)
+    return all(os.path.isfile(os.path.join(path, f)) for f in files) and not _has_meta(path)
+
+
+def _has_meta(path: str) -> bool:
     return os.path.isfile(os.path.join(path, META_FILE))
 
 
+def is_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a complete checkpoint directory (``meta.json``, or a Megatron-LM one)."""
+    return _has_meta(path) or is_megatron_checkpoint(path)
+
+
+def _pointer_target(pointer: str) -> str:
+    """The checkpoint directory name in a pointer file; CheckpointError naming the file if it holds none."""
+    with open(pointer, "rb") as f:
+        raw = f.read(256)
+    example = iter_dir_name(10)
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"{pointer} is damaged (it holds binary data, not a checkpoint name such as {example}): "
+            f"give --load one of the directory's iter_* checkpoints"
+        ) from None
+    if os.path.basename(pointer) == MEGATRON_TRACKER:  # Megatron-LM writes str(iteration) or "release"
+        if text.isdigit():
+            return iter_dir_name(int(text))
+        if text == _RELEASE:
+            return _RELEASE
+    elif _ITER_RE.match(text):
+        return text
+    raise CheckpointError(f"{pointer} holds {text[:40]!r}, not a checkpoint name such as {example}")
+
+
+def read_pointer(directory: str) -> tuple[str, str] | None:
+    """``(pointer file, checkpoint directory it names)`` from ``latest`` or Megatron-LM's tracker, or None
+    when ``directory`` has neither. When both exist, the one naming a complete checkpoint (the newer if both).
+    CheckpointError for a damaged pointer."""
+    found = [
+        (pointer, os.path.join(directory, _pointer_target(pointer)))
+        for pointer in (os.path.join(directory, n) for n in (LATEST, MEGATRON_TRACKER))
+        if os.path.isfile(pointer)
+    ]
+    if not found:
+        return None
+    # They differ after a crash between the two replacements in commit_checkpoint (the newer is right), or
+    # when one was edited by hand or a checkpoint removed (the one still naming a checkpoint is right).
+    complete = [item for item in found if is_checkpoint(item[1])]
+    return max(complete or found, key=lambda item: _step_of(os.path.basename(item[1])) or 0)
+
+
 def find_checkpoint(path: str) -> str | None:
-    """``path`` itself if it is a checkpoint, else the one its ``latest`` file names, else None."""
+    """``path`` itself if it is a checkpoint, else the one its pointer names, else None."""
     if is_checkpoint(path):
         return path
-    pointer = os.path.join(path, LATEST)
-    if not os.path.isfile(pointer):
+    pointed = read_pointer(path) if os.path.isdir(path) else None
+    if pointed is None:
         return None
-    with open(pointer) as f:
-        found = os.path.join(path, f.read().strip())
+    pointer, found = pointed
     if not is_checkpoint(found):
         raise CheckpointError(f"{pointer} names {found}, which is not a complete checkpoint")
     return found
+
+
+def newest_checkpoint(directory: str) -> str | None:
+    """The complete ``iter_*`` checkpoint of ``directory`` with the largest step, or None."""
+    steps = complete_steps(directory) if os.path.isdir(directory) else []
+    return os.path.join(directory, steps[-1][1]) if steps else None
+
+
+def step_of_checkpoint(checkpoint_dir: str) -> int | None:
+    """The step in the name of checkpoint directory ``iter_NNNNNNN`` (None for another name)."""
+    return _step_of(os.path.basename(os.path.normpath(checkpoint_dir)))
 
 
 def why_not_a_checkpoint(path: str) -> str:
@@ -63,7 +135,7 @@ def why_not_a_checkpoint(path: str) -> str:
     steps = complete_steps(path)
     if steps:
         return f"has no '{LATEST}' file; give one of its checkpoints, e.g. {os.path.join(path, steps[-1][1])}"
-    return f"holds neither {META_FILE} nor a '{LATEST}' file"
+    return f"holds neither {META_FILE} nor a '{LATEST}' (or {MEGATRON_TRACKER}) file"
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -80,21 +152,31 @@ _META_TEXT: dict[tuple, str] = {}
 
 
 def read_meta(checkpoint_dir: str) -> dict:
-    """The checkpoint's ``meta.json`` (a fresh dict each call; the file is read again only if it changed)."""
+    """The checkpoint's ``meta.json`` (a fresh dict each call; the file is read again only if it changed);
+    for a Megatron-LM checkpoint, the same contents taken from its ``common.pt`` (``megatron_meta``)."""
+    if is_megatron_checkpoint(checkpoint_dir):
+        from megatron_anchor.checkpoint.megatron import megatron_meta  # torch: only for Megatron-LM's
+
+        return megatron_meta(checkpoint_dir)
     path = os.path.join(checkpoint_dir, META_FILE)
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     if key not in _META_TEXT:
-        with open(path) as f:
-            _META_TEXT[key] = f.read()
+        with open(path, "rb") as f:
+            _META_TEXT[key] = f.read().decode(errors="replace")
     try:
-        return json.loads(_META_TEXT[key])
+        meta = json.loads(_META_TEXT[key])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a checkpoint description (a JSON object is expected)")
+    return meta
 
 
 def check_tp_size(meta: dict, where: str, tp: int) -> None:
     """ValueError unless the checkpoint of ``meta`` (named ``where`` in the message) has TP size ``tp``."""
+    if meta.get("tp") is None:
+        return  # a Megatron-LM checkpoint: megatron-core's loader reshards it to any TP size
     if meta["tp"] != tp:
         raise ValueError(
             f"{where} was saved at --tensor-model-parallel-size {meta['tp']}; this run uses {tp} (TP "
@@ -137,12 +219,18 @@ def remove_stale_tmp(save_dir: str) -> list[str]:
 
 
 def commit_checkpoint(tmp_dir: str, final_dir: str) -> None:
-    """Move the complete ``tmp_dir`` to ``final_dir`` and point ``latest`` at it (each step atomic)."""
+    """Move the complete ``tmp_dir`` to ``final_dir`` and point ``latest`` and Megatron-LM's tracker at it
+    (each step atomic). CheckpointError if ``final_dir`` exists: a checkpoint is never overwritten."""
     save_dir = os.path.dirname(final_dir)
-    if os.path.exists(final_dir):  # the same step saved again (e.g. a rerun): the new one replaces it
-        shutil.rmtree(final_dir)
+    if os.path.exists(final_dir):
+        raise CheckpointError(
+            f"{final_dir} already exists: a checkpoint is never overwritten (is another run writing to "
+            f"{save_dir}?); {tmp_dir} is kept and removed by the next save"
+        )
     os.rename(tmp_dir, final_dir)
-    pointer_tmp = os.path.join(save_dir, LATEST + TMP_SUFFIX)
-    write_synced(pointer_tmp, os.path.basename(final_dir) + "\n")
-    os.replace(pointer_tmp, os.path.join(save_dir, LATEST))
+    name = os.path.basename(final_dir)
+    for pointer, text in ((LATEST, name + "\n"), (MEGATRON_TRACKER, str(_step_of(name)))):
+        pointer_tmp = os.path.join(save_dir, pointer + TMP_SUFFIX)
+        write_synced(pointer_tmp, text)
+        os.replace(pointer_tmp, os.path.join(save_dir, pointer))
     sync_directory(save_dir)  # the renames themselves reach the disk

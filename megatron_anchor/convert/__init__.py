@@ -8,8 +8,6 @@ from __future__ import annotations
 from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
-    "CheckpointReader": "checkpoint",
-    "load_model_weights": "checkpoint",
     "KEEP": "hf_checkpoint",
     "RopeOverride": "hf_checkpoint",
     "export_hf_checkpoint": "hf_checkpoint",

@@ -24,7 +24,7 @@ from megatron_anchor.checkpoint import (
     tokenizer_identity,
     trained_length,
 )
-from megatron_anchor.convert.checkpoint import CheckpointReader, write_weights_checkpoint
+from megatron_anchor.checkpoint.weights import CheckpointReader, write_weights_checkpoint
 from megatron_anchor.convert.hf_config import (
     check_supported,
     export_hf_config,

@@ -2,7 +2,7 @@
 
 Everything here is pure: tensors in, tensors out, one rule (one megatron-core tensor) at a time, so that a
 converter can stream a 70B checkpoint without holding it twice. Names are those of megatron-core's local
-layer spec; the fused norms of Transformer Engine's spec are a renaming (see ``TE_RENAMES``).
+layer spec; the fused norms of Transformer Engine's spec are a renaming (``checkpoint.names``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,6 @@ from dataclasses import dataclass
 import torch
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-
-# Local spec name suffix -> Transformer Engine spec name suffix (TE fuses the pre-norms into the linears).
-TE_RENAMES = {
-    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-    "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
-}
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -196,13 +189,3 @@ def merge_from_tp(name: str, shards: list[torch.Tensor], shape: ModelShape) -> t
         gates, ups = zip(*(s.chunk(2) for s in shards))
         return torch.cat([*gates, *ups])
     return torch.cat(shards, dim=dim)  # qkv groups concatenate back in order
-
-
-def te_name(name: str) -> str:
-    """The Transformer Engine spec's name for local-spec tensor ``name`` (unchanged where they agree)."""
-    for local, te in TE_RENAMES.items():
-        if name.endswith(local):
-            return name[: -len(local)] + te
-    return name
-
-

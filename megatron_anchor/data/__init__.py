@@ -3,7 +3,7 @@
 Preprocessing (``tools/preprocess_data.py`` is a thin CLI over it): ``tokenizers`` (sentencepiece / HF,
 offline), ``jsonl`` (input chunks, record checks), ``sentences`` (offline punkt), ``encode`` (worker side),
 ``packing`` (greedy and best-fit packers over document lengths), ``packed_writer`` and ``indexed_writer``
-(megatron-core ``MMIDIDX`` files, written under ``output_lock``, checked before reading), ``data_record``
+(megatron-core ``MMIDIDX`` files, written under a lock, checked before reading), ``data_record``
 (the ``{prefix}.meta.json`` beside each pair: layout, tokenizer, checksums), ``worker_pool`` (an ordered
 process pool that fails at once when a worker dies), ``preprocess`` (the pipeline).
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from megatron_anchor._files import free_space, sync_and_close, sync_directory
+from megatron_anchor._output_lock import OutputLock
 from megatron_anchor.data.data_record import check_written_together, read_record, record_path, write_record
-from megatron_anchor.data.output_lock import OutputLock
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
 INDEX_VERSION = 1
@@ -54,7 +54,7 @@ class IndexedWriter:
         self.directory = os.path.dirname(prefix) or "."
         os.makedirs(self.directory, exist_ok=True)
         self.prefix, self.dtype, self.record = prefix, dtype, record or {}
-        self._lock = OutputLock(prefix)
+        self._lock = OutputLock(prefix + ".lock", "--output-prefix")
         try:
             remove_stale_temporaries(prefix)
             tag = f"{os.getpid()}-{secrets.token_hex(4)}"

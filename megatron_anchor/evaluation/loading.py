@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_anchor.convert.checkpoint import load_verified_weights
+from megatron_anchor.checkpoint import load_verified_weights
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import ParallelDims, init_distributed
 from megatron_anchor.training.build import build_model, build_model_config
@@ -25,9 +25,9 @@ def init_eval_distributed(tp: int, cp: int) -> ParallelDims:
 
 
 def load_weights(load_dir: str, model: torch.nn.Module, dims: ParallelDims) -> None:
-    """Verify the checksums of checkpoint ``load_dir`` (a resolved checkpoint directory) and restore only
-    its model weights (collective). No optimizer is built: evaluation needs none, and a large model cannot
-    spare its memory."""
+    """Restore only the model weights of checkpoint ``load_dir`` (a resolved checkpoint directory: this
+    project's, checksums verified, or Megatron-LM's), collectively. No optimizer is built: evaluation needs
+    none, and a large model cannot spare its memory."""
     load_verified_weights(load_dir, model, dims.tp, dims.tp_rank)
 
 

@@ -241,6 +241,7 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints")
     add_flag(g, "--save", default=None)
     add_flag(g, "--load", default=None)
+    add_flag(g, "--pretrained-checkpoint", default=None)
     add_flag(g, "--save-interval", "--persistent-save-interval", type=int, default=None)
     add_flag(g, "--no-save-optim", action="store_true")
 

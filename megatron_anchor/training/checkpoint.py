@@ -1,11 +1,13 @@
 """Sharded training checkpoints with torch.distributed.checkpoint (DCP), written atomically and verified.
 
 Layout of ``--save DIR`` (``megatron_anchor.checkpoint``): ``iter_0000100/`` (DCP shards, ``meta.json``,
-``rng/rank*.pt``) and a ``latest`` file naming the newest complete one. A checkpoint is written into
-``iter_*.tmp``, each rank checksums the files it wrote, and rank 0 records them in ``meta.json`` before the
-rename; ``latest`` is then replaced atomically. A failed save (full disk, quota) raises on every rank with
-the path, the errno and the free space, leaving ``latest`` on the previous checkpoint. DCP reshards on load:
-the same checkpoint loads under another DP or CP size, with DDP or FSDP2; TP shards need the same TP size.
+``rng/rank*.pt``), ``latest`` and Megatron-LM's ``latest_checkpointed_iteration.txt`` naming the newest
+complete one, and ``run.lock`` while a run writes there (``lock_save_dir``: a second run is refused).
+A checkpoint is written into ``iter_*.tmp``, each rank checksums the files it wrote, and rank 0 records them
+in ``meta.json`` before the rename; the pointers are then replaced atomically. A failed save (full disk,
+quota) raises on every rank with the path, the errno and the free space, leaving ``latest`` on the previous
+checkpoint. DCP reshards on load: the same checkpoint loads under another DP or CP size, with DDP or FSDP2;
+TP shards need the same TP size.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from megatron_anchor._output_lock import OutputLock, OutputLockedError
 from megatron_anchor.checkpoint import (
+    EXTRA_STATE,
     LATEST,
+    LOCK_FILE,
     TMP_SUFFIX,
     CheckpointError,
     checkpoint_files,
@@ -35,13 +40,13 @@ from megatron_anchor.checkpoint import (
     commit_checkpoint,
     describe_files,
     iter_dir_name,
+    load_verified_weights,
     read_meta,
     remove_stale_tmp,
     tokenizer_identity,
     write_failure_detail,
     write_meta,
 )
-from megatron_anchor.convert.checkpoint import EXTRA_STATE, load_verified_weights
 from megatron_anchor.model import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record
 from megatron_anchor.training.checkpoint_args import schedule_record
@@ -167,12 +172,20 @@ def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDi
 
 
 def load_checkpoint(
-    path: str, model, optimizer, dims: ParallelDims, *, load_optim: bool = True, load_rng: bool = True
+    path: str,
+    model,
+    optimizer,
+    dims: ParallelDims,
+    *,
+    load_optim: bool = True,
+    load_rng: bool = True,
+    weights_loaded: bool = False,
 ) -> dict:
-    """Verify checkpoint ``path`` and restore the model, then (unless told not to, and unless the checkpoint
-    holds weights only) the optimizer and, at the same world size, the RNG states. Returns its meta with
-    ``rng_restored`` added (collective)."""
-    meta = load_verified_weights(path, model, dims.tp, dims.tp_rank)
+    """Verify checkpoint ``path`` and restore the model (unless ``weights_loaded``: already done before the
+    model was wrapped), then (unless told not to, and unless the checkpoint holds weights only) the
+    optimizer and, at the same world size, the RNG states. Returns its meta with ``rng_restored`` added
+    (collective)."""
+    meta = read_meta(path) if weights_loaded else load_verified_weights(path, model, dims.tp, dims.tp_rank)
     full = not meta.get("weights_only")
     if full and load_optim and meta.get("optimizer_saved") is False:
         raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): add --no-load-optim")
@@ -186,3 +199,25 @@ def load_checkpoint(
     if meta["rng_restored"]:
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return meta
+
+
+def lock_save_dir(save_dir: str, dims: ParallelDims) -> OutputLock | None:
+    """Create ``save_dir`` and hold ``save_dir/run.lock`` on rank 0 for the run's life (collective): a run
+    already writing there makes every rank raise CheckpointError naming its host and pid. Prints a note
+    when taking over the lock of a run that ended without releasing it. Returns rank 0's lock."""
+    lock, error = None, None
+    if dims.rank == 0:
+        try:
+            os.makedirs(save_dir, exist_ok=True)
+            lock = OutputLock(os.path.join(save_dir, LOCK_FILE), "--save")
+        except OutputLockedError as err:
+            error = str(err)
+        except OSError as err:
+            error = f"--save {save_dir}: {write_failure_detail(err, save_dir)}"
+    outcome = [error]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise CheckpointError(outcome[0])
+    if lock is not None and lock.taken_over:
+        print(f"note: {lock.taken_over}", flush=True)
+    return lock

@@ -2,8 +2,10 @@
 
 The checks read only ``meta.json`` and the file system (no process group), so ``--dry-run`` runs them too:
 ``--load`` must hold a checkpoint (except the auto-resume pattern ``--load`` = ``--save``, whose first run
-starts from scratch), model flags left out are taken from it, a resume must have steps left and the same
-LR schedule (unless ``--override-opt-param-scheduler``), and ``--save`` must be writable.
+starts from scratch), or, as in Megatron-LM, ``--pretrained-checkpoint`` gives the starting weights while
+``--load`` holds none; model flags left out are taken from the checkpoint; a resume must have steps left
+and the same LR schedule (unless ``--override-opt-param-scheduler``); ``--save`` must be writable and must
+not hold checkpoints this run would mix with or overwrite.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron_anchor._files import nearest_existing
+from megatron_anchor._files import nearest_existing, writable_problem
 from megatron_anchor.checkpoint import (
     CheckpointError,
     check_tp_size,
     find_checkpoint,
+    newest_checkpoint,
     probe_writable,
     read_meta,
+    step_of_checkpoint,
     why_not_a_checkpoint,
 )
 from megatron_anchor.training.model_args import (
@@ -25,7 +29,6 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
-from megatron_anchor.training.preflight import writable_problem
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
@@ -38,25 +41,49 @@ def schedule_record(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def _same_path(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _checkpoint_in(path: str, flag: str, notes: list[str]) -> str | None:
+    """The checkpoint ``path`` is or names; a directory of complete ``iter_*`` checkpoints without a pointer
+    gives its newest (noted: it is never a fresh start). ValueError for a damaged pointer."""
+    try:
+        found = find_checkpoint(path)
+    except CheckpointError as err:
+        raise ValueError(f"{flag}: {err}") from err
+    if found is None and (found := newest_checkpoint(path)) is not None:
+        notes.append(f"{flag} {path} names no checkpoint ('latest' is missing): taking its newest, {found}")
+    return found
+
+
 def load_checkpoint_config(args: argparse.Namespace) -> list[str]:
-    """Resolve ``--load`` into ``args.load_checkpoint`` (a checkpoint directory or None) and fill the model
-    flags left out from its metadata. Returns one-line notes; ValueError when ``--load`` holds none."""
-    args.load_checkpoint = None
-    if not args.load:
+    """Resolve ``--load`` / ``--pretrained-checkpoint`` into ``args.load_checkpoint`` (a checkpoint directory
+    or None) and fill the model flags left out from its metadata. Weights from ``--pretrained-checkpoint``
+    (when ``--load`` holds no checkpoint) start at step 0, as ``--finetune``. Returns one-line notes;
+    ValueError when a given directory holds no checkpoint."""
+    args.load_checkpoint, args.load_is_pretrained, notes = None, False, []
+    pretrained = getattr(args, "pretrained_checkpoint", None)
+    if not args.load and not pretrained:
         if getattr(args, "finetune", False):
             raise ValueError("--finetune needs --load (the checkpoint whose weights to start from)")
         return []
-    try:
-        path = find_checkpoint(args.load)
-    except CheckpointError as err:
-        raise ValueError(f"--load: {err}") from err
-    save = getattr(args, "save", None)
-    if path is None:
-        if save and os.path.realpath(save) == os.path.realpath(args.load):
+    path = _checkpoint_in(args.load, "--load", notes) if args.load else None
+    if path is not None and pretrained:
+        notes.append(f"--load {args.load} holds a checkpoint: resuming it (--pretrained-checkpoint not used)")
+    elif pretrained:
+        path = _checkpoint_in(pretrained, "--pretrained-checkpoint", notes)
+        if path is None:
+            raise ValueError(f"--pretrained-checkpoint {pretrained} {why_not_a_checkpoint(pretrained)}")
+        args.finetune, args.load_is_pretrained = True, True
+        where = f"--load {args.load} holds no checkpoint yet" if args.load else "no --load"
+        notes.append(f"{where}: starting from the weights of --pretrained-checkpoint {path} at step 0")
+    elif path is None:
+        if _same_path(getattr(args, "save", None), args.load):
             return [f"no checkpoint in --load {args.load} (= --save) yet: starting from scratch"]
         raise ValueError(f"--load {args.load} {why_not_a_checkpoint(args.load)}")
     args.load_checkpoint = path
-    return apply_checkpoint_model(args, read_meta(path), path)
+    return notes + apply_checkpoint_model(args, read_meta(path), path)
 
 
 def resolve_model_config(args: argparse.Namespace, tp: int) -> list[str]:
@@ -71,7 +98,8 @@ def resolve_model_config(args: argparse.Namespace, tp: int) -> list[str]:
 
 
 def check_resume_and_save(args: argparse.Namespace) -> list[str]:
-    """Parallel sizes, steps left and schedule of a resume; ``--save`` writability. Returns notes."""
+    """Parallel sizes, steps left and schedule of a resume; ``--save`` writability and what it holds.
+    Returns notes."""
     notes: list[str] = []
     path = args.load_checkpoint
     if path is not None:
@@ -81,7 +109,45 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
             notes += _check_resume(args, meta, path)
     if args.save:
         check_save_writable(args.save)
+        check_save_target(args)
     return notes
+
+
+def start_step(args: argparse.Namespace) -> int:
+    """The step this run starts after: the resumed checkpoint's, or 0 (no checkpoint, weights only)."""
+    path = args.load_checkpoint
+    if path is None or args.finetune:
+        return 0
+    meta = read_meta(path)
+    return 0 if meta.get("weights_only") else meta["step"]
+
+
+def check_save_target(args: argparse.Namespace) -> None:
+    """ValueError when ``--save`` holds complete checkpoints and this run does not continue from its newest:
+    its saves would overwrite them or interleave with another run's (``latest`` jumping between the two)."""
+    newest = newest_checkpoint(args.save)
+    if newest is None:
+        return
+    step = start_step(args)
+    if _same_path(args.load_checkpoint, newest) and step == step_of_checkpoint(newest):
+        return
+    name = os.path.basename(newest)
+    if _same_path(args.load_checkpoint, newest):  # weights only (--finetune, converted, Megatron-LM's)
+        raise ValueError(
+            f"--save {args.save}: this run starts at step {step} from its newest checkpoint {name} (weights "
+            f"only) and would write its checkpoints among the ones there: choose another --save"
+        )
+    if args.load_checkpoint is None:
+        raise ValueError(
+            f"--save {args.save} already holds checkpoints (newest {name}) and this run would start at "
+            f"step 0 over them: resume with --load {args.save}, or choose another --save"
+        )
+    raise ValueError(
+        f"--save {args.save} already holds checkpoints (newest {name}), but this run starts at step {step} "
+        f"from {args.load_checkpoint} and would overwrite or mix with them: to continue them, --load "
+        f"{args.save}; to start from {args.load_checkpoint} only while --save holds none, --load {args.save} "
+        f"--pretrained-checkpoint {args.load_checkpoint}; or choose another --save"
+    )
 
 
 def check_save_writable(save: str) -> None:

@@ -44,7 +44,8 @@ def samples_per_split(prefix: str, layout: str, seq_length: int, split: str) -> 
         return split_sizes(len(AnchorPackedDataset(prefix, seq_length=seq_length)), split)
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    lengths = IndexedDataset(prefix).sequence_lengths
+    indexed = IndexedDataset(prefix)  # kept alive: its lengths are a view of its memory map
+    lengths = indexed.sequence_lengths
     ranges = _split_ranges(len(lengths), split)
     return [0 if r is None else int(lengths[r[0] : r[1]].sum(dtype="int64")) // seq_length for r in ranges]
 

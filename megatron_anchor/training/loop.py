@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_anchor.attention.reference import visible_pairs
+from megatron_anchor.checkpoint import is_megatron_checkpoint, load_verified_weights
 from megatron_anchor.training.batches import CPSlicing, micro_batches, rank_sample_indices
 from megatron_anchor.training.build import (
     Datasets,
@@ -24,6 +25,7 @@ from megatron_anchor.training.build import (
     model_dense_params,
 )
 from megatron_anchor.training.checkpoint import load_checkpoint, run_meta, save_checkpoint
+from megatron_anchor.training.checkpoint_args import start_step
 from megatron_anchor.training.exit_conditions import ExitConditions
 from megatron_anchor.training.metrics import (
     peak_memory_gib,
@@ -76,6 +78,10 @@ def build_run(args: argparse.Namespace, dims: ParallelDims, started_at: float | 
     vocab = tokenizer_vocab_size(args)
     cfg = build_model_config(args, resolve_vocab_size(args))
     raw = build_model(cfg, dims, device, args.seed)
+    # megatron-core's dist_checkpointing fills the model through its sharded state dict: before wrapping.
+    weights_loaded = args.load_checkpoint is not None and is_megatron_checkpoint(args.load_checkpoint)
+    if weights_loaded:
+        load_verified_weights(args.load_checkpoint, raw, dims.tp, dims.tp_rank)
     tp_names = tensor_parallel_param_names(raw)
     sp_names = sequence_parallel_param_names(raw)
     model = parallelize(
@@ -105,11 +111,25 @@ def build_run(args: argparse.Namespace, dims: ParallelDims, started_at: float | 
         for note in args.checkpoint_notes:
             print(f"note: {note}", flush=True)
     if args.load_checkpoint is not None:
-        _resume(run, args.load_checkpoint)
+        _resume(run, args.load_checkpoint, weights_loaded)
     return run
 
 
-def _resume(run: Run, path: str) -> None:
+def _loaded_what(args: argparse.Namespace, meta: dict) -> str:
+    """What a resume restored, for its one-line report."""
+    if "megatron" in meta:
+        iteration = meta["megatron"]["iteration"]
+        return f"model weights of a Megatron-LM checkpoint (its iteration {iteration}; no checksums recorded)"
+    if meta.get("weights_only"):
+        return "model weights (a weights-only checkpoint)"
+    if args.load_is_pretrained:
+        return "model weights only (--pretrained-checkpoint)"
+    if args.finetune:
+        return "model weights only (--finetune)"
+    return "model only (--no-load-optim)" if args.no_load_optim else "model and optimizer"
+
+
+def _resume(run: Run, path: str, weights_loaded: bool) -> None:
     args = run.args
     meta = load_checkpoint(
         path,
@@ -118,17 +138,13 @@ def _resume(run: Run, path: str) -> None:
         run.dims,
         load_optim=not (args.finetune or args.no_load_optim),
         load_rng=not (args.finetune or args.no_load_rng),
+        weights_loaded=weights_loaded,
     )
-    run.start_step = 0 if args.finetune else meta["step"]
+    run.start_step = start_step(args)
     if run.dims.rank == 0:
-        what = "model weights only (--finetune)" if args.finetune else "model and optimizer"
-        if meta.get("weights_only"):
-            what = "model weights (a weights-only checkpoint)"
-        elif args.no_load_optim and not args.finetune:
-            what = "model only (--no-load-optim)"
         rng = "restored" if meta["rng_restored"] else "from --seed"
-        unverified = "" if "files" in meta else "; files not verified (no checksums recorded)"
-        print(f"resumed from {path} at step {run.start_step}: {what}; RNG {rng}{unverified}", flush=True)
+        what = _loaded_what(args, meta)
+        print(f"resumed from {path} at step {run.start_step}: {what}; RNG {rng}", flush=True)
 
 
 def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:

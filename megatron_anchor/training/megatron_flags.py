@@ -196,9 +196,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--grad-reduce-in-bf16", ACCEPTED, "with --bf16: reduce gradients in bf16 (default fp32)"),
     # Checkpoints.
     Flag("--save", ACCEPTED, "checkpoint directory to write (this project's torch.distributed.checkpoint "
-         "layout)"),
-    Flag("--load", ACCEPTED, "checkpoint directory to resume or start from; model flags left out are read "
-         "from it"),
+         "layout; Megatron's latest_checkpointed_iteration.txt beside latest); locked for the run's life"),
+    Flag("--load", ACCEPTED, "checkpoint directory to resume or start from (this project's, or Megatron-LM "
+         "torch_dist as starting weights); model flags left out are read from it"),
+    Flag("--pretrained-checkpoint", ACCEPTED, "weights to start from (at step 0) while --load holds no "
+         "checkpoint yet; once it does, the run resumes --load"),
     Flag("--save-interval", ACCEPTED, "steps between checkpoints"),
     Flag("--persistent-save-interval", ACCEPTED, "= --save-interval"),
     Flag("--no-save-optim", ACCEPTED, "checkpoints without the optimizer state (resume them with "

@@ -191,7 +191,7 @@ FEATURES: tuple[Feature, ...] = (
         "checkpoints are this project's torch.distributed.checkpoint directories (--save, --load, "
         "--save-interval, --finetune, --no-load-optim/rng, --no-save-optim); Megatron's other checkpoint "
         "options do not apply",
-        ("--load-main-params-from-ckpt", "--pretrained-checkpoint", "--ckpt-step",
+        ("--load-main-params-from-ckpt", "--ckpt-step",
          "--use-mp-args-from-checkpoint-args",
          "--no-use-tokenizer-model-from-checkpoint-args",
          "--disable-use-tokenizer-model-from-checkpoint-args",

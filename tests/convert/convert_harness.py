@@ -103,8 +103,8 @@ def megatron_logits(ckpt: str, tp: int, tokens: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_anchor.checkpoint import resolve_checkpoint
-    from megatron_anchor.convert import load_model_weights, trainer_flags
+    from megatron_anchor.checkpoint import load_model_weights, resolve_checkpoint
+    from megatron_anchor.convert import trainer_flags
     from megatron_anchor.model import AnchorLayout
     from megatron_anchor.training import build_parser, validate_args
     from megatron_anchor.training.build import build_model, build_model_config

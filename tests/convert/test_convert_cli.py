@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from megatron_anchor.convert import CheckpointReader, export_hf_checkpoint
+from megatron_anchor.checkpoint import CheckpointReader
+from megatron_anchor.convert import export_hf_checkpoint
 from megatron_anchor.convert.hf_io import INDEX_NAME, SafetensorsReader
 from megatron_anchor.training import build_parser, validate_args
 from tests.convert.convert_harness import save_tiny_hf
@@ -149,12 +150,9 @@ def test_export_of_trained_checkpoint_needs_its_rope(sharded_llama: Path, tmp_pa
     trained.parent.mkdir()
     (converted / "iter_0000000").rename(trained)
     meta = json.loads((trained / "meta.json").read_text())
-    (trained / "meta.json").write_text(
-        json.dumps(
-            {k: meta[k] for k in ("step", "tp", "cp", "dp", "world")}
-            | {"step": 10, "schedule": {"seq_length": 128}}  # where the trainer records its length
-        )
-    )
+    kept = {k: meta[k] for k in ("step", "tp", "cp", "dp", "world", "files")}
+    # the trainer records its length with its schedule
+    (trained / "meta.json").write_text(json.dumps(kept | {"step": 10, "schedule": {"seq_length": 128}}))
     with pytest.raises(ValueError, match="does not record its model shape"):
         export_hf_checkpoint(str(trained), str(tmp_path / "a"), progress=False)
     with pytest.raises(ValueError, match="does not record its RoPE"):

@@ -10,7 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from megatron_anchor.convert import CheckpointReader, export_hf_checkpoint, import_hf_checkpoint, tensor_rules
+from megatron_anchor.checkpoint import CheckpointReader
+from megatron_anchor.convert import export_hf_checkpoint, import_hf_checkpoint, tensor_rules
 from megatron_anchor.convert.hf_config import shape_from_meta
 from megatron_anchor.parallel import free_port
 from tests.convert.convert_harness import (

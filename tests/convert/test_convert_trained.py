@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from megatron_anchor.convert import CheckpointReader, import_hf_checkpoint, trainer_flags
+from megatron_anchor.checkpoint import CheckpointReader
+from megatron_anchor.convert import import_hf_checkpoint, trainer_flags
 from megatron_anchor.training.batches import MockPackedDataset
 from tests.convert.convert_harness import SEQ, save_tiny_hf
 from tests.training.packed_data import write_hf_tokenizer

@@ -13,8 +13,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
 
+from megatron_anchor._output_lock import OutputLockedError
 from megatron_anchor.data.indexed_writer import DTYPE_CODES, IndexedWriter, check_indexed_pair
-from megatron_anchor.data.output_lock import OutputLockedError
 
 
 def random_documents(seed: int, n: int, high: int) -> list[list[np.ndarray]]:

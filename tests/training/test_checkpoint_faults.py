@@ -3,6 +3,7 @@ preemption; and the staged-extension flags --finetune / --no-load-optim / --no-l
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import resource
@@ -97,7 +98,8 @@ def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up
         1, [*TINY, "--train-iters", "5", *SAME_SCHEDULE, "--load", str(ckpt), "--save", str(ckpt)], tmp_path
     )
     kept = sorted(p.name for p in ckpt.iterdir())
-    assert kept == ["iter_0000003", "iter_0000005", "latest", CONFIG_FILE]  # the run's config beside them
+    tracker = "latest_checkpointed_iteration.txt"
+    assert kept == ["iter_0000003", "iter_0000005", "latest", tracker, CONFIG_FILE]  # config beside them
 
 
 def test_stalled_rank_ends_the_job_within_the_timeout(tmp_path):
@@ -187,3 +189,48 @@ def test_finetune_starts_a_new_stage_at_step_0_with_a_new_length_and_rope_base(t
     assert sorted(step_losses(records)) == [1, 2]
     meta = json.loads((tmp_path / "stage2" / "iter_0000002" / "meta.json").read_text())
     assert meta["rope"]["rotary_base"] == 40000.0 and meta["schedule"]["seq_length"] == 128
+
+
+def test_hand_edited_meta_json_is_refused_naming_it(tmp_path):
+    """A deleted crc32 key or a deleted file entry (the file then damaged) in meta.json: one line naming
+    meta.json; no file of a checkpoint loads unchecked."""
+    ckpt = _copy_reference(tmp_path)
+    where = ckpt / "iter_0000006"
+    meta_path, shard = where / "meta.json", where / "__0_0.distcp"
+    meta = json.loads(meta_path.read_text())
+    no_crc = copy.deepcopy(meta)
+    del no_crc["files"]["__0_0.distcp"]["crc32"]
+    with pytest.raises(CheckpointError) as err:
+        verify_checkpoint(str(where), no_crc)
+    assert str(err.value) == (
+        f"{meta_path}: the entry of __0_0.distcp has no 'crc32' (each file needs its size and crc32)"
+    )
+    data = bytearray(shard.read_bytes())
+    _zero_middle_page(data)
+    shard.write_bytes(bytes(data))
+    unlisted = copy.deepcopy(meta)
+    del unlisted["files"]["__0_0.distcp"]
+    with pytest.raises(CheckpointError) as err:
+        verify_checkpoint(str(where), unlisted)
+    assert str(err.value) == (
+        f"{shard} is not listed in {meta_path}, so its checksum cannot be checked (was meta.json edited?)"
+    )
+    with pytest.raises(CheckpointError, match=f"{meta_path} lists no files with checksums"):
+        verify_checkpoint(str(where), {k: v for k, v in meta.items() if k != "files"})
+
+
+def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
+    ckpt = _copy_reference(tmp_path)
+    meta_path = ckpt / "iter_0000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["hidden_size"] = 128  # the model flags left out are taken from here
+    meta_path.write_text(json.dumps(meta))
+    run = TINY[TINY.index("--seq-length") :]
+    _, proc = run_pretrain(1, [*run, "--train-iters", "8", *SAME_SCHEDULE, "--load", str(ckpt)], tmp_path,
+                           expect_fail=True)  # fmt: skip
+    assert proc.stderr.splitlines()[0] == (
+        f"error: rank 0: tensor embedding.word_embeddings.weight is stored as [256, 64], the model's is "
+        f"[256, 128]: the model built from {meta_path} and the flags does not match the tensors beside it "
+        f"(was it edited?)"
+    )
+    assert "megatron_anchor/" not in proc.stderr

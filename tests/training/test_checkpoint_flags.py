@@ -7,11 +7,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from train_harness import TINY, reference_run
 
-from megatron_anchor.checkpoint.layout import read_meta, why_not_a_checkpoint
+from megatron_anchor.checkpoint.layout import (
+    CheckpointError,
+    commit_checkpoint,
+    read_meta,
+    why_not_a_checkpoint,
+)
 from megatron_anchor.training import build_parser, validate_args
 
 # TINY without its model flags: the checkpoint supplies them.
@@ -51,7 +57,7 @@ def test_load_without_a_checkpoint_is_an_error_except_the_auto_resume_pattern(tm
     for load, message in [
         (tmp_path / "typo", "does not exist"),
         (hf, "is a Hugging Face model directory, not a checkpoint: convert it first"),
-        (tmp_path, "holds neither meta.json nor a 'latest' file"),
+        (tmp_path, r"holds neither meta.json nor a 'latest' \(or latest_checkpointed_iteration.txt\) file"),
     ]:
         with pytest.raises(ValueError, match=f"--load {load} {message}"):
             _validate([*TINY, "--load", str(load)])
@@ -196,3 +202,86 @@ def test_a_directory_without_latest_suggests_its_newest_checkpoint_by_step(tmp_p
         (tmp_path / name / "meta.json").write_text("{}")
     (tmp_path / "iter_20000000").mkdir()  # incomplete: no meta.json
     assert why_not_a_checkpoint(str(tmp_path)).endswith(f"e.g. {tmp_path / 'iter_10000000'}")
+
+
+def _copy_reference(tmp_path) -> Path:
+    ckpt, _, _, _ = reference_run()
+    shutil.copytree(ckpt, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_iter_is_overwritten(tmp_path):
+    copy = _copy_reference(tmp_path)
+    for pointer in ("latest", "latest_checkpointed_iteration.txt"):
+        (copy / pointer).unlink(missing_ok=True)
+    resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6"]
+    args = _validate([*resume, "--load", str(copy), "--save", str(copy)])
+    newest = copy / "iter_0000006"
+    assert args.load_checkpoint == str(newest)  # not "no checkpoint yet: starting from scratch"
+    assert f"--load {copy} names no checkpoint ('latest' is missing): taking its newest, {newest}" in (
+        args.checkpoint_notes
+    )
+    # A run that would not continue from the newest checkpoint of --save would write over it: refused.
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(newest iter_0000006\) and this run "
+                       r"would start at step 0 over them: resume with --load"):  # fmt: skip
+        _validate([*TINY, "--save", str(copy)])
+    with pytest.raises(ValueError, match=r"but this run starts at step 3 from .*iter_0000003 and would over"):
+        _validate([*resume, "--load", str(copy / "iter_0000003"), "--save", str(copy)])
+    with pytest.raises(ValueError, match=r"step 0 from its newest checkpoint iter_0000006 \(weights only"):
+        _validate([*resume, "--finetune", "--load", str(copy), "--save", str(copy)])
+    # The last guard: a commit never replaces an existing iter_*.
+    before = (newest / "meta.json").read_text()
+    (tmp_path / "iter_0000006.tmp").mkdir()
+    with pytest.raises(CheckpointError, match="iter_0000006 already exists: a checkpoint is never overwri"):
+        commit_checkpoint(str(tmp_path / "iter_0000006.tmp"), str(newest))
+    assert (newest / "meta.json").read_text() == before
+
+
+def test_pointer_files_latest_and_megatrons_tracker_are_read_and_damage_is_named(tmp_path):
+    copy = _copy_reference(tmp_path)
+    resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy)]
+    (copy / "latest").unlink()
+    (copy / "latest_checkpointed_iteration.txt").write_text("3")  # Megatron-LM's format
+    assert _validate(resume).load_checkpoint == str(copy / "iter_0000003")
+    (copy / "latest_checkpointed_iteration.txt").write_text("iter_3\n")
+    with pytest.raises(ValueError) as err:
+        _validate(resume)
+    tracker = copy / "latest_checkpointed_iteration.txt"
+    assert str(err.value) == f"--load: {tracker} holds 'iter_3', not a checkpoint name such as iter_0000010"
+    tracker.unlink()
+    (copy / "latest").write_bytes(bytes([0xB4, 0x9F, 0x00, 0xFF]) * 8)  # random bytes
+    with pytest.raises(ValueError) as err:
+        _validate(resume)
+    assert str(err.value) == (
+        f"--load: {copy / 'latest'} is damaged (it holds binary data, not a checkpoint name such as "
+        f"iter_0000010): give --load one of the directory's iter_* checkpoints"
+    )
+
+
+def test_pretrained_checkpoint_starts_a_run_whose_restarts_resume_it_and_a_mix_is_refused(tmp_path):
+    ckpt, _, _, _ = reference_run()
+    converted = tmp_path / "converted" / "iter_0000000"  # weights only, as a converted checkpoint
+    shutil.copytree(ckpt / "iter_0000003", converted)
+    meta = json.loads((converted / "meta.json").read_text())
+    (converted / "meta.json").write_text(json.dumps({**meta, "step": 0, "weights_only": True}))
+    run = tmp_path / "run"
+    flags = [*TINY, "--train-iters", "5", "--lr-decay-iters", "6", "--save", str(run)]
+    line = [*flags, "--pretrained-checkpoint", str(converted), "--load", str(run)]
+    first = _validate(line)
+    assert first.load_checkpoint == str(converted) and first.finetune
+    assert f"--load {run} holds no checkpoint yet: starting from the weights of --pretrained-checkpoint " \
+           f"{converted} at step 0" in first.checkpoint_notes  # fmt: skip
+    shutil.copytree(ckpt / "iter_0000003", run / "iter_0000003")  # the run has saved a checkpoint
+    (run / "latest").write_text("iter_0000003\n")
+    again = _validate(line)  # the same command line after a restart resumes the run
+    assert again.load_checkpoint == str(run / "iter_0000003") and not again.finetune
+    resuming = f"--load {run} holds a checkpoint: resuming it (--pretrained-checkpoint not used)"
+    assert resuming in again.checkpoint_notes
+    with pytest.raises(ValueError) as err:  # --load CONVERTED --save RUN: step 0 again, into RUN's saves
+        _validate([*flags, "--load", str(converted)])
+    assert str(err.value) == (
+        f"--save {run} already holds checkpoints (newest iter_0000003), but this run starts at step 0 from "
+        f"{converted} and would overwrite or mix with them: to continue them, --load {run}; to start from "
+        f"{converted} only while --save holds none, --load {run} --pretrained-checkpoint {converted}; or "
+        f"choose another --save"
+    )

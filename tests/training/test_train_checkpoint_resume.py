@@ -10,8 +10,12 @@ from train_harness import TINY, assert_losses_close, reference_run, run_pretrain
 def test_checkpoint_layout_is_complete_and_atomic():
     ckpt, _, stdout, _ = reference_run()
     assert (ckpt / "latest").read_text().strip() == "iter_0000006"
+    # Megatron-LM's tracker beside it, in Megatron-LM's format (str(iteration), no newline); no run.lock left
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "6"
     listing = sorted(p.name for p in ckpt.iterdir())
-    assert listing == ["iter_0000003", "iter_0000006", "latest", "train_config.json"]
+    assert listing == [
+        "iter_0000003", "iter_0000006", "latest", "latest_checkpointed_iteration.txt", "train_config.json"
+    ]  # fmt: skip
     meta = json.loads((ckpt / "iter_0000003" / "meta.json").read_text())
     assert meta["step"] == 3 and meta["consumed_samples"] == 12 and meta["dp"] == 1
     assert (ckpt / "iter_0000003" / "rng" / "rank0.pt").is_file()

@@ -1,9 +1,10 @@
-"""Weights-only megatron_anchor checkpoints: written tensor by tensor, read rule by rule, loaded into a model.
+"""Model weights of a checkpoint: written tensor by tensor (conversions), read by name (export), loaded into
+a model (training, evaluation).
 
-The layout and metadata are the trainer's (``megatron_anchor.checkpoint``): ``DIR/iter_0000000/`` holding a
-DCP checkpoint of ``{"tp{r}": {"model": state}}`` and ``meta.json``, and ``DIR/latest`` naming it.
-``meta["weights_only"]`` marks that there is no optimizer or RNG state: a run starts from it at step 0.
-``load_model_weights`` is the one loader of model weights (trainer resume, conversions, evaluation).
+This project's checkpoints are a DCP checkpoint of ``{"tp{r}": {"model": state, ...}}`` plus ``meta.json``
+(``layout``, ``meta``); ``meta["weights_only"]`` marks one without optimizer or RNG state (a run starts from
+it at step 0). ``load_verified_weights`` is the one entry point that loads a model's weights, from this
+project's checkpoints (TP size and checksums checked first) or Megatron-LM's (``megatron``).
 """
 
 from __future__ import annotations
@@ -22,21 +23,21 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from megatron_anchor.checkpoint import (
+from megatron_anchor.checkpoint.integrity import checkpoint_files, describe_files, verify_checkpoint
+from megatron_anchor.checkpoint.layout import (
+    META_FILE,
     TMP_SUFFIX,
     CheckpointError,
     check_tp_size,
-    checkpoint_files,
     commit_checkpoint,
-    describe_files,
+    is_megatron_checkpoint,
     iter_dir_name,
     read_meta,
     remove_stale_tmp,
     resolve_checkpoint,
-    verify_checkpoint,
     write_meta,
 )
-from megatron_anchor.convert.hf_mapping import TE_RENAMES, te_name
+from megatron_anchor.checkpoint.names import TE_RENAMES, te_name
 
 EXTRA_STATE = "._extra_state"
 
@@ -126,7 +127,7 @@ class CheckpointReader:
 
     def check_names(self, names: list[str]) -> None:
         """CheckpointError if the checkpoint holds model tensors other than ``names`` (local-spec names)."""
-        _check_no_extra(self.path, _stored_names(self._items, 0), {self.stored_name(n) for n in names})
+        _check_no_extra(self.path, set(_stored(self._items, 0)), {self.stored_name(n) for n in names})
 
     def stored_name(self, name: str) -> str:
         """The name under which local-spec tensor ``name`` is stored (its TE name in a TE-trained run)."""
@@ -151,9 +152,15 @@ class CheckpointReader:
         return [state[_key(r, stored)] for r in range(self.tp)]
 
 
-def _stored_names(items, tp_rank: int) -> set[str]:
+def _stored(items, tp_rank: int) -> dict[str, tuple[int, ...]]:
+    """``{name: stored shape}`` of TP rank ``tp_rank``'s model tensors in DCP metadata ``items``."""
     prefix = f"tp{tp_rank}.model."
-    return {k[len(prefix):] for k in items if k.startswith(prefix)}
+    return {k[len(prefix):]: tuple(v.size) for k, v in items.items() if k.startswith(prefix)}
+
+
+def _edited(path: str) -> str:
+    meta = os.path.join(path, META_FILE)
+    return f"the model built from {meta} and the flags does not match the tensors beside it (was it edited?)"
 
 
 def _check_no_extra(path: str, stored: set[str], wanted: set[str]) -> None:
@@ -161,24 +168,37 @@ def _check_no_extra(path: str, stored: set[str], wanted: set[str]) -> None:
     if extra:
         raise CheckpointError(
             f"checkpoint {path} holds {len(extra)} tensor(s) this model does not have, e.g. {extra[0]!r}: "
-            f"it was written for another model shape (check --num-layers and the other model flags)"
+            f"{_edited(path)}"
         )
+
+
+def _check_shapes(path: str, state: dict, stored: dict[str, tuple[int, ...]]) -> None:
+    """CheckpointError naming ``meta.json`` and the first tensor whose stored shape the model's differs from
+    (DCP's own error names neither)."""
+    for name, value in state.items():
+        if tuple(value.shape) != stored[name]:
+            raise CheckpointError(
+                f"tensor {name} is stored as {list(stored[name])}, the model's is {list(value.shape)}: "
+                f"{_edited(path)}"
+            )
 
 
 def load_model_weights(path: str, model: torch.nn.Module, tp_rank: int) -> dict:
     """Load only the model weights of checkpoint ``path`` into ``model`` (plain, DDP or FSDP2); returns meta.
 
-    Collective when torch.distributed is initialised. Every model tensor must be in the checkpoint and
-    every checkpoint tensor in the model (CheckpointError otherwise); ``_extra_state`` entries (FP8
-    metadata of TE layers, ``None`` without FP8) are not weights and are left as they are; the norms are
-    found under either spec's name. Checksums are the caller's to verify (``verify_checkpoint``).
+    Collective when torch.distributed is initialised. Every model tensor must be in the checkpoint with its
+    shape and every checkpoint tensor in the model (CheckpointError naming ``meta.json`` otherwise);
+    ``_extra_state`` entries (FP8 metadata of TE layers, ``None`` without FP8) are not weights and are left
+    as they are; the norms are found under either spec's name. Checksums are the caller's to verify
+    (``verify_checkpoint``).
     """
     path = resolve_checkpoint(path)
     meta = read_meta(path)
-    stored = _stored_names(FileSystemReader(path).read_metadata().state_dict_metadata, tp_rank)
+    stored = _stored(FileSystemReader(path).read_metadata().state_dict_metadata, tp_rank)
     msd = {k: v for k, v in get_model_state_dict(model).items() if not k.endswith(EXTRA_STATE)}
     state = {_stored_as(name, stored, path): value for name, value in msd.items()}
-    _check_no_extra(path, stored, set(state))
+    _check_no_extra(path, set(stored), set(state))
+    _check_shapes(path, state, stored)
     dcp.load({f"tp{tp_rank}": {"model": state}}, checkpoint_id=path, planner=DefaultLoadPlanner())
     # Not strict: the _extra_state entries are absent on purpose (every other name was checked above).
     set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
@@ -186,7 +206,14 @@ def load_model_weights(path: str, model: torch.nn.Module, tp_rank: int) -> dict:
 
 
 def load_verified_weights(path: str, model: torch.nn.Module, tp: int, tp_rank: int) -> dict:
-    """Check checkpoint ``path``'s TP size and checksums, then load its model weights; returns its meta."""
+    """Load the model weights of checkpoint ``path`` (a resolved checkpoint directory) into ``model``;
+    returns its meta (collective). This project's checkpoints: TP size and every file's checksum checked
+    first. Megatron-LM's: read through megatron-core's ``dist_checkpointing`` into the unwrapped model."""
+    if is_megatron_checkpoint(path):
+        from megatron_anchor.checkpoint.megatron import load_megatron_weights
+
+        load_megatron_weights(path, model)
+        return read_meta(path)
     meta = read_meta(path)
     check_tp_size(meta, f"checkpoint {path}", tp)
     verify_checkpoint(path, meta)
@@ -194,11 +221,11 @@ def load_verified_weights(path: str, model: torch.nn.Module, tp: int, tp_rank: i
     return meta
 
 
-def _stored_as(name: str, stored: set[str], path: str) -> str:
+def _stored_as(name: str, stored: dict, path: str) -> str:
     if name in stored:
         return name
     for local, te in TE_RENAMES.items():  # a TE model reading a local-spec checkpoint, or the reverse
         for a, b in ((te, local), (local, te)):
             if name.endswith(a) and name[: -len(a)] + b in stored:
                 return name[: -len(a)] + b
-    raise CheckpointError(f"model tensor {name!r} is missing from checkpoint {path}")
+    raise CheckpointError(f"model tensor {name!r} is missing from checkpoint {path}: {_edited(path)}")

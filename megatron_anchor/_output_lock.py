@@ -1,8 +1,11 @@
-"""An exclusive lock on an output path prefix, so that two runs never write the same files at once.
+"""An exclusive lock on an output (a preprocessing prefix, a checkpoint directory), so that two runs never
+write the same files at once (torch-free).
 
-The lock is ``flock`` on ``{prefix}.lock``: the kernel drops it when its holder exits, however it exits
-(SIGKILL included), so a killed run never leaves a stale lock behind. The holder writes its pid and host into
-the file, for the message the next run gets, and removes the file when it releases the lock.
+The lock is ``flock`` on a lock file: the kernel drops it when its holder exits, however it exits (SIGKILL
+included), so a killed run never blocks the next one. The holder writes its pid and host into the file, for
+the message the next run gets, and removes the file when it releases the lock. A file that still names a
+holder when the lock is taken was left by a run that ended without releasing it: the new holder takes it
+over and says whose it was (``taken_over``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ class OutputLockedError(OSError):
 
 
 class OutputLock:
-    """Hold ``{prefix}.lock`` exclusively from construction until ``release``; refuse if another holds it."""
+    """Hold lock file ``path`` exclusively from construction until ``release``; refuse if another holds it.
 
-    def __init__(self, prefix: str) -> None:
-        self.path = prefix + ".lock"
-        self._fd: int | None = _acquire(self.path)
+    ``flag``: the option that chose the output, named in the refusal (``--output-prefix``, ``--save``).
+    """
+
+    def __init__(self, path: str, flag: str) -> None:
+        self.path = path
+        self._fd, holder = _acquire(path, flag)
+        self.taken_over: str | None = None
+        """A one-line note when the lock file was left by a run that has ended (else None)."""
+        if holder:
+            self.taken_over = f"{path}: took over the lock of pid {holder}, which has ended"
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (idempotent)."""
@@ -40,18 +50,24 @@ class OutputLock:
         self._fd = None
 
 
-def _acquire(path: str) -> int | None:
-    """The descriptor of ``path`` locked by this process; None where the filesystem has no locks."""
+def _holder(fd: int) -> str:
+    """The ``PID on HOST`` text a holder wrote into the lock file ('' when empty)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip()
+
+
+def _acquire(path: str, flag: str) -> tuple[int | None, str]:
+    """(the descriptor of ``path`` locked by this process, or None where the filesystem has no locks;
+    the holder a previous, ended run left in the file, or '')."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd) or "unknown"
             os.close(fd)
             raise OutputLockedError(
                 f"{path}: another run (pid {holder}) is writing this output; wait for it to finish or "
-                "choose another --output-prefix"
+                f"choose another {flag}"
             ) from None
         except OSError as error:
             os.close(fd)
@@ -60,11 +76,12 @@ def _acquire(path: str) -> int | None:
             os.unlink(path)
             print(f"warning: {path}: the filesystem has no file locks; a concurrent run to the same "
                   "output would not be detected", file=sys.stderr)  # fmt: skip
-            return None
+            return None, ""
         if _is_current(fd, path):
+            stale = _holder(fd)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
-            return fd
+            return fd, stale
         os.close(fd)  # the previous holder removed the file between our open and our lock: try again
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 
-from megatron_anchor.convert.checkpoint import CheckpointReader, load_model_weights, write_weights_checkpoint
-from megatron_anchor.convert.hf_mapping import te_name
+import megatron_anchor
+from megatron_anchor.checkpoint.names import te_name
+from megatron_anchor.checkpoint.weights import CheckpointReader, load_model_weights, write_weights_checkpoint
 
 LOCAL = {
     "decoder.layers.0.input_layernorm.weight": (8,),
@@ -71,3 +73,23 @@ def test_reader_finds_te_named_tensors_under_local_names(tmp_path: Path) -> None
     want = full["decoder.layers.0.mlp.linear_fc1.layer_norm_weight"]
     assert torch.equal(shards[0], want) and torch.equal(shards[1], want + 1)
     assert reader.shard_shape("decoder.layers.0.mlp.linear_fc1.weight") == (16, 8)
+
+
+def test_training_evaluation_and_the_contract_do_not_import_the_hf_converter() -> None:
+    """The weight loaders live beside the checkpoint contract: nothing under checkpoint/, training/,
+    evaluation/ (or the trainer's entry point) imports the Hugging Face converter package."""
+    package = Path(megatron_anchor.__file__).parent
+    sources = [package / "pretrain.py"]
+    for folder in ("checkpoint", "training", "evaluation"):
+        sources += sorted((package / folder).glob("*.py"))
+    offenders = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("megatron_anchor.convert")]
+    assert offenders == []

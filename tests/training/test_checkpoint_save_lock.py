@@ -1,0 +1,40 @@
+"""One run per --save: a second torchrun job on the same --save stops at start-up naming the holder, whose
+files stay its own; the lock a killed run left behind is taken over with a note."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+from train_harness import TINY, run_pretrain, start_pretrain, worker_pids
+
+
+def test_a_second_run_on_the_same_save_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    save = tmp_path / "run"
+    lock = save / "run.lock"
+    first = start_pretrain(1, [*TINY, "--train-iters", "100000", "--save", str(save)], tmp_path / "a", [])
+    try:
+        # The lock is taken as the process group forms, before anything is written to --save.
+        first.wait_for(lambda: lock.is_file() and lock.read_text().endswith("\n"), "the lock")
+        (holder,) = worker_pids(first.proc.pid).values()
+        _, second = run_pretrain(1, [*TINY, "--save", str(save)], tmp_path / "b", expect_fail=True)
+        assert lock.read_text() == f"{holder} on {socket.gethostname()}\n"
+        assert second.stderr.splitlines()[0] == (
+            f"error: rank 0: {lock}: another run (pid {holder} on {socket.gethostname()}) is writing this "
+            f"output; wait for it to finish or choose another --save"
+        )
+        assert "megatron_anchor/" not in second.stderr  # one line of ours (then torchrun's own report)
+        config = json.loads((save / "train_config.json").read_text())
+        assert config["train_iters"] == 100000  # the first run's configuration was not overwritten
+        for pid in (holder, first.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait(timeout=60)
+    finally:
+        first.proc.kill()
+    assert lock.read_text().startswith(f"{holder} on ")  # left behind, but no process holds it any more
+    records, third = run_pretrain(1, [*TINY, "--train-iters", "2", "--save", str(save)], tmp_path / "c")
+    note = f"note: {lock}: took over the lock of pid {holder} on {socket.gethostname()}, which has ended"
+    assert note in third.stdout.splitlines()
+    assert (save / "latest").read_text() == "iter_0000002\n" and not lock.exists()  # released at the end
