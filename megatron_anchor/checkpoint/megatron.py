@@ -43,6 +43,7 @@ _SAME_MEANING = (
     "add_qkv_bias",
     "untie_embeddings_and_output_weights",
     "init_method_std",
+    "hidden_dropout",
     "make_vocab_size_divisible_by",
     "vocab_size",
     "padded_vocab_size",

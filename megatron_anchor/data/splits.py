@@ -20,8 +20,12 @@ def _number(text: str) -> float | None:
 
 
 def check_split(split: str) -> None:
-    """``--split`` is up to three non-negative numbers (train, valid, test) and the train part is positive."""
-    numbers = [_number(part.strip()) for part in re.split(r"[,/]", split)]
+    """``--split`` is up to three non-negative numbers (train, valid, test) and the train part is positive.
+
+    Quotes around the value are part of no number: Megatron-LM's example scripts pass ``--split '99,1,0'``
+    through an unquoted array expansion, so the program receives the quotes, and megatron-core reads the
+    numbers between them."""
+    numbers = [_number(part.strip()) for part in re.split(r"[,/]", split.strip().strip("'\""))]
     if not 1 <= len(numbers) <= 3 or any(n is None or not 0 <= n < math.inf for n in numbers):
         raise ValueError(
             f"--split {split}: expected up to three comma-separated non-negative numbers "

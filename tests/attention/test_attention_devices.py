@@ -28,5 +28,9 @@ def test_a_plan_named_without_an_index_serves_the_tensors_of_that_device():
     k, v = (torch.empty(8, 1, 2, 16, device="meta", requires_grad=True) for _ in range(2))
     anchor_cp_attention(q, k, v, plan=plan, backend="varlen_reference").sum().backward()
     assert q.grad.shape == q.shape
-    with pytest.raises(ValueError, match="plan built for CP rank 0/1 on cpu, used on rank 0/1 on meta"):
+    wrong = (
+        "plan built for ring rank 0/1 after an all-to-all of 1 on cpu, "
+        "used on ring rank 0/1 after one of 1 on meta"
+    )
+    with pytest.raises(ValueError, match=wrong):
         anchor_cp_attention(q, k, v, plan=build_attention_plan(DOC_IDS), backend="varlen_reference")

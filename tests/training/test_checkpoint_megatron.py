@@ -98,21 +98,25 @@ class _Runs:
 
 
 def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
-    """GPT-3 style args (Megatron's defaults: LayerNorm, GeLU, biases, learned positions) are named in one
-    line; reading the args runs nothing the file asks for."""
+    """GPT-3 style args (Megatron's defaults: LayerNorm, GeLU, biases, learned positions): the architecture
+    this model builds is taken from them, the learned positions it cannot build are named in one line;
+    reading the args runs nothing the file asks for."""
     marker = tmp_path / "ran"
-    ckpt = _hand_made_megatron(
-        tmp_path / "gpt3" / "iter_0000007", num_layers=2, hidden_size=64, num_attention_heads=4,
-        normalization="LayerNorm", swiglu=False, add_bias_linear=True,
-        position_embedding_type="learned_absolute", init_method_std=_Runs(f"touch {marker}"),
-    )  # fmt: skip
+    gpt3 = dict(num_layers=2, hidden_size=64, num_attention_heads=4, normalization="LayerNorm",
+                swiglu=False, add_bias_linear=True, hidden_dropout=0.1,
+                init_method_std=_Runs(f"touch {marker}"))  # fmt: skip
+    ckpt = _hand_made_megatron(tmp_path / "gpt3" / "iter_0000007", **gpt3,
+                               position_embedding_type="learned_absolute")  # fmt: skip
     (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
     with pytest.raises(ValueError) as err:
         validate_args(build_parser().parse_args([*RUN, "--load", str(ckpt.parent)]), 1)
     assert str(err.value) == (
-        f"Megatron-LM checkpoint {ckpt} was trained with --normalization LayerNorm, no --swiglu (GeLU MLP), "
-        "linear biases (no --disable-bias-linear), --position-embedding-type learned_absolute: this model is "
-        "built with --normalization RMSNorm, --swiglu, --disable-bias-linear, --position-embedding-type "
-        "rope, so its weights cannot be loaded"
+        f"Megatron-LM checkpoint {ckpt} was trained with --position-embedding-type learned_absolute: this "
+        "model is built with --position-embedding-type rope, so its weights cannot be loaded"
     )
     assert not marker.exists()
+    rope = _hand_made_megatron(tmp_path / "rope" / "iter_0000007", **gpt3, position_embedding_type="rope")
+    (rope.parent / "latest_checkpointed_iteration.txt").write_text("7")
+    args = validate_args(build_parser().parse_args([*RUN, "--load", str(rope.parent)]), 1)
+    assert (args.normalization, args.swiglu, args.add_bias_linear) == ("LayerNorm", False, True)
+    assert args.hidden_dropout == 0.1 and not marker.exists()

@@ -78,12 +78,12 @@ def test_dry_run_says_the_epochs_of_each_split_and_ends_with_a_verdict(tmp_path,
         f"ok: train split: 54 samples; the run reads 80 (36 of {a}: 1.67 epochs; 18 of {b}: 1.11 epochs)"
         in out
     )
-    # An empty train split and an error in the flags: both, then the verdict.
+    # A train split that rounds to no sample (1/1001 of 40) and an error in the flags: both, then the verdict.
     code, out, err = _dry_run(
-        [*flags.split(), "--data-path", a, "--split", "0,1,0", "--lr", "-1"], monkeypatch, capsys
+        [*flags.split(), "--data-path", a, "--split", "1,1000,0", "--lr", "-1"], monkeypatch, capsys
     )
     assert code == 2 and out[-1] == "dry run: 2 errors (listed above): nothing started"
     assert err == [
         "error: --min-lr 0.0 must lie in [0, --lr -1.0]",
-        "error: --split 0,1,0 leaves the train split of --data-path empty",
+        "error: --split 1,1000,0 leaves the train split of --data-path empty",
     ]

@@ -165,8 +165,8 @@ def test_values_switches_and_no_op_megatron_flags(capsys):
     )  # switches that change nothing here, and features at Megatron's off value: listed at start-up
     assert args.no_effect_flags == [
         "--no-bias-swiglu-fusion", "--expert-model-parallel-size 1", "--log-params-norm",
-        "--cp-comm-type p2p",
     ]  # fmt: skip
+    assert args.cp_comm_type == ["p2p"]  # accepted with its meaning, not a no-op
 
 
 TINY = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --mock-data --vocab-size 99"

@@ -48,7 +48,7 @@ def test_megatron_recipe_passes_or_reports_every_problem_in_one_round(recipe, fi
     for text in recipe.expected:
         assert sum(text in e for e in errors) == 1, (text, errors)
     n = len(kinds["refused"]) + len(kinds["unknown"]) + len(recipe.expected)
-    assert len(errors) == len(set(errors)) == n, errors
+    assert len(errors) == len(set(errors)) == n, "\n".join(errors)
     lines = out.strip().splitlines()
     plural = "s" if n > 1 else ""
     verdict = "dry run: OK" if n == 0 else f"dry run: {n} error{plural} (listed above): nothing started"

@@ -149,3 +149,11 @@ def test_split_and_blend_weights_are_one_line_errors(flags, message):
     with pytest.raises(ValueError) as error:
         _args(["--vocab-size", "100", *flags])
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_split_with_the_quotes_of_megatrons_example_scripts_is_read_as_megatron_core_reads_it():
+    """Megatron-LM's scripts pass ``--split '99,1,0'`` through an unquoted array, quotes and all."""
+    assert _args(["--vocab-size", "100", "--split", "'99,1,0'", "--data-path", "A"]).split == "'99,1,0'"
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    assert parse_and_normalize_split("'99,1,0'") == parse_and_normalize_split("99,1,0")
