@@ -72,7 +72,8 @@ def test_token_ids_outside_the_vocabulary_stop_a_tp2_run(tmp_path):
     records, proc = run_pretrain(2, [*flags, "--tensor-model-parallel-size", "2"], tmp_path, expect_fail=True)
     assert step_losses(records) == {}
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: rank")]
-    assert sorted(line[: len("error: rank 0")] for line in errors) == ["error: rank 0", "error: rank 1"]
+    # Both TP ranks read the sample; the first to stop may end the job before the other one prints.
+    assert errors and {line[: len("error: rank 0")] for line in errors} <= {"error: rank 0", "error: rank 1"}
     one_line = (
         rf"error: rank [01]: {prefix}\.bin: sample [0-7] holds token id 300, outside the model's vocabulary "
         r"of 256 ids: data of another tokenizer\? \(compare the data's preprocessing with --tokenizer-model "
