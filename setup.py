@@ -12,6 +12,7 @@ setup(
         # Unpinned on purpose: NGC containers ship their own torch build, which must be kept.
         "torch>=2.6",
         "megatron-core>=0.16.1,<0.17",
+        "einops",  # megatron-core's hierarchical CP groups (--cp-comm-type a2a+p2p) need it, undeclared
         "numpy",
         "sentencepiece>=0.2",
         "nltk>=3.8",

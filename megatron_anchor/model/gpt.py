@@ -92,26 +92,9 @@ class AnchorGPTModel(GPTModel):
         return chunked_language_model_loss(self, hidden_states, labels, self.loss_chunk_tokens)
 
 
-def _process_groups(hierarchical_cp_groups: tuple):
-    """megatron-core's process groups, with the hierarchical CP groups ``(inner, outer)`` given (None: its
-    own, from parallel_state)."""
-    if not hierarchical_cp_groups:
-        return None
-    from megatron.core.process_groups_config import ProcessGroupCollection
-
-    groups = ProcessGroupCollection.use_mpu_process_groups()
-    groups.hcp = list(hierarchical_cp_groups)
-    return groups
-
-
-def build_anchor_gpt(
-    cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1, hierarchical_cp_groups: tuple = ()
-) -> AnchorGPTModel:
-    """Build the model on this rank (parallel_state must be initialised for tp_size/cp_size).
-
-    ``hierarchical_cp_groups``: the ``(inner, outer)`` CP groups of ``cp_comm_type`` a2a+p2p where
-    parallel_state has none (it builds them only where einops imports).
-    """
+def build_anchor_gpt(cfg: AnchorGPTConfig, tp_size: int = 1, cp_size: int = 1) -> AnchorGPTModel:
+    """Build the model on this rank (parallel_state must be initialised for tp_size/cp_size, and with the
+    hierarchical CP groups for ``cfg.cp_comm_type`` a2a+p2p)."""
     if cfg.vocab_size % tp_size:
         raise ValueError(f"padded vocab size {cfg.vocab_size} must divide by TP size {tp_size}")
     inv_freq, mscale = rope_frequencies(cfg)
@@ -130,7 +113,6 @@ def build_anchor_gpt(
         share_embeddings_and_output_weights=not cfg.untie_embeddings,
         position_embedding_type="none",
         parallel_output=True,
-        pg_collection=_process_groups(hierarchical_cp_groups),
     )
     model.loss_chunk_tokens = cfg.loss_chunk_tokens
     if cfg.sequence_parallel and not torch.cuda.is_available():

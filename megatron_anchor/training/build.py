@@ -55,8 +55,7 @@ def build_model(cfg: AnchorGPTConfig, dims: ParallelDims, device: torch.device, 
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
         model_parallel_cuda_manual_seed(seed)  # GPU initialisation draws from megatron's RNG tracker
-    groups = dims.hierarchical_cp_groups
-    return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp, hierarchical_cp_groups=groups).to(device)
+    return build_anchor_gpt(cfg, tp_size=dims.tp, cp_size=dims.cp).to(device)
 
 
 def embedding_and_output_names(model: torch.nn.Module) -> set[str]:

@@ -16,9 +16,8 @@ forward (gradients and optimizer state sharded, parameters kept gathered: ZeRO-2
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -33,8 +32,6 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from megatron_anchor.parallel.comm_types import hierarchical_ranks
-
 
 @dataclass(frozen=True)
 class ParallelDims:
@@ -47,7 +44,6 @@ class ParallelDims:
     tp_rank: int
     cp_rank: int
     dp_rank: int
-    hierarchical_cp_groups: tuple = field(default=(), compare=False, repr=False)
     """``(inner, outer)`` CP groups of ``--hierarchical-context-parallel-sizes A P``, else empty."""
 
     @property
@@ -76,8 +72,8 @@ def init_distributed(
     """Join the torchrun process group (NCCL on GPU, gloo on CPU) and build TP/CP/DP groups; a collective
     that waits more than ``timeout_minutes`` (a stalled or dead rank) raises instead of hanging.
 
-    ``hierarchical_cp_sizes [A, P]``: the CP group's inner groups of A consecutive ranks and outer groups
-    across them (``--cp-comm-type a2a+p2p``), megatron-core's where it can build them (it needs einops).
+    ``hierarchical_cp_sizes [A, P]``: megatron-core's hierarchical CP groups, inner groups of A consecutive
+    ranks and outer groups across them (``--cp-comm-type a2a+p2p``).
     """
     timeout = timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
@@ -85,23 +81,14 @@ def init_distributed(
     world = dist.get_world_size()
     if world % (tp * cp):
         raise ValueError(f"world size {world} is not divisible by TP {tp} x CP {cp}")
-    with_mcore = hierarchical_cp_sizes if importlib.util.find_spec("einops") else None
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=1,
             context_parallel_size=cp,
-            hierarchical_context_parallel_sizes=with_mcore,
+            hierarchical_context_parallel_sizes=hierarchical_cp_sizes,
             distributed_timeout_minutes=timeout_minutes,  # megatron-core builds a timedelta from it
         )
-    groups = ()
-    if hierarchical_cp_sizes:
-        groups = tuple(ps.get_hierarchical_context_parallel_groups(check_initialized=False) or ())
-        if not groups:
-            if dist.get_rank() == 0:
-                print("note: megatron-core builds its hierarchical CP groups with einops, which is not "
-                      "installed: the same groups are made with torch.distributed", flush=True)  # fmt: skip
-            groups = hierarchical_cp_groups(hierarchical_cp_sizes[0], timeout)
     return ParallelDims(
         tp=tp,
         cp=cp,
@@ -110,27 +97,7 @@ def init_distributed(
         tp_rank=ps.get_tensor_model_parallel_rank(),
         cp_rank=ps.get_context_parallel_rank(),
         dp_rank=ps.get_data_parallel_rank(),
-        hierarchical_cp_groups=groups,
     )
-
-
-def hierarchical_cp_groups(inner_size: int, timeout: timedelta) -> tuple:
-    """``(inner, outer)``: megatron-core's hierarchical CP groups of two levels, made with torch.
-
-    In every CP group (global ranks ``g[0..cp-1]``) the inner groups are ``inner_size`` consecutive ranks
-    and the outer groups every ``inner_size``-th one (``create_hierarchical_groups``' arrangement). Every
-    process makes every group, in one order, as ``torch.distributed.new_group`` requires.
-    """
-    every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, ps.get_context_parallel_global_ranks())
-    found: list = [None, None]  # this rank's (inner, outer)
-    for ranks in sorted({tuple(r) for r in every}):
-        for level, parts in enumerate(hierarchical_ranks(list(ranks), inner_size)):
-            for part in parts:
-                group = dist.new_group(part, timeout=timeout)
-                if dist.get_rank() in part:
-                    found[level] = group
-    return tuple(found)
 
 
 def teardown_distributed() -> None:
