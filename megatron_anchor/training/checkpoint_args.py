@@ -32,7 +32,10 @@ from megatron_anchor.training.model_args import (
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
-SCHEDULE_KEYS = ("lr", "min_lr", "lr_warmup_iters", "lr_decay_iters", "lr_decay_style", "weight_decay")
+SCHEDULE_KEYS = (
+    "lr", "min_lr", "lr_warmup_iters", "lr_decay_iters", "lr_decay_style", "weight_decay", "decoupled_lr",
+    "decoupled_min_lr",
+)  # fmt: skip
 
 
 def schedule_record(args: argparse.Namespace) -> dict:
@@ -184,6 +187,7 @@ def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:
             f"{recorded['global_batch_size']}: the data position is step x global batch, so samples would be "
             f"skipped or repeated (use --finetune to start over from its weights)"
         )
+    _check_optimizer_groups(args, recorded, path)
     differ = [
         f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {recorded[k]})"
         for k in SCHEDULE_KEYS
@@ -197,4 +201,16 @@ def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:
     raise ValueError(
         f"the LR schedule differs from checkpoint {path}: {'; '.join(differ)}{hint}; give "
         f"--override-opt-param-scheduler to use the new values"
+    )
+
+
+def _check_optimizer_groups(args: argparse.Namespace, recorded: dict, path: str) -> None:
+    """--decoupled-lr gives the embedding and output layer optimizer groups of their own: a resume that turns
+    it on or off cannot take the checkpoint's optimizer state (checkpoints older than the flag had none)."""
+    if args.no_load_optim or (recorded.get("decoupled_lr") is None) == (args.decoupled_lr is None):
+        return
+    state = "without" if args.decoupled_lr is not None else "with"
+    raise ValueError(
+        f"--decoupled-lr {args.decoupled_lr}: checkpoint {path} was trained {state} it, so its optimizer "
+        "state holds other parameter groups; add --no-load-optim (or --finetune) to start a new optimizer"
     )

@@ -285,3 +285,16 @@ def test_pretrained_checkpoint_starts_a_run_whose_restarts_resume_it_and_a_mix_i
         f"{converted} only while --save holds none, --load {run} --pretrained-checkpoint {converted}; or "
         f"choose another --save"
     )
+
+
+def test_a_resume_that_turns_decoupled_lr_on_needs_a_new_optimizer():
+    """--decoupled-lr adds optimizer groups of the embedding and output layer: the checkpoint's Adam state,
+    trained without them, cannot be mapped onto them."""
+    ckpt, _, _, _ = reference_run()
+    resume = [*TINY, "--load", str(ckpt / "iter_0000003"), "--decoupled-lr", "1e-3"]
+    with pytest.raises(ValueError, match=r"--decoupled-lr 0.001: checkpoint .*_0000003 was trained without"):
+        _validate(resume)
+    with pytest.raises(ValueError, match=r"LR schedule differs .*--decoupled-lr 0.001 \(checkpoint: None\)"):
+        _validate([*resume, "--no-load-optim"])
+    args = _validate([*resume, "--no-load-optim", "--override-opt-param-scheduler"])
+    assert any("--decoupled-lr 0.001 (checkpoint: None)" in note for note in args.checkpoint_notes)
