@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from megatron_anchor.attention.geometry import SampleGeometry, concat_ranges
+from megatron_anchor.devices import host_to_device
 from megatron_anchor.parallel.cp_layout import megatron_cp_index, ring_cp_index
 from megatron_anchor.parallel.layout_names import check_mode
 from megatron_anchor.parallel.work import check_doc_ids
@@ -105,10 +106,8 @@ class AttentionPlan:
 
 
 def _to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
-    if device.type == "cuda":  # once per micro-batch, off the hot path: pinned and asynchronous
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    # once per micro-batch, off the hot path: pinned and asynchronous
+    return host_to_device(torch.from_numpy(np.ascontiguousarray(array)).to(dtype), device)
 
 
 def _rows(starts: np.ndarray, lengths: np.ndarray, device: torch.device) -> Rows:
