@@ -14,21 +14,11 @@ import os
 import sys
 
 from megatron_anchor.data.splits import check_blend, check_split
-from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
 from megatron_anchor.parallel.comm_types import cp_degrees, kv_head_repeat, kv_repeat_note
 from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
 from megatron_anchor.training.report import Report, raise_all
-
-NULL_TOKENIZER, GPT2_BPE = "NullTokenizer", "GPT2BPETokenizer"
-# Megatron tokenizer types that are a SentencePiece model read as it is.
-SENTENCEPIECE_ALIASES = ("Llama2Tokenizer", "GPTSentencePieceTokenizer")
-# Megatron's tokenizer types and what reads the same tokenizer here.
-_TOKENIZER_HINTS = {
-    "Llama3Tokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
-    "TikTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
-    "MistralTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
-}
+from megatron_anchor.training.vocab import check_padded_vocab, check_tokenizer_flags, check_vocabulary_source
 
 
 def _require(ok: bool, message: str) -> None:
@@ -56,14 +46,14 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     tokenizer = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
     run("pipeline", lambda: _validate_pipeline(args), needs=tp_cp)
     run("parallel", lambda: _validate_parallel(args, world_size), needs=tp_cp)
-    run("tokenizer", lambda: _validate_tokenizer(args), needs=tokenizer)
-    run("vocabulary", lambda: _validate_padded_vocab(args), after=("parallel", "tokenizer"),
+    run("tokenizer", lambda: check_tokenizer_flags(args), needs=tokenizer)
+    run("vocabulary", lambda: check_padded_vocab(args), after=("parallel", "tokenizer"),
         needs=("padded_vocab_size",))  # fmt: skip
     def model() -> None:  # --load's recorded model fills the model flags left out, then the model rules
         args.checkpoint_notes.extend(resolve_model_config(args, args.tensor_model_parallel_size))
 
     run("model", model, after=("parallel", "tokenizer", "vocabulary"))
-    run("vocabulary source", lambda: _validate_vocabulary_source(args), after=("model",))
+    run("vocabulary source", lambda: check_vocabulary_source(args), after=("model",))
     run("query groups", lambda: report.notes.extend(_query_groups_note(args)), after=("model",))
     run("sequence", lambda: _validate_sequence(args), after=("parallel",), needs=("seq_length", "cp_layout"))
     run("batch", lambda: _validate_batch(args), after=("parallel",), needs=("micro_batch_size",))
@@ -226,83 +216,6 @@ def _validate_data(args: argparse.Namespace) -> None:
         "--mask-cross-doc-labels (--eod-mask-loss) applies to --data-path datasets; "
         "--mock-data has no such labels to mask",
     )
-
-
-def _validate_gpt2_files(args: argparse.Namespace) -> None:
-    """GPT2BPETokenizer reads --vocab-file and --merge-file (its --tokenizer-model is the vocab file)."""
-    _require(
-        args.vocab_file is not None and args.merge_file is not None and args.tokenizer_model is None,
-        "--tokenizer-type GPT2BPETokenizer takes --vocab-file and --merge-file (GPT-2's vocab.json and "
-        "merges.txt), not --tokenizer-model",
-    )
-    args.tokenizer_model = args.vocab_file
-
-
-def _validate_tokenizer(args: argparse.Namespace) -> None:
-    kind, model = args.tokenizer_type, args.tokenizer_model
-    if kind in SENTENCEPIECE_ALIASES:
-        args.tokenizer_type = kind = "SentencePieceTokenizer"  # Megatron reads the same .model file
-    if kind != GPT2_BPE:
-        _require(
-            args.vocab_file is None and args.merge_file is None,
-            "--vocab-file and --merge-file go with --tokenizer-type GPT2BPETokenizer",
-        )
-    if kind == GPT2_BPE:
-        _validate_gpt2_files(args)
-        if args.vocab_size is None:
-            _load_tokenizer(args)
-        return
-    if kind == NULL_TOKENIZER:
-        _require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
-        _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
-        return
-    if kind is not None and kind not in TOKENIZER_TYPES:
-        hint = _TOKENIZER_HINTS.get(kind)
-        supported = ", ".join([*TOKENIZER_TYPES, *SENTENCEPIECE_ALIASES, GPT2_BPE, NULL_TOKENIZER])
-        raise ValueError(
-            f"--tokenizer-type {kind} is not supported"
-            + (f": use {hint}" if hint else f"; expected one of {supported}")
-        )
-    _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
-    if model is not None and args.vocab_size is None:  # the vocabulary (and its checks) need its size
-        _load_tokenizer(args)
-
-
-def _validate_vocabulary_source(args: argparse.Namespace) -> None:
-    """A tokenizer, --vocab-size or --padded-vocab-size (a --load checkpoint gives --vocab-size)."""
-    _require(
-        args.tokenizer_model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
-        "give --tokenizer-type/--tokenizer-model or --vocab-size",
-    )
-
-
-def _load_tokenizer(args: argparse.Namespace) -> None:
-    """The tokenizer loads (once per process: its size is cached for the vocabulary and the run); with
-    --vocab-size it is loaded by ``preflight`` instead, which only reports its size."""
-    from megatron_anchor.training.vocab import tokenizer_size
-
-    try:
-        tokenizer_size(args.tokenizer_type, args.tokenizer_model, args.merge_file)
-    except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        named = text if text.startswith("--") else f"--tokenizer-model {args.tokenizer_model}: {text}"
-        raise ValueError(f"{named} (--tokenizer-type {args.tokenizer_type})") from None
-
-
-def _validate_padded_vocab(args: argparse.Namespace) -> None:
-    """Megatron's --padded-vocab-size: the model's rows as given, divisible by TP, holding every id."""
-    padded = args.padded_vocab_size
-    if padded is None:
-        return
-    from megatron_anchor.training.vocab import tokenizer_vocab_size
-
-    tp = args.tensor_model_parallel_size
-    _require(
-        padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}"
-    )
-    if args.tokenizer_model is not None or args.vocab_size is not None:
-        size = tokenizer_vocab_size(args)
-        _require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")
 
 
 def _validate_logging(args: argparse.Namespace) -> None:

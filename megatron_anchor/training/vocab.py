@@ -1,4 +1,5 @@
-"""The vocabulary a run builds: the tokenizer's size (or ``--vocab-size``), padded as Megatron does.
+"""The tokenizer flags and the vocabulary a run builds: the tokenizer's size (or ``--vocab-size``), padded
+as Megatron does.
 
 Free of torch, so the flag checks (``checkpoint_args``) can compare it with a checkpoint's before the
 training stack is imported; the tokenizer is loaded once per process.
@@ -9,7 +10,23 @@ from __future__ import annotations
 import argparse
 import functools
 
+from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
 from megatron_anchor.model.config_record import pad_vocab_size
+
+NULL_TOKENIZER, GPT2_BPE = "NullTokenizer", "GPT2BPETokenizer"
+# Megatron tokenizer types that are a SentencePiece model read as it is.
+SENTENCEPIECE_ALIASES = ("Llama2Tokenizer", "GPTSentencePieceTokenizer")
+# Megatron's tokenizer types and what reads the same tokenizer here.
+_TOKENIZER_HINTS = {
+    "Llama3Tokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
+    "TikTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
+    "MistralTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
+}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,3 +58,78 @@ def resolve_vocab_size(args: argparse.Namespace) -> int:
         return padded
     tp = args.tensor_model_parallel_size
     return pad_vocab_size(tokenizer_vocab_size(args), args.make_vocab_size_divisible_by, tp)
+
+
+def _check_gpt2_files(args: argparse.Namespace) -> None:
+    """GPT2BPETokenizer reads --vocab-file and --merge-file (its --tokenizer-model is the vocab file)."""
+    _require(
+        args.vocab_file is not None and args.merge_file is not None and args.tokenizer_model is None,
+        "--tokenizer-type GPT2BPETokenizer takes --vocab-file and --merge-file (GPT-2's vocab.json and "
+        "merges.txt), not --tokenizer-model",
+    )
+    args.tokenizer_model = args.vocab_file
+
+
+def check_tokenizer_flags(args: argparse.Namespace) -> None:
+    """--tokenizer-type with its files (Megatron's SentencePiece names read as SentencePieceTokenizer); the
+    tokenizer loads when the vocabulary needs its size. ValueError naming the flag."""
+    kind, model = args.tokenizer_type, args.tokenizer_model
+    if kind in SENTENCEPIECE_ALIASES:
+        args.tokenizer_type = kind = "SentencePieceTokenizer"  # Megatron reads the same .model file
+    if kind != GPT2_BPE:
+        _require(
+            args.vocab_file is None and args.merge_file is None,
+            "--vocab-file and --merge-file go with --tokenizer-type GPT2BPETokenizer",
+        )
+    if kind == GPT2_BPE:
+        _check_gpt2_files(args)
+        if args.vocab_size is None:
+            _load_tokenizer(args)
+        return
+    if kind == NULL_TOKENIZER:
+        _require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
+        _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
+        return
+    if kind is not None and kind not in TOKENIZER_TYPES:
+        hint = _TOKENIZER_HINTS.get(kind)
+        supported = ", ".join([*TOKENIZER_TYPES, *SENTENCEPIECE_ALIASES, GPT2_BPE, NULL_TOKENIZER])
+        raise ValueError(
+            f"--tokenizer-type {kind} is not supported"
+            + (f": use {hint}" if hint else f"; expected one of {supported}")
+        )
+    _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
+    if model is not None and args.vocab_size is None:  # the vocabulary (and its checks) need its size
+        _load_tokenizer(args)
+
+
+def check_vocabulary_source(args: argparse.Namespace) -> None:
+    """A tokenizer, --vocab-size or --padded-vocab-size (a --load checkpoint gives --vocab-size)."""
+    _require(
+        args.tokenizer_model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
+        "give --tokenizer-type/--tokenizer-model or --vocab-size",
+    )
+
+
+def _load_tokenizer(args: argparse.Namespace) -> None:
+    """The tokenizer loads (once per process: its size is cached for the vocabulary and the run); with
+    --vocab-size it is loaded by ``preflight`` instead, which only reports its size."""
+    try:
+        tokenizer_size(args.tokenizer_type, args.tokenizer_model, args.merge_file)
+    except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        named = text if text.startswith("--") else f"--tokenizer-model {args.tokenizer_model}: {text}"
+        raise ValueError(f"{named} (--tokenizer-type {args.tokenizer_type})") from None
+
+
+def check_padded_vocab(args: argparse.Namespace) -> None:
+    """Megatron's --padded-vocab-size: the model's rows as given, divisible by TP, holding every id."""
+    padded = args.padded_vocab_size
+    if padded is None:
+        return
+    tp = args.tensor_model_parallel_size
+    _require(
+        padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}"
+    )
+    if args.tokenizer_model is not None or args.vocab_size is not None:
+        size = tokenizer_vocab_size(args)
+        _require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")
