@@ -95,8 +95,26 @@ def test_rows_without_keys_leave_the_backend_at_minus_inf_and_merge_without_nan(
     assert not merged_out.isnan().any() and not merged_lse.isnan().any()
 
 
+def _ring_error(backend, rank: int, world: int, inputs: tuple, doc_ids, cp_index, wants: tuple) -> float:
+    """The worst relative error of out, dq, dk, dv of the ring over ``backend``, gathered."""
+    q, k, v, dout = inputs
+    local = [shard_for_cp(t, cp_index, rank, seq_dim=0).requires_grad_() for t in (q, k, v)]
+    out = anchor_cp_attention(*local, doc_ids, cp_group=dist.group.WORLD, cp_index=cp_index, backend=backend)
+    out.backward(shard_for_cp(dout, cp_index, rank, seq_dim=0))
+    got = []
+    for t in (out.detach(), *(x.grad for x in local)):
+        shards = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(shards, t.contiguous())
+        got.append(unshard_from_cp(shards, cp_index, seq_dim=0))
+    return max(routes._rel(g, w) for g, w in zip(got, wants))
+
+
 def _ring_worker(rank: int, world: int, port: int, path: str) -> None:
     torch.set_num_threads(1)
+    # The stand-ins are made before the process group: making a custom op imports torch._dynamo, which
+    # holds on to every process group that exists then, so destroy_process_group would leave the group to
+    # the interpreter's exit, where its gloo thread may still be releasing a gather (std::terminate).
+    backends = {f"{r.family}-{r.point}": routes.load(r)[0] for r in routes.KERNEL_ROUTES}
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     gen = torch.Generator().manual_seed(0)
     doc_ids = torch.tensor([[0] + [1] * 9 + [2] * 30 + [3] * 4 + [4] * 20])  # [1, 64]
@@ -106,21 +124,12 @@ def _ring_worker(rank: int, world: int, port: int, path: str) -> None:
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
     ref = dense_reference_attention(*ref_in, doc_ids, "anchor")
     ref.backward(dout.double())
-    errors = {}
-    for route in routes.KERNEL_ROUTES:
-        backend, reason = routes.load(route)
-        local = [shard_for_cp(t, cp_index, rank, seq_dim=0).requires_grad_() for t in (q, k, v)]
-        out = anchor_cp_attention(
-            *local, doc_ids, cp_group=dist.group.WORLD, cp_index=cp_index, backend=backend
-        )
-        out.backward(shard_for_cp(dout, cp_index, rank, seq_dim=0))
-        got = []
-        for t in (out, *(x.grad for x in local)):
-            shards = [torch.empty_like(t) for _ in range(world)]
-            dist.all_gather(shards, t.contiguous())
-            got.append(unshard_from_cp(shards, cp_index, seq_dim=0))
-        wants = (ref, *(x.grad for x in ref_in))
-        errors[f"{route.family}-{route.point}"] = max(routes._rel(g, w) for g, w in zip(got, wants))
+    wants = (ref.detach(), *(x.grad for x in ref_in))
+    inputs = (q, k, v, dout)
+    errors = {
+        name: _ring_error(backend, rank, world, inputs, doc_ids, cp_index, wants)
+        for name, backend in backends.items()
+    }
     if rank == 0:
         Path(path).write_text(json.dumps(errors))
     dist.destroy_process_group()
