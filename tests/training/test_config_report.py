@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from packed_data import write_packed
+from train_harness import dry_run_in_process
 
-from megatron_anchor.pretrain import main
 from megatron_anchor.training import build_parser, validate_args
 from megatron_anchor.training.arguments import gather_configuration
 from megatron_anchor.training.report import ConfigError
@@ -49,14 +49,7 @@ def test_a_check_that_needs_a_failed_one_is_skipped_not_reported_twice():
 
 
 def _dry_run(argv: list[str], monkeypatch, capsys) -> tuple[int, list[str], list[str]]:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    try:
-        main([*argv, "--dry-run"])
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
+    code, out, err = dry_run_in_process(argv, 2, monkeypatch, capsys)
     return code, out.strip().splitlines(), err.strip().splitlines()
 
 

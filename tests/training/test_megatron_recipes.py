@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from megatron_recipes import HF_CONFIGS, RECIPES, flag_outcomes, recipe_fixtures, with_recipes_table
+from train_harness import dry_run_in_process
 
-from megatron_anchor.pretrain import main
 from megatron_anchor.training.arguments import megatron_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,19 +20,9 @@ def fixtures(tmp_path_factory) -> dict[str, str]:
 
 
 def _dry_run(argv: list[str], world_size: int, monkeypatch, capsys) -> tuple[int, str, list[str]]:
-    monkeypatch.setenv("WORLD_SIZE", str(world_size))
-    monkeypatch.setenv("RANK", "0")
-    try:
-        main([*argv, "--dry-run"])
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return (
-        code,
-        out,
-        [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")],
-    )
+    code, out, err = dry_run_in_process(argv, world_size, monkeypatch, capsys)
+    errors = [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")]
+    return code, out, errors
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])

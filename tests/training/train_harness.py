@@ -169,3 +169,19 @@ def reference_run() -> tuple[Path, dict[int, float], str, dict[int, float]]:
     flags = [*TINY, "--save", ckpt, "--save-interval", "3", "--load", ckpt]
     records, proc = run_pretrain(1, flags, work)
     return work / "ckpt", step_losses(records), proc.stdout, step_losses(records, "grad_norm")
+
+
+def dry_run_in_process(argv: list[str], world_size: int, monkeypatch, capsys) -> tuple[int, str, str]:
+    """``pretrain.main(argv + ["--dry-run"])`` in this process as rank 0 of ``world_size``: (exit code,
+    stdout, stderr)."""
+    from megatron_anchor.pretrain import main
+
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", "0")
+    try:
+        main([*argv, "--dry-run"])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
