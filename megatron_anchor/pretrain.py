@@ -152,7 +152,10 @@ def _lost_peer(err: RuntimeError) -> bool:
 def _fail(message: str, every_rank: bool = True) -> None:
     rank = os.environ.get("RANK", "0")
     if every_rank or rank == "0":
-        print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+        # One write call of under PIPE_BUF bytes: the ranks share torchrun's stderr pipe, and print's
+        # separate writes of text and newline let another rank's line land in between.
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), f"error: rank {rank}: {message}\n".encode())
     sys.exit(1)
 
 

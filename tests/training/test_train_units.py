@@ -134,3 +134,30 @@ def test_non_finite_loss_stops_with_step_and_rank_and_saves_nothing(tmp_path):
     assert "non-finite loss" in proc.stderr and "at step 2 on rank 0" in proc.stderr
     assert (tmp_path / "ck" / "latest").read_text().strip() == "iter_0000001"
     assert sorted(p.name for p in (tmp_path / "ck").glob("iter_*")) == ["iter_0000001"]
+
+
+def test_a_rank_error_line_leaves_in_one_write(monkeypatch):
+    """The ranks share torchrun's stderr pipe: print's two writes (text, then newline) let another rank's
+    line land between them (CI saw "...--vocab-size)error: rank 0: ..."); the line must be one write."""
+    import io
+
+    from megatron_anchor.pretrain import _fail
+
+    read_end, write_end = os.pipe()
+    text_writes: list[str] = []
+
+    class RecordingStderr(io.TextIOBase):
+        def write(self, text: str) -> int:
+            text_writes.append(text)
+            return len(text)
+
+        def fileno(self) -> int:
+            return write_end
+
+    monkeypatch.setattr(sys, "stderr", RecordingStderr())
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        _fail("sample 2 holds token id 300")
+    os.close(write_end)
+    assert os.read(read_end, 4096) == b"error: rank 1: sample 2 holds token id 300\n"
+    assert text_writes == []
