@@ -173,7 +173,10 @@ def select_backend(name, device: torch.device, dtype: torch.dtype, head_dim: int
         raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda":
-            name = flash.best_gpu_backend(device, dtype, head_dim) or "torch"
+            name, passed_over = flash.best_gpu_backend(device, dtype, head_dim)
+            name = name or "torch"
+            if passed_over:
+                _note_once(f"{passed_over} (auto takes {name!r})")
             if name == "torch":
                 why = flash.gpu_backend_status("flash", device, dtype, head_dim)[1]
                 _note_once(f"'torch' (tiled fp32 matmuls), no flash kernel runs: {why}")

@@ -19,7 +19,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -188,6 +190,17 @@ def load_package(name: str) -> tuple[FlashAttnPackage | None, str]:
         return None, f"{spec.module} refused: {err}"
     except Exception as err:  # a broken CUDA extension raises more than ImportError
         return None, f"{spec.module} unusable: {type(err).__name__}: {err}"
+
+
+def package_installed(name: str) -> bool:
+    """Whether package backend ``name``'s top-level module is there (found, not imported)."""
+    top = PACKAGES[name].module.split(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @functools.cache
