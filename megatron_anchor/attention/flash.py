@@ -27,6 +27,9 @@ GPU_BACKENDS = ("flash", "flash_attn2", "flash_attn3")
 # Meanings every flash kernel must let this project set, with their spellings across packages and versions.
 REQUIRED_MEANINGS = {"causal flag": ("causal", "is_causal"), "softmax scale": ("softmax_scale", "scale")}
 MAX_HEAD_DIM = 256
+# FlashAttention-2 (flash-attn v2.4.2-v2.8.3 csrc/flash_attn/flash_api.cpp, vendored by aten's flash op):
+# TORCH_CHECK(cc_major >= 8, "FlashAttention only supports Ampere GPUs or newer.")
+FLASH2_MIN_CAPABILITY = 8
 
 # aten ops: None is "off" for the optional features (no window, no ALiBi, no paging, torch's split heuristic).
 _ATEN_FORWARD_FIXED = {
@@ -154,11 +157,16 @@ def gpu_backend_status(
 
     if shared_reason(device, dtype, head_dim):
         return False, shared_reason(device, dtype, head_dim)
+    major, minor = torch.cuda.get_device_capability(device)
+    if name == "flash_attn3" and major != 9:
+        return False, "FlashAttention-3 needs a Hopper GPU (sm90)"
+    if name != "flash_attn3" and major < FLASH2_MIN_CAPABILITY:
+        return False, f"the FlashAttention-2 kernels need sm80 or newer, this GPU is sm{major}{minor}"
     if name == "flash":
         return aten_flash_supported()
-    if name == "flash_attn3" and torch.cuda.get_device_capability(device)[0] != 9:
-        return False, "FlashAttention-3 needs a Hopper GPU (sm90)"
     backend, reason = installed_package(name)
+    if backend is not None and backend.head_dim_reason(head_dim):
+        return False, backend.head_dim_reason(head_dim)
     return backend is not None, reason
 
 

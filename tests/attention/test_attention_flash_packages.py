@@ -22,6 +22,10 @@ def backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_se
     raise AssertionError("never called")
 
 
+def _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
+    raise AssertionError("never called")
+
+
 def test_a_parameter_nobody_sets_refuses_the_function_though_it_has_a_default():
     """A future flag with a default could change the math: the package is refused, naming it."""
 
@@ -72,11 +76,8 @@ def _fake_fa3(monkeypatch, backward) -> None:
     """An importable ``flash_attn_interface`` with ``backward`` on a Hopper GPU (nothing is called)."""
     from megatron_anchor.attention import flash_packages
 
-    def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
-        raise AssertionError("never called")
-
     module = types.ModuleType("flash_attn_interface")
-    module._flash_attn_forward, module._flash_attn_backward = forward, backward
+    module._flash_attn_forward, module._flash_attn_backward = _forward, backward
     monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     flash_packages.installed_package.cache_clear()
@@ -104,3 +105,26 @@ def test_auto_says_once_why_an_installed_fa3_is_refused(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "flash_attn_interface")
     assert backends.select_backend("auto", CUDA, torch.bfloat16, 128).name == "flash"
     assert capsys.readouterr().out == ""  # FA3 not installed here: nothing to say
+
+
+def test_capabilities_and_head_dims_a_build_lacks_fall_back_with_the_reason(monkeypatch, capsys):
+    """torch's flash op and flash-attn 2 need sm80+; the 2024 FlashAttention-3 wheel compiles head dims 64 and
+    128 for both directions: auto falls back with the reason instead of failing in the kernel."""
+    from megatron_anchor.attention import backends, flash_packages
+
+    monkeypatch.setattr(backends, "_NOTED", set())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    reason = "the FlashAttention-2 kernels need sm80 or newer, this GPU is sm75"
+    for name in ("flash", "flash_attn2"):
+        assert gpu_backend_status(name, CUDA, torch.bfloat16, 128) == (False, reason)
+    assert isinstance(select_backend("auto", CUDA, torch.bfloat16, 128), TorchTiled)
+    assert f"no flash kernel runs: {reason}" in capsys.readouterr().out
+
+    beta = FlashAttnPackage("flash_attn3", _forward, backward, version="flashattn-hopper 3.0.0.b1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(flash_packages, "installed_package", lambda name: (beta, ""))
+    assert gpu_backend_status("flash_attn3", CUDA, torch.bfloat16, 128) == (True, "")
+    why = "flashattn-hopper 3.0.0.b1 compiles head dims 64, 128 (forward and backward), not 256"
+    assert gpu_backend_status("flash_attn3", CUDA, torch.bfloat16, 256) == (False, why)
+    later = FlashAttnPackage("flash_attn3", _forward, backward, version="flash_attn_3 3.0.0")
+    assert later.head_dim_reason(256) == ""
