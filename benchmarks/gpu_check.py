@@ -95,7 +95,13 @@ def packages(device: torch.device) -> dict:
             )
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                "--no-cache-dir", "--upgrade", "--target", str(SITE), *wheels]  # fmt: skip
-        subprocess.run(pip, check=True, capture_output=True, text=True)
+        proc = subprocess.run(pip, capture_output=True, text=True)
+        if proc.returncode != 0:
+            said = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            raise RuntimeError(
+                f"pip could not install {WHEELS}/*.whl into {SITE} (exit {proc.returncode}): "
+                f"{said[-1] if said else 'no output'}"
+            )
         sys.path.insert(0, str(SITE))
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
         importlib.invalidate_caches()

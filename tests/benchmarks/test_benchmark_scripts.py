@@ -54,6 +54,22 @@ def test_gpu_check_says_where_megatron_core_comes_from_on_a_bare_machine(monkeyp
         gpu_check.packages(gpu_check.torch.device("cpu"))
 
 
+def test_gpu_check_says_why_pip_could_not_install_the_wheels(monkeypatch, tmp_path):
+    """pip's own last line (here: a file that is no wheel) is the error, not 'returned exit status 1'."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    (tmp_path / "megatron_core-0.16.1-py3-none-any.whl").write_bytes(b"not a zip file")
+    monkeypatch.setattr(gpu_check, "_megatron_core_version", lambda: None)
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    monkeypatch.setattr(gpu_check, "SITE", tmp_path / "site")
+    with pytest.raises(RuntimeError) as err:
+        gpu_check.packages(gpu_check.torch.device("cpu"))
+    message = str(err.value)
+    assert message.startswith(f"pip could not install {tmp_path}/*.whl into {tmp_path / 'site'} (exit 1): ")
+    assert "\n" not in message and "megatron_core-0.16.1-py3-none-any.whl" in message
+
+
 def test_a_step_whose_cleanup_meets_a_lost_cuda_context_is_recorded_and_the_next_step_runs(monkeypatch):
     """After a kernel fault (sticky CUDA error) every CUDA call raises, ``torch.cuda.empty_cache()``
     included: the step's cleanup records it instead of letting it escape."""
