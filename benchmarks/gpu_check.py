@@ -54,12 +54,11 @@ from megatron_anchor.attention import (  # noqa: E402
     anchor_cp_attention,
     build_attention_plan,
     dense_reference_attention,
-    visible_pairs,
 )
 from megatron_anchor.attention.backends import select_backend  # noqa: E402
 from megatron_anchor.attention.flash import GPU_BACKENDS, gpu_backend_status  # noqa: E402
 from megatron_anchor.attention.plan import kernel_call  # noqa: E402
-from megatron_anchor.parallel import free_port  # noqa: E402
+from megatron_anchor.parallel import free_port, visible_pairs  # noqa: E402
 
 WHEELS = REPO / ".whl"  # scripts/gpu_wheels.sh
 SITE = Path("/tmp/megatron_anchor_site")
