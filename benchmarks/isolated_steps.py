@@ -99,6 +99,17 @@ def _process_end(returncode: int, stderr: str) -> str:
     return f"its process {how}" + (f": {last[-300:]}" if last else " (no error output)")
 
 
+def _entries(results: Path) -> list:
+    """The ``[name, entry]`` lines a step's process wrote (a line cut short by its death is dropped)."""
+    entries = []
+    for line in results.read_text().splitlines() if results.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
+
+
 def run_isolated(check: Check, script: Path, names: list[str], argv: list[str]) -> None:
     """Steps ``names``, in order, in processes of their own (``script ARGV --only-steps NAME...``): a hard
     crash, a hang or a lost CUDA context costs its own step only; the next step starts a fresh process."""
@@ -113,7 +124,7 @@ def run_isolated(check: Check, script: Path, names: list[str], argv: list[str]) 
                 ended, failed = _process_end(proc.returncode, proc.stderr), proc.returncode != 0
             except subprocess.TimeoutExpired:
                 ended, failed = f"its process ran past {timeout} s and was killed", True
-            done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+            done = _entries(results)
         for name, entry in done:
             check.record(name, entry)
         pending = pending[len(done) :]
