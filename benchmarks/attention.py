@@ -34,7 +34,12 @@ from doc_mixes import realistic_doc_ids  # benchmarks/doc_mixes.py, beside this 
 
 from megatron_anchor.attention import anchor_cp_attention, build_attention_plan
 from megatron_anchor.parallel import free_port, rank_work, visible_pairs
-from megatron_anchor.parallel.comm_types import hierarchical_ranks
+from megatron_anchor.parallel.comm_types import (
+    CP_COMM_TYPES,
+    comm_type_groups,
+    cp_degrees,
+    hierarchical_groups,
+)
 from megatron_anchor.parallel.cp_layout import batch_cp_index, shard_for_cp
 
 
@@ -121,14 +126,16 @@ def time_modes(args, seq_len: int, rank: int, world: int, layout: str) -> dict:
 
 def comm_groups(world: int) -> dict[str, tuple]:
     """``{comm type: (ring group, all-to-all group, A)}``; a2a+p2p as 2 x (world / 2) from 4 ranks."""
-    groups = {"p2p": (dist.group.WORLD, None, 1), "a2a": (None, dist.group.WORLD, world)}
-    if world >= 4:
-        rank, found = dist.get_rank(), []
-        for parts in hierarchical_ranks(list(range(world)), 2):
-            made = [dist.new_group(part) for part in parts]  # every rank makes every group
-            found.append(next(g for g, part in zip(made, parts) if rank in part))
-        groups["a2a+p2p"] = (found[1], found[0], 2)
-    return groups
+    sizes = [2, world // 2] if world >= 4 else None
+    hierarchical = sizes and hierarchical_groups(dist.get_rank(), list(range(world)), 2, dist.new_group)
+    return {
+        comm: (
+            *comm_type_groups(comm, dist.group.WORLD, hierarchical),
+            cp_degrees(comm, world, sizes if comm == "a2a+p2p" else None).a2a,
+        )
+        for comm in CP_COMM_TYPES
+        if comm != "a2a+p2p" or sizes
+    }
 
 
 def time_comm_types(args, seq_len: int, rank: int, world: int, groups: dict) -> dict:

@@ -6,13 +6,18 @@
 A bare GPU machine (Python 3.12, torch, no megatron-core, no network) needs the wheels of
 ``bash scripts/gpu_wheels.sh``, run where the package index is reachable: the check installs ``.whl/`` into
 /tmp when megatron-core is missing. Every step runs on its own: one that fails records its error and the next
-one runs; ``gpu_check.json`` (rewritten after each step) and ``gpu_check.log`` go to ``--out``.
+one runs; the GPU steps (exactness per backend, matmul, speed per S, the training step) run in processes of
+their own, so that a kernel's hard crash or a lost CUDA context costs one step only
+(``benchmarks/isolated_steps.py``). ``gpu_check.json`` (rewritten after each step), ``gpu_check.log`` and the
+final table go to ``--out`` whatever fails.
 
 1. packages: Python, torch, CUDA, the device; megatron-core (installed from ``.whl/`` when missing).
 2. backends: whether each GPU kernel runs here (bf16, head dim 128), and if not, why.
 3. exactness BACKEND MODE: against dense fp64 attention on small shapes for every GPU kernel that runs: bf16,
    GQA, the three attention modes, out and dq/dk/dv, relative error <= 2e-2. ``--cpu-smoke`` checks
    ``sdpa_cpu``, and ``flash``, which must fail on the CPU: the failure is recorded, the next step runs.
+   It also runs two steps that fail on purpose before matmul: one aborts its process, one loses the CUDA
+   context (simulated) in its cleanup.
 4. matmul: the bf16 matmul rate of this GPU (8192^3), the yardstick.
 5. speed S: anchor and causal attention through this engine at S = 32K, 64K, 128K (Llama-3-8B heads at TP=2:
    16 query heads, 4 K/V heads, d=128; the documents of ``benchmarks/attention.py``), beside the flash
@@ -39,65 +44,28 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parents[1]
 sys.path.insert(0, str(REPO))
 from doc_mixes import realistic_doc_ids  # noqa: E402  (benchmarks/doc_mixes.py, beside this file)
+from isolated_steps import Check, run_isolated  # noqa: E402  (benchmarks/isolated_steps.py)
 
 from megatron_anchor.attention import (  # noqa: E402
     anchor_cp_attention,
     build_attention_plan,
     dense_reference_attention,
-    visible_pairs,
 )
 from megatron_anchor.attention.backends import select_backend  # noqa: E402
 from megatron_anchor.attention.flash import GPU_BACKENDS, gpu_backend_status  # noqa: E402
 from megatron_anchor.attention.plan import kernel_call  # noqa: E402
-from megatron_anchor.parallel import free_port  # noqa: E402
+from megatron_anchor.parallel import free_port, visible_pairs  # noqa: E402
 
 WHEELS = REPO / ".whl"  # scripts/gpu_wheels.sh
 SITE = Path("/tmp/megatron_anchor_site")
 TOLERANCE = 2e-2
 HEAD_DIM = 128
-
-
-class Check:
-    """Runs steps one by one, recording each result or error; the JSON is rewritten after every step."""
-
-    def __init__(self, out_dir: Path | None, context: dict) -> None:
-        self.out_dir, self.context = out_dir, context
-        self.steps: dict[str, dict] = {}
-        self.table = ""
-
-    def log(self, text: str) -> None:
-        """Print and append to ``out_dir/gpu_check.log``."""
-        print(text, flush=True)
-        if self.out_dir is not None:
-            with open(self.out_dir / "gpu_check.log", "a") as f:
-                f.write(text + "\n")
-
-    def step(self, name: str, fn, *args):
-        """``fn(*args)`` as step ``name``: its result, or None when it raised (the error is recorded)."""
-        start = time.perf_counter()
-        try:
-            result = fn(*args)
-            entry = {"ok": True, "result": result}
-        except Exception as err:  # a failed step must not stop the others
-            result, entry = None, {"ok": False, "error": f"{type(err).__name__}: {err}"[-1500:]}
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        entry["seconds"] = round(time.perf_counter() - start, 2)
-        self.steps[name] = entry
-        summary = json.dumps(entry.get("result"), default=str)[:300] if entry["ok"] else entry["error"][-300:]
-        self.log(f"[{'ok' if entry['ok'] else 'FAILED'}] {name} ({entry['seconds']} s): {summary}")
-        self.save()
-        return result
-
-    def save(self) -> None:
-        """``out_dir/gpu_check.json``: every step so far."""
-        if self.out_dir is not None:
-            record = {**self.context, "steps": self.steps, "table": self.table}
-            (self.out_dir / "gpu_check.json").write_text(json.dumps(record, indent=1, default=str))
+# --cpu-smoke only: two steps that fail like a kernel fault, in front of matmul in one process's list.
+SMOKE_FAULTS = ("fault abort", "fault cleanup")
 
 
 def _megatron_core_version() -> str | None:
@@ -126,7 +94,13 @@ def packages(device: torch.device) -> dict:
             )
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                "--no-cache-dir", "--upgrade", "--target", str(SITE), *wheels]  # fmt: skip
-        subprocess.run(pip, check=True, capture_output=True, text=True)
+        proc = subprocess.run(pip, capture_output=True, text=True)
+        if proc.returncode != 0:
+            said = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            raise RuntimeError(
+                f"pip could not install {WHEELS}/*.whl into {SITE} (exit {proc.returncode}): "
+                f"{said[-1] if said else 'no output'}"
+            )
         sys.path.insert(0, str(SITE))
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
         importlib.invalidate_caches()
@@ -310,6 +284,54 @@ def final_table(check: Check) -> str:
     return "\n".join(lines)
 
 
+def _simulated_lost_context() -> str:
+    return "CUDA context lost: RuntimeError: CUDA error: an illegal memory access (simulated by --cpu-smoke)"
+
+
+def step_call(name: str, device: torch.device, args: argparse.Namespace, check: Check) -> tuple:
+    """``(fn, args)`` of the step called ``name`` (``--only-steps``)."""
+    smoke, words = args.cpu_smoke, name.split()
+    heads, heads_kv = check.context["heads"], check.context["heads_kv"]
+    if words[0] == "exactness":
+        return exactness, (words[1], words[2], device, 512 if smoke else 2048)
+    if name == "matmul":
+        return matmul_rate, (device, 1024 if smoke else 8192)
+    if words[0] == "speed":
+        return attention_speed, (int(words[1]), device, args.speed_kernel, heads, heads_kv, args.repeat)
+    if smoke and name == "fault abort":  # a kernel's hard crash: the process dies mid-step
+        return os.abort, ()
+    if smoke and name == "fault cleanup":  # a sticky CUDA error met by the cleanup after the step
+        check.release = _simulated_lost_context
+        return (lambda: "returned"), ()
+    raise ValueError(f"gpu_check.py: unknown step {name!r}")
+
+
+def run_only(check: Check, device: torch.device, args: argparse.Namespace) -> None:
+    """The steps of ``--only-steps`` in this process, until one loses the CUDA context."""
+    for name in args.only_steps:
+        fn, fn_args = step_call(name, device, args, check)
+        check.step(name, fn, *fn_args)
+        if check.cuda_lost:  # every later CUDA call would fail: the parent starts a fresh process
+            return
+
+
+def run_all(check: Check, device: torch.device, args: argparse.Namespace) -> None:
+    """Every step; those on the GPU (exactness per backend, matmul, speed per S) in their own processes."""
+    smoke = args.cpu_smoke
+    check.step("packages", packages, device)
+    statuses = check.step("backends", backends, device) or {}
+    runnable = [name for name in ("flash_attn3", "flash", "flash_attn2") if statuses.get(name) == "runs"]
+    check.context["speed_kernel"] = kernel = "sdpa_cpu" if smoke else (runnable[:1] or ["torch"])[0]
+    argv = [*(["--cpu-smoke"] if smoke else []), "--repeat", str(args.repeat), "--speed-kernel", kernel]
+    for backend in ["sdpa_cpu", "flash"] if smoke else runnable:  # smoke: flash must fail on the CPU
+        modes = ("causal", "intra_doc", "anchor")
+        run_isolated(check, SCRIPT, [f"exactness {backend} {mode}" for mode in modes], argv)
+    run_isolated(check, SCRIPT, [*(SMOKE_FAULTS if smoke else ()), "matmul"], argv)
+    for seq_len in [1024, 2048] if smoke else args.seqs:
+        run_isolated(check, SCRIPT, [f"speed {seq_len}"], argv)
+    check.step("training step", training_step, args.out, smoke)
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -317,6 +339,9 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script)")
     parser.add_argument("--seqs", type=int, nargs="+", default=[32768, 65536, 131072])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only-steps", nargs="+", help="run these steps only (the check's own processes)")
+    parser.add_argument("--results", type=Path, help="with --only-steps: where each step's entry goes")
+    parser.add_argument("--speed-kernel", default="torch", help="with --only-steps: the speed steps' kernel")
     args = parser.parse_args()
     smoke = args.cpu_smoke
     if args.out is not None:
@@ -326,24 +351,17 @@ def main() -> None:
         torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device() if cuda else 0)
     )
     heads, heads_kv = (4, 1) if smoke else (16, 4)
-    check = Check(args.out, {"device": str(device), "heads": heads, "heads_kv": heads_kv})
-    start = time.perf_counter()
-    check.step("packages", packages, device)
-    statuses = check.step("backends", backends, device) or {}
-    runnable = [name for name in ("flash_attn3", "flash", "flash_attn2") if statuses.get(name) == "runs"]
-    for backend in ["sdpa_cpu", "flash"] if smoke else runnable:  # smoke: flash must fail on the CPU
-        for mode in ("causal", "intra_doc", "anchor"):
-            check.step(
-                f"exactness {backend} {mode}", exactness, backend, mode, device, 512 if smoke else 2048
-            )
-    check.step("matmul", matmul_rate, device, 1024 if smoke else 8192)
-    check.context["speed_kernel"] = kernel = "sdpa_cpu" if smoke else (runnable[:1] or ["torch"])[0]
-    for seq_len in [1024, 2048] if smoke else args.seqs:
-        check.step(f"speed {seq_len}", attention_speed, seq_len, device, kernel, heads, heads_kv, args.repeat)
-    check.step("training step", training_step, args.out, smoke)
-    check.table = final_table(check) + f"\n({time.perf_counter() - start:.0f} s)"
-    check.save()
-    check.log("\n" + check.table)
+    context = {"device": str(device), "heads": heads, "heads_kv": heads_kv}
+    if args.only_steps:
+        run_only(Check(None, context, args.results), device, args)
+        return
+    check, start = Check(args.out, context), time.perf_counter()
+    try:
+        run_all(check, device, args)
+    finally:  # the table and the JSON are written whatever happened, an interrupt included
+        check.table = final_table(check) + f"\n({time.perf_counter() - start:.0f} s)"
+        check.save()
+        check.log("\n" + check.table)
 
 
 if __name__ == "__main__":

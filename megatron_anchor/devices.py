@@ -19,9 +19,13 @@ def resolve_device(device: torch.device | str) -> torch.device:
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:
-    """Whether ``a`` and ``b`` are one device (type and resolved index; ``cpu`` is ``cpu:0``)."""
+    """Whether ``a`` and ``b`` are one device (type and resolved index; ``cpu`` is ``cpu:0``). Types first:
+    resolving an index asks the device's runtime, which a CPU-only torch does not have."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
     a, b = resolve_device(a), resolve_device(b)
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
+    return (a.index or 0) == (b.index or 0)
 
 
 def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:

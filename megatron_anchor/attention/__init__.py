@@ -5,8 +5,8 @@ for any layout), ``plan`` (the per-micro-batch plan: index tensors and kernel ca
 ``flash`` / ``flash_packages`` (variable-length kernels), ``comm`` (the ring and the anchor exchange),
 ``anchor`` (the anchor in closed form), ``ring`` (forward and backward), ``heads_exchange`` (the
 all-to-all of ``--cp-comm-type a2a`` and ``a2a+p2p``), ``cp_attention`` (the public entry). The package
-sits above ``megatron_anchor.parallel`` (layouts, the mask's counts, the comm types' degrees), which never
-imports it. Names are imported on first use (PEP 562), so ``ATTENTION_MODES`` is available without torch.
+sits above ``megatron_anchor.parallel`` (layouts, the mode names, the mask's counts, the comm types'
+degrees), which never imports it. Names are imported on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ _EXPORTS = {
     "AttentionPlan": "plan",
     "build_attention_plan": "plan",
     "BACKENDS": "backends",
-    "ATTENTION_MODES": "modes",
     "dense_reference_attention": "reference",
     "visibility_mask": "reference",
-    "visible_keys_per_query": "reference",
-    "visible_pairs": "reference",
 }
 
 __all__ = sorted(_EXPORTS)

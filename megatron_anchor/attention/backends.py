@@ -22,6 +22,7 @@ import torch
 
 from megatron_anchor.attention.cpu_kernels import SdpaCpu
 from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
+from megatron_anchor.attention.merge import finite_lse
 from megatron_anchor.attention.plan import KernelCall
 
 BACKENDS = ("auto", "varlen_reference", "sdpa_cpu", "torch", "flash", "flash_attn2", "flash_attn3")
@@ -64,7 +65,7 @@ class VarlenReference:
     def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
         """``(dq, dk, dv)`` like q, k, v from the merged ``out``/``lse``."""
         heads, heads_kv = q.shape[1], k.shape[1]
-        p = torch.exp(self._scores(q, k, call, scale) - lse.float()[..., None])  # [h, Tq, Tk]
+        p = torch.exp(self._scores(q, k, call, scale) - finite_lse(lse)[..., None])  # [h, Tq, Tk]
         dof, vf = dout.float(), expand_kv_heads(v.float(), heads)
         delta = (dof * out.float()).sum(-1).t()  # [h, Tq]
         ds = p * (torch.einsum("qhd,khd->hqk", dof, vf) - delta[..., None])
@@ -117,13 +118,14 @@ class TorchTiled:
             for i0, i1, j0, j1, diag in _blocks(b - a, e - c, call.causal):
                 s = _scores(qf[:, a + i0 : a + i1], kf[:, c + j0 : c + j1], diag)  # [h, bi, bj]
                 new_max = torch.maximum(row_max[:, i0:i1], s.amax(-1))
-                p = s.sub_(new_max[..., None]).exp_()
-                alpha = torch.exp(row_max[:, i0:i1] - new_max)
+                safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)  # no key yet: p, alpha 0
+                p = s.sub_(safe_max[..., None]).exp_()
+                alpha = torch.exp(row_max[:, i0:i1] - safe_max)
                 row_sum[:, i0:i1] = row_sum[:, i0:i1] * alpha + p.sum(-1)
                 acc[:, i0:i1] = acc[:, i0:i1] * alpha[..., None] + p @ vf[:, c + j0 : c + j1]
                 row_max[:, i0:i1] = new_max
-            acc /= row_sum[..., None]
-            lse[:, a:b] = row_max + row_sum.log()
+            acc /= row_sum.clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # no key: out 0
+            lse[:, a:b] = row_max + row_sum.log()  # no key: log 0 = -inf
         return out.transpose(0, 1).to(q.dtype), lse, None
 
     def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
@@ -133,12 +135,13 @@ class TorchTiled:
         kf, vf = (expand_kv_heads(t.float(), heads).transpose(0, 1) for t in (k, v))
         dof = dout.float().transpose(0, 1)
         delta = (dof * out.float().transpose(0, 1)).sum(-1, keepdim=True)  # [h, Tq, 1]
+        lse_f = finite_lse(lse)
         dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
         cu_q, cu_k = call.host_cu_q.tolist(), call.host_cu_k.tolist()
         for a, b, c, e in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
             for i0, i1, j0, j1, diag in _blocks(b - a, e - c, call.causal):
                 rows, keys = slice(a + i0, a + i1), slice(c + j0, c + j1)
-                p = _scores(qf[:, rows], kf[:, keys], diag).sub_(lse[:, rows, None]).exp_()
+                p = _scores(qf[:, rows], kf[:, keys], diag).sub_(lse_f[:, rows, None]).exp_()
                 dv[:, keys] += p.transpose(-1, -2) @ dof[:, rows]
                 ds = p * (dof[:, rows] @ vf[:, keys].transpose(-1, -2) - delta[:, rows])
                 dq[:, rows] += ds @ kf[:, keys] * scale
@@ -170,7 +173,10 @@ def select_backend(name, device: torch.device, dtype: torch.dtype, head_dim: int
         raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda":
-            name = flash.best_gpu_backend(device, dtype, head_dim) or "torch"
+            name, passed_over = flash.best_gpu_backend(device, dtype, head_dim)
+            name = name or "torch"
+            if passed_over:
+                _note_once(f"{passed_over} (auto takes {name!r})")
             if name == "torch":
                 why = flash.gpu_backend_status("flash", device, dtype, head_dim)[1]
                 _note_once(f"'torch' (tiled fp32 matmuls), no flash kernel runs: {why}")

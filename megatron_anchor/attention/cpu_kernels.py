@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from megatron_anchor.attention.heads import expand_kv_heads, reduce_kv_heads
-from megatron_anchor.attention.merge import merge_rows
+from megatron_anchor.attention.merge import finite_lse, merge_rows
 from megatron_anchor.attention.plan import KernelCall
 
 TINY = 64  # shorter sequences run in groups (per-call overhead dominates)
@@ -151,6 +152,18 @@ def _additive_masks(call: KernelCall, dtype: torch.dtype) -> list[torch.Tensor |
     return call.cache[key]
 
 
+def rows_without_keys(call: KernelCall) -> torch.Tensor | None:
+    """Bool ``[Tq]``: the query rows that see no key (causal with fewer keys than queries, or no keys); None
+    when every row sees one. From the host offsets, once per plan (aten gives such rows lse 0, not -inf)."""
+    if "cpu_no_key" not in call.cache:
+        q_len, k_len = np.diff(call.host_cu_q), np.diff(call.host_cu_k)
+        blind = np.maximum(q_len - k_len, 0) if call.causal else np.where(k_len == 0, q_len, 0)
+        position = np.arange(call.host_cu_q[-1]) - np.repeat(call.host_cu_q[:-1], q_len)
+        rows = position < np.repeat(blind, q_len)  # bottom-right causal: row i sees keys <= i + m - n
+        call.cache["cpu_no_key"] = torch.from_numpy(rows) if rows.any() else None
+    return call.cache["cpu_no_key"]
+
+
 class SdpaCpu:
     """aten's CPU flash-attention kernels per sequence (or group of tiny sequences, or tiles)."""
 
@@ -178,6 +191,9 @@ class SdpaCpu:
             else:
                 out[piece.q0 : piece.q1] = part_out
                 lse[:, piece.q0 : piece.q1] = part_lse
+        blind = rows_without_keys(call)
+        if blind is not None:
+            out[blind], lse[:, blind] = 0.0, float("-inf")
         return out.to(q.dtype), lse, None
 
     def backward(self, dout, q, k, v, out, lse, call: KernelCall, scale: float, aux=None):
@@ -186,6 +202,7 @@ class SdpaCpu:
         heads, heads_kv = q.shape[1], k.shape[1]
         k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
         dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
+        lse = finite_lse(lse)
         for piece, mask in zip(pieces_of(call), _additive_masks(call, q.dtype)):
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 *(_rows(t, piece) for t in (dout, q)), _rows(k, piece, True), _rows(v, piece, True),

@@ -27,6 +27,9 @@ GPU_BACKENDS = ("flash", "flash_attn2", "flash_attn3")
 # Meanings every flash kernel must let this project set, with their spellings across packages and versions.
 REQUIRED_MEANINGS = {"causal flag": ("causal", "is_causal"), "softmax scale": ("softmax_scale", "scale")}
 MAX_HEAD_DIM = 256
+# FlashAttention-2 (flash-attn v2.4.2-v2.8.3 csrc/flash_attn/flash_api.cpp, vendored by aten's flash op):
+# TORCH_CHECK(cc_major >= 8, "FlashAttention only supports Ampere GPUs or newer.")
+FLASH2_MIN_CAPABILITY = 8
 
 # aten ops: None is "off" for the optional features (no window, no ALiBi, no paging, torch's split heuristic).
 _ATEN_FORWARD_FIXED = {
@@ -137,32 +140,49 @@ def aten_flash_supported() -> tuple[bool, str]:
     return backend is not None, reason
 
 
+def shared_reason(device: torch.device, dtype: torch.dtype, head_dim: int | None) -> str:
+    """Why no flash kernel runs ``dtype`` heads of ``head_dim`` on ``device`` ('' when one may)."""
+    if device.type != "cuda":
+        return f"needs CUDA tensors (got {device})"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash kernels take fp16/bf16, not {dtype}"
+    return head_dim_reason(head_dim)
+
+
 def gpu_backend_status(
     name: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None
 ) -> tuple[bool, str]:
     """Whether GPU backend ``name`` runs ``dtype`` heads of ``head_dim`` on ``device``, and if not, why."""
     from megatron_anchor.attention.flash_packages import installed_package
 
-    if device.type != "cuda":
-        return False, f"needs CUDA tensors (got {device})"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return False, f"flash kernels take fp16/bf16, not {dtype}"
-    if head_dim_reason(head_dim):
-        return False, head_dim_reason(head_dim)
+    if shared_reason(device, dtype, head_dim):
+        return False, shared_reason(device, dtype, head_dim)
+    major, minor = torch.cuda.get_device_capability(device)
+    if name == "flash_attn3" and major != 9:
+        return False, "FlashAttention-3 needs a Hopper GPU (sm90)"
+    if name != "flash_attn3" and major < FLASH2_MIN_CAPABILITY:
+        return False, f"the FlashAttention-2 kernels need sm80 or newer, this GPU is sm{major}{minor}"
     if name == "flash":
         return aten_flash_supported()
-    if name == "flash_attn3" and torch.cuda.get_device_capability(device)[0] != 9:
-        return False, "FlashAttention-3 needs a Hopper GPU (sm90)"
     backend, reason = installed_package(name)
+    if backend is not None and backend.head_dim_reason(head_dim):
+        return False, backend.head_dim_reason(head_dim)
     return backend is not None, reason
 
 
-def best_gpu_backend(device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str | None:
-    """``flash_attn3`` on Hopper when installed and usable, else torch's ``flash``; None when neither runs."""
-    for name in ("flash_attn3", "flash"):
-        if gpu_backend_status(name, device, dtype, head_dim)[0]:
-            return name
-    return None
+def best_gpu_backend(
+    device: torch.device, dtype: torch.dtype, head_dim: int | None = None
+) -> tuple[str | None, str]:
+    """``flash_attn3`` on Hopper when installed and usable, else torch's ``flash``, else None; and why an
+    installed FlashAttention-3 was passed over ('' when it was not, or is not installed)."""
+    from megatron_anchor.attention.flash_packages import package_installed
+
+    ok, why = gpu_backend_status("flash_attn3", device, dtype, head_dim)
+    if ok:
+        return "flash_attn3", ""
+    installed = package_installed("flash_attn3") and not shared_reason(device, dtype, head_dim)
+    passed_over = f"the installed flash_attn3 is not used: {why}" if installed else ""
+    return ("flash" if gpu_backend_status("flash", device, dtype, head_dim)[0] else None), passed_over
 
 
 def make_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None):

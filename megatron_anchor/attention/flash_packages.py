@@ -19,7 +19,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +74,10 @@ PACKAGES = {
         ("_flash_attn_backward", "_flash_attn_varlen_backward"),
     ),
 }
+# flashattn-hopper 3.0.0.b1 (FlashAttention-3's 2024 wheel, hopper/ at 284e2c6e, 2024-11-12): setup.py
+# compiles forward kernels for head dims 64, 128 and 256 only (static_switch.h's HEADDIM_SWITCH runs any
+# other as 256) and flash_api.cpp's mha_varlen_bwd checks head_size <= 128: both directions run 64 and 128.
+TRAINING_HEAD_DIMS = {"flashattn-hopper": (64, 128)}
 PADDED_LSE_BEFORE = (2, 6)  # flash-attn versions below return [n_seq, h, max_seqlen_q] varlen log-sum-exps
 
 
@@ -110,6 +116,14 @@ class FlashAttnPackage:
         self._forward, self._backward = forward, backward
         self._fwd = self._binding(forward, _FORWARD_FIXED, _FORWARD_CALL)
         self._bwd = self._binding(backward, _BACKWARD_FIXED, _BACKWARD_CALL)
+
+    def head_dim_reason(self, head_dim: int | None) -> str:
+        """Why this build cannot take heads of ``head_dim`` channels forward and backward ('' when it can)."""
+        dims = TRAINING_HEAD_DIMS.get(self.version.split(" ")[0])
+        if head_dim is None or dims is None or head_dim in dims:
+            return ""
+        built = ", ".join(map(str, dims))
+        return f"{self.version} compiles head dims {built} (forward and backward), not {head_dim}"
 
     @staticmethod
     def _binding(fn: Callable, fixed: dict, per_call: tuple[str, ...]) -> Binding:
@@ -188,6 +202,17 @@ def load_package(name: str) -> tuple[FlashAttnPackage | None, str]:
         return None, f"{spec.module} refused: {err}"
     except Exception as err:  # a broken CUDA extension raises more than ImportError
         return None, f"{spec.module} unusable: {type(err).__name__}: {err}"
+
+
+def package_installed(name: str) -> bool:
+    """Whether package backend ``name``'s top-level module is there (found, not imported)."""
+    top = PACKAGES[name].module.split(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @functools.cache

@@ -15,6 +15,11 @@ def take(t: torch.Tensor, rows: Rows, dim: int = 0) -> torch.Tensor:
     return t.index_select(dim, rows)
 
 
+def finite_lse(lse: torch.Tensor) -> torch.Tensor:
+    """fp32 ``lse``, 0 on rows that see no key (-inf): a backward's ``exp(s - lse)`` is then 0, not NaN."""
+    return lse.float().masked_fill(torch.isneginf(lse), 0.0)
+
+
 def merge_weights(old_lse: torch.Tensor, part_lse: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(new_lse [h, n], w_old [n, h, 1], w_new [n, h, 1])`` of merging two normalised partial results.
 

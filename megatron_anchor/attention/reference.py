@@ -6,8 +6,8 @@ import torch
 
 from megatron_anchor.parallel.layout_names import check_mode
 
-# Owned by megatron_anchor.parallel.work (below the attention); importable from here as before.
-from megatron_anchor.parallel.work import check_doc_ids, visible_keys_per_query, visible_pairs  # noqa: F401
+# training/loop.py still imports visible_pairs from here; its owner is megatron_anchor.parallel.work.
+from megatron_anchor.parallel.work import visible_pairs  # noqa: F401
 
 
 def visibility_mask(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:

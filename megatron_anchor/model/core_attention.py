@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from megatron_anchor.attention import anchor_cp_attention
 from megatron_anchor.devices import resolve_device
 from megatron_anchor.model.layout import AnchorLayout
-from megatron_anchor.parallel.comm_types import CP_COMM_TYPES
+from megatron_anchor.parallel.comm_types import comm_type_groups
 from megatron_anchor.parallel.layout_names import check_mode
 from megatron_anchor.rope import apply_rotary_angles
 
@@ -52,27 +52,16 @@ class AnchorAttentionSetup:
 
 
 def attention_groups(cp_comm_type: str, pg_collection=None) -> tuple:
-    """``(ring group, all-to-all group)`` of ``--cp-comm-type`` from megatron-core's process groups.
-
-    ``p2p``: the ring over the CP group; ``a2a``: the all-to-all over it; ``a2a+p2p``: megatron-core's
-    hierarchical CP groups ``[inner, outer]``: the all-to-all inside, the ring across. Groups of one rank
-    are None (nothing to exchange). A model built without ``pg_collection`` uses parallel_state's.
+    """``(ring group, all-to-all group)`` of ``--cp-comm-type`` (``comm_type_groups``) from megatron-core's
+    process groups. Groups of one rank are None (nothing to exchange). A model built without
+    ``pg_collection`` uses parallel_state's.
     """
     cp_group = getattr(pg_collection, "cp", None)
     hierarchical = getattr(pg_collection, "hcp", None)
     if cp_group is None and ps.model_parallel_is_initialized():
         cp_group = ps.get_context_parallel_group()
         hierarchical = ps.get_hierarchical_context_parallel_groups(check_initialized=False)
-    if cp_comm_type not in CP_COMM_TYPES:
-        raise ValueError(f"cp_comm_type {cp_comm_type!r}: expected one of {CP_COMM_TYPES}")
-    if cp_comm_type == "p2p":
-        groups = (cp_group, None)
-    elif cp_comm_type == "a2a":
-        groups = (None, cp_group)
-    elif not hierarchical or len(hierarchical) != 2:
-        raise ValueError("cp_comm_type a2a+p2p needs megatron-core's hierarchical CP groups [inner, outer]")
-    else:
-        groups = (hierarchical[1], hierarchical[0])
+    groups = comm_type_groups(cp_comm_type, cp_group, hierarchical)
     return tuple(g if g is not None and dist.get_world_size(g) > 1 else None for g in groups)
 
 

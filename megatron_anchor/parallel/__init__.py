@@ -14,6 +14,7 @@ _EXPORTS = {
     "CP_COMM_TYPES": "comm_types",
     "CPDegrees": "comm_types",
     "cp_degrees": "comm_types",
+    "comm_type_groups": "comm_types",
     "kv_head_repeat": "comm_types",
     "CP_LAYOUTS": "layout_names",
     "balanced_cp_index": "balanced_layout",

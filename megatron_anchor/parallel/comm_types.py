@@ -27,10 +27,11 @@ class CPDegrees:
     a2a: int
     ring: int
 
-    @property
-    def cp(self) -> int:
-        """The context-parallel size ``A * P``."""
-        return self.a2a * self.ring
+
+def check_comm_type(comm_type: str) -> None:
+    """``ValueError`` naming ``--cp-comm-type`` unless ``comm_type`` is one of ``CP_COMM_TYPES``."""
+    if comm_type not in CP_COMM_TYPES:
+        raise ValueError(f"--cp-comm-type {comm_type}: expected one of {', '.join(CP_COMM_TYPES)}")
 
 
 def cp_degrees(comm_type: str, cp_size: int, hierarchical: list[int] | None = None) -> CPDegrees:
@@ -38,8 +39,7 @@ def cp_degrees(comm_type: str, cp_size: int, hierarchical: list[int] | None = No
 
     Raises ``ValueError`` naming the flags and the numbers that do not fit.
     """
-    if comm_type not in CP_COMM_TYPES:
-        raise ValueError(f"--cp-comm-type {comm_type}: expected one of {', '.join(CP_COMM_TYPES)}")
+    check_comm_type(comm_type)
     if hierarchical is not None:
         if len(hierarchical) != 2 or min(hierarchical) < 1:
             raise ValueError(
@@ -62,12 +62,43 @@ def cp_degrees(comm_type: str, cp_size: int, hierarchical: list[int] | None = No
     return CPDegrees(hierarchical[0], hierarchical[1])
 
 
+def comm_type_groups(comm_type: str, cp_group, hierarchical: list | None = None) -> tuple:
+    """``(ring group, all-to-all group)`` of ``--cp-comm-type``: ``p2p`` the ring over the CP group, ``a2a``
+    the all-to-all over it, ``a2a+p2p`` the all-to-all inside and the ring across ``hierarchical``, the
+    ``[inner, outer]`` groups of megatron-core's ``get_hierarchical_context_parallel_groups``."""
+    check_comm_type(comm_type)
+    if comm_type == "p2p":
+        return cp_group, None
+    if comm_type == "a2a":
+        return None, cp_group
+    if not hierarchical or len(hierarchical) != 2:
+        raise ValueError(
+            "--cp-comm-type a2a+p2p needs the hierarchical CP groups [inner, outer] "
+            "(--hierarchical-context-parallel-sizes A P)"
+        )
+    return hierarchical[1], hierarchical[0]
+
+
 def hierarchical_ranks(cp_ranks: list[int], a2a_size: int) -> tuple[list[list[int]], list[list[int]]]:
     """The inner (all-to-all: ``a2a_size`` consecutive ranks) and outer (ring: every ``a2a_size``-th rank)
-    groups of one CP group's global ranks ``cp_ranks`` (megatron-core's ``create_hierarchical_groups``)."""
+    groups of one CP group's global ranks ``cp_ranks``.
+
+    A mirror of megatron-core's ``create_hierarchical_groups`` for the loopback harnesses (tests, benchmarks)
+    that make their own groups; the trainer takes megatron-core's.
+    """
     inner = [list(cp_ranks[i : i + a2a_size]) for i in range(0, len(cp_ranks), a2a_size)]
     outer = [list(cp_ranks[i::a2a_size]) for i in range(a2a_size)]
     return inner, outer
+
+
+def hierarchical_groups(rank: int, cp_ranks: list[int], a2a_size: int, new_group) -> list:
+    """This rank's ``[inner, outer]`` groups, made by ``new_group(ranks)`` for every group of
+    ``hierarchical_ranks`` in the same order on every rank (as ``torch.distributed.new_group`` requires)."""
+    mine = []
+    for level in hierarchical_ranks(cp_ranks, a2a_size):
+        made = [(new_group(ranks), ranks) for ranks in level]
+        mine.append(next(group for group, ranks in made if rank in ranks))
+    return mine
 
 
 def kv_head_repeat(heads: int, heads_kv: int, a2a_size: int) -> int:

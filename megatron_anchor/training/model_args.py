@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from megatron_anchor.attention.modes import ATTENTION_MODES
 from megatron_anchor.model.config_record import (
     CHANGEABLE_KEYS,
     SHAPE_KEYS,
     TRAINING_CHOICES,
     recorded_model,
 )
+from megatron_anchor.parallel.layout_names import ATTENTION_MODES
 from megatron_anchor.rope.args import ROPE_DEFAULTS, add_rope_args, rope_scaling_from_args
 from megatron_anchor.rope.scaling import RopeScaling
 from megatron_anchor.training.megatron_flags import add_flag

@@ -44,7 +44,6 @@ class ParallelDims:
     tp_rank: int
     cp_rank: int
     dp_rank: int
-    """``(inner, outer)`` CP groups of ``--hierarchical-context-parallel-sizes A P``, else empty."""
 
     @property
     def world(self) -> int:

@@ -18,7 +18,7 @@ from megatron_anchor.attention import (
     dense_reference_attention,
 )
 from megatron_anchor.parallel import free_port
-from megatron_anchor.parallel.comm_types import hierarchical_ranks
+from megatron_anchor.parallel.comm_types import CP_COMM_TYPES, comm_type_groups, hierarchical_groups
 from megatron_anchor.parallel.cp_layout import (
     batch_cp_index,
     megatron_cp_index,
@@ -169,16 +169,16 @@ def comm_type_cases(cp: int) -> list[Case]:
 
 
 def comm_groups(world: int) -> dict[str, tuple]:
-    """``{comm type: (ring group, all-to-all group)}`` on ``world`` ranks; every rank makes every group
-    in the same order (a2a+p2p: consecutive pairs for the all-to-all, the ring across them)."""
-    groups = {"p2p": (dist.group.WORLD, None), "a2a": (None, dist.group.WORLD)}
+    """``{comm type: (ring group, all-to-all group)}`` on ``world`` ranks (a2a+p2p on 4: consecutive pairs
+    [[0, 1], [2, 3]] for the all-to-all, the ring across them)."""
+    hierarchical = None
     if world == 4:
-        rank = dist.get_rank()
-        inner, outer = hierarchical_ranks(list(range(world)), 2)  # [[0, 1], [2, 3]], [[0, 2], [1, 3]]
-        mine = [[dist.new_group(ranks) for ranks in level][index] for level, index in
-                zip((inner, outer), (rank // 2, rank % 2))]  # fmt: skip
-        groups["a2a+p2p"] = (mine[1], mine[0])
-    return groups
+        hierarchical = hierarchical_groups(dist.get_rank(), list(range(world)), 2, dist.new_group)
+    return {
+        comm: comm_type_groups(comm, dist.group.WORLD, hierarchical)
+        for comm in CP_COMM_TYPES
+        if comm != "a2a+p2p" or hierarchical
+    }
 
 
 def a2a_size(case: Case, world: int) -> int:

@@ -22,6 +22,17 @@ def test_a_device_without_an_index_is_the_current_one(monkeypatch):
     assert same_device("cpu", "cpu:0") and not same_device("cpu", "meta") and not same_device("cuda:0", "cpu")
 
 
+def test_devices_of_different_types_differ_without_asking_their_runtime(monkeypatch):
+    """On a CPU-only torch ``torch.cuda.current_device()`` raises: ``cuda`` vs ``cpu`` must not call it."""
+
+    def no_cuda():
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(torch.cuda, "current_device", no_cuda)
+    assert not same_device("cuda", "cpu") and not same_device(torch.device("cpu"), "cuda")
+    assert not same_device("cuda", "meta:0")
+
+
 def test_a_plan_named_without_an_index_serves_the_tensors_of_that_device():
     plan = build_attention_plan(DOC_IDS, "anchor", device="meta:0")
     q = torch.empty(8, 1, 4, 16, device="meta", requires_grad=True)

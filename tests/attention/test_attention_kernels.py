@@ -72,6 +72,32 @@ def test_varlen_forward_and_backward_match_fp64(backend, causal, lengths):
         assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < 1e-5
 
 
+# Causal sequences with fewer keys than queries: rows 0 .. n - m - 1 see no key (bottom-right alignment); on
+# the CPU grouped (tiny), masked alone (300 x 200), and one whose first 512-row tile has no key block at all.
+BLIND = [(5, 3), (3, 1), (64, 64), (300, 200), (600, 10)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_rows_that_see_no_key_give_out_0_lse_minus_inf_and_zero_gradients(backend):
+    """The contract of every kernel, the merge's premise: such rows are 0 / -inf (not NaN, not lse 0), and
+    the backward, given that -inf, stays finite; the other rows match fp64 over their own keys."""
+    q, k, v = _inputs(BLIND, seed=2)
+    call = _call(BLIND, causal=True)
+    out, lse, aux = backend.forward(q, k, v, call, 0.25)
+    blind = torch.cat([torch.arange(n) < n - m for n, m in BLIND])
+    ref_in = [t.double().requires_grad_() for t in (q[~blind], k, v)]
+    ref_out, ref_lse = _reference(*ref_in, [(min(n, m), m) for n, m in BLIND], True, 0.25)
+    assert torch.isneginf(lse[:, blind]).all() and (out[blind] == 0).all()
+    assert (out[~blind].double() - ref_out).abs().max() < 1e-5
+    assert (lse[:, ~blind].double() - ref_lse).abs().max() < 1e-5
+    dout = torch.randn_like(q)
+    ref_out.backward(dout[~blind].double())
+    dq, dk, dv = backend.backward(dout, q, k, v, out, lse, call, 0.25, aux)
+    assert all(g.isfinite().all() for g in (dq, dk, dv)) and (dq[blind] == 0).all()
+    for got, x in zip((dq[~blind], dk, dv), ref_in):
+        assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < 1e-5
+
+
 def test_cpu_pieces_cover_every_visible_pair_once():
     """The CPU kernel's pieces (grouped, tiled, halved, alone) attend each visible pair exactly once."""
     lengths = [*SQUARE, (NATIVE_FROM - 1, NATIVE_FROM - 1), (NATIVE_FROM, NATIVE_FROM)]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from cp_harness import layout
 
-from megatron_anchor.attention import build_attention_plan, visibility_mask, visible_keys_per_query
+from megatron_anchor.attention import build_attention_plan, visibility_mask
 from megatron_anchor.attention.geometry import SampleGeometry
+from megatron_anchor.parallel import visible_keys_per_query
 from megatron_anchor.parallel.cp_layout import megatron_cp_index
 
 SEQ_LEN = 64

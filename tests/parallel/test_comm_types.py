@@ -9,7 +9,15 @@ import torch
 
 from megatron_anchor.attention.heads import expand_kv_heads
 from megatron_anchor.parallel import batch_cp_index, megatron_cp_index, rank_work, visible_keys_per_query
-from megatron_anchor.parallel.comm_types import CPDegrees, cp_degrees, hierarchical_ranks, kv_head_repeat
+from megatron_anchor.parallel.comm_types import (
+    CPDegrees,
+    comm_type_groups,
+    cp_degrees,
+    hierarchical_groups,
+    hierarchical_ranks,
+    kv_head_repeat,
+    kv_repeat_note,
+)
 
 
 def test_degrees_of_each_type():
@@ -55,6 +63,39 @@ def test_hierarchical_ranks_are_megatron_cores(sizes):
         u, s, lo = int(np.prod(sizes[:level])), sizes[level], int(np.prod(sizes[level + 1 :]))
         expected.append(ranks.reshape(lo, s, u).transpose(0, 2, 1).reshape(lo * u, s).tolist())
     assert list(hierarchical_ranks(ranks.tolist(), sizes[0])) == expected
+
+
+def test_comm_types_map_to_ring_and_all_to_all_groups_with_one_message_for_an_unknown_type():
+    assert comm_type_groups("p2p", "cp") == ("cp", None) and comm_type_groups("a2a", "cp") == (None, "cp")
+    assert comm_type_groups("a2a+p2p", "cp", ["inner", "outer"]) == ("outer", "inner")
+    with pytest.raises(ValueError, match=r"a2a\+p2p needs the hierarchical CP groups \[inner, outer\]"):
+        comm_type_groups("a2a+p2p", "cp")
+    for call in (lambda: comm_type_groups("ring", "cp"), lambda: cp_degrees("ring", 4)):
+        with pytest.raises(ValueError, match=r"^--cp-comm-type ring: expected one of p2p, a2a, a2a\+p2p$"):
+            call()
+
+
+def test_hierarchical_groups_are_made_in_one_order_on_every_rank():
+    """torch.distributed.new_group must be called for every group, in the same order, on every rank."""
+    for rank in range(8):
+        made = []
+
+        def new_group(ranks, made=made):
+            made.append(ranks)
+            return tuple(ranks)
+
+        mine = hierarchical_groups(rank, list(range(8)), 2, new_group)
+        assert made == [[0, 1], [2, 3], [4, 5], [6, 7], [0, 2, 4, 6], [1, 3, 5, 7]]
+        assert mine == [(rank - rank % 2, rank - rank % 2 + 1), tuple(range(rank % 2, 8, 2))]
+
+
+def test_kv_repeat_note_counts_the_bytes_of_llama3_8b():
+    """Llama-3-8B at TP 1 (32 query heads, 8 K/V heads, d 128, bf16), A = 16, 8K tokens per rank: each K/V
+    head is sent twice, so 8 more heads x 8192 tokens x 128 x 2 bytes = 16 MiB per K and per V, of which
+    15/16 leave the rank: 30 MiB."""
+    note = kv_repeat_note(32, 8, 16, 8192, 128, 2)
+    assert "each K/V head is repeated 2x" in note and "sending 30.00 MiB more per rank, layer" in note
+    assert kv_repeat_note(32, 8, 8, 8192, 128, 2) == ""  # 8 divides the K/V heads: nothing repeated
 
 
 def _doc_ids() -> torch.Tensor:
