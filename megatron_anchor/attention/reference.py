@@ -6,9 +6,6 @@ import torch
 
 from megatron_anchor.parallel.layout_names import check_mode
 
-# training/loop.py still imports visible_pairs from here; its owner is megatron_anchor.parallel.work.
-from megatron_anchor.parallel.work import visible_pairs  # noqa: F401
-
 
 def visibility_mask(doc_ids: torch.Tensor, mode: str) -> torch.Tensor:
     """Boolean mask ``[b, S, S]``: True where query i may attend key j (SPEC section 1)."""

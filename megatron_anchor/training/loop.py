@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from megatron_anchor.attention.reference import visible_pairs
 from megatron_anchor.checkpoint import is_megatron_checkpoint, load_verified_weights
+from megatron_anchor.parallel.work import visible_pairs
 from megatron_anchor.training.batches import CPSlicing, micro_batches, rank_sample_indices
 from megatron_anchor.training.build import (
     Datasets,

@@ -12,7 +12,7 @@ import torch
 from train_harness import REPO, TINY, run_pretrain
 
 from megatron_anchor.attention import visibility_mask
-from megatron_anchor.attention.reference import visible_pairs
+from megatron_anchor.parallel.work import visible_pairs
 from megatron_anchor.training import build_parser, get_lr, validate_args
 from megatron_anchor.training.batches import MockPackedDataset, check_sample_length, rank_sample_indices
 
