@@ -22,6 +22,7 @@ import os
 import pickle
 import types
 import warnings
+import zipfile
 
 import torch
 
@@ -103,9 +104,16 @@ class _ArgsUnpickler(pickle.Unpickler):
         return type(name, (_Opaque,), {"__module__": f"opaque.{module}"})
 
 
+def _restricted_load(file, **kwargs):
+    """``pickle.load`` through ``_ArgsUnpickler``: torch.load calls it for the records it reads outside its
+    Unpickler (the legacy format's magic number, protocol and system info)."""
+    return _ArgsUnpickler(file, **kwargs).load()
+
+
+# The pickle module torch.load reads common.pt with: every object it builds goes through _ArgsUnpickler.
 _PICKLE = types.ModuleType("megatron_args_pickle")
 _PICKLE.Unpickler = _ArgsUnpickler
-_PICKLE.load = pickle.load
+_PICKLE.load = _restricted_load
 
 # (path, inode, mtime, size) of common.pt -> its meta: each version read once per process
 _CACHE: dict[tuple, dict] = {}
@@ -115,7 +123,13 @@ def read_common(checkpoint_dir: str) -> dict:
     """``common.pt`` of a Megatron-LM checkpoint (``args``, ``iteration``, ...); CheckpointError naming it."""
     path = os.path.join(checkpoint_dir, MEGATRON_COMMON)
     try:
-        common = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+        with open(path, "rb") as file:
+            if not zipfile.is_zipfile(file):  # megatron-core writes torch's zip format, never the legacy one
+                raise CheckpointError(f"{path}: not a megatron-core common state (not torch's zip format)")
+            file.seek(0)
+            common = torch.load(file, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except CheckpointError:
+        raise
     except Exception as err:  # a damaged file fails in zipfile, pickle or torch alike
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path}: not a readable megatron-core common state ({reason})") from None
