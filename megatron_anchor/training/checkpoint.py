@@ -88,6 +88,24 @@ def _rng_state() -> dict:
     return state
 
 
+# What numpy's RNG state pickles as, besides torch's own types: the only globals read_rng_state accepts.
+_NUMPY_STATE_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_rng_state(path: str) -> dict:
+    """The RNG states of ``rng/rank*.pt``, read with torch's weights-only unpickler (a crafted file builds
+    nothing but tensors, numbers and numpy arrays); CheckpointError naming the file otherwise."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_STATE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zipfile and torch fail alike on a file that is not an RNG state
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable RNG state ({reason})") from None
+    if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= state.keys():
+        raise CheckpointError(f"{path}: not an RNG state (a dict of torch, python and numpy states)")
+    return state
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
@@ -197,7 +215,7 @@ def load_checkpoint(
     # Per-rank RNG streams only map one-to-one at the same world size; otherwise they stay from --seed.
     meta["rng_restored"] = full and load_rng and meta["world"] == dims.world and os.path.isfile(rng_file)
     if meta["rng_restored"]:
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(read_rng_state(rng_file))
     return meta
 
 
