@@ -44,6 +44,7 @@ _EXPORTS = {
     "previous_checkpoint": "layout",
     "probe_writable": "integrity",
     "read_meta": "layout",
+    "RecordedTokenizer": "meta",
     "recorded_tokenizer": "meta",
     "remove_stale_tmp": "layout",
     "resolve_checkpoint": "layout",

@@ -156,10 +156,6 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
     model, rope = (_model_record(args), _rope_record(args)) if args else ({}, {})
     if args:
         _check_buildable(model, args, checkpoint_dir)
-    tokenizer = None
-    if args.get("tokenizer_type"):
-        tokenizer = {"type": args["tokenizer_type"], "model": args.get("tokenizer_model"),
-                     "vocab_size": args.get("vocab_size"), "crc32": None}  # fmt: skip
     return {
         "format": FORMAT_VERSION,
         "step": 0,
@@ -168,7 +164,7 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
         "tp": None,
         "model": model,
         "rope": rope,
-        "tokenizer": tokenizer,
+        "tokenizer": _tokenizer_record(args),
         # the length it was trained at (trained_length); the rest of a schedule a weights-only start ignores
         "schedule": {"seq_length": args["seq_length"]} if args.get("seq_length") else None,
         "converted_from": os.path.abspath(checkpoint_dir),
@@ -178,6 +174,18 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
             "pipeline_model_parallel_size": args.get("pipeline_model_parallel_size"),
         },
     }
+
+
+def _tokenizer_record(args: dict) -> dict | None:
+    """The tokenizer Megatron-LM's arguments name (GPT2BPETokenizer: --vocab-file and --merge-file), with
+    no CRC (Megatron-LM records none)."""
+    if not args.get("tokenizer_type"):
+        return None
+    record = {"type": args["tokenizer_type"], "model": args.get("tokenizer_model"),
+              "vocab_size": args.get("vocab_size"), "crc32": None}  # fmt: skip
+    if args["tokenizer_type"] == "GPT2BPETokenizer":
+        record.update(model=args.get("vocab_file"), merge_file=args.get("merge_file"))
+    return record
 
 
 def _arg(args: dict, name: str):

@@ -38,6 +38,7 @@ from megatron_anchor.convert.hf_io import (
     ShardedSafetensorsWriter,
     copy_tokenizer_files,
     read_hf_config,
+    write_gpt2_tokenizer,
 )
 from megatron_anchor.convert.hf_mapping import (
     ModelShape,
@@ -280,12 +281,16 @@ def _copy_tokenizer(meta: dict, checkpoint_dir: str, source_dir: str | None, out
         print(f"note: checkpoint {checkpoint_dir}: {err}")
         recorded = None
     local = os.path.join(checkpoint_dir, HF_SUBDIR)
-    if recorded is not None and os.path.isfile(recorded[1]):
+    if recorded is not None and recorded.merge_file is not None:
+        copied = write_gpt2_tokenizer(recorded.model, recorded.merge_file, out_dir)
+        origin = f"{recorded.model} and {recorded.merge_file} (the checkpoint's tokenizer, {recorded.type})"
+    elif recorded is not None and os.path.isfile(recorded.model):
         # A SentencePiece model file: Hugging Face Llama repositories keep theirs as tokenizer.model.
-        shutil.copy2(recorded[1], os.path.join(out_dir, "tokenizer.model"))
-        copied, origin = ["tokenizer.model"], f"{recorded[1]} (the checkpoint's tokenizer, {recorded[0]})"
+        shutil.copy2(recorded.model, os.path.join(out_dir, "tokenizer.model"))
+        copied = ["tokenizer.model"]
+        origin = f"{recorded.model} (the checkpoint's tokenizer, {recorded.type})"
     else:
-        candidates = [(recorded[1], "the checkpoint's tokenizer")] if recorded else []
+        candidates = [(recorded.model, "the checkpoint's tokenizer")] if recorded else []
         candidates += [(local, "the converted model's copy"), (source_dir, "--hf-source")]
         copied, origin = [], None
         for directory, what in candidates:

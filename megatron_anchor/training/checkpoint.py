@@ -43,7 +43,6 @@ from megatron_anchor.checkpoint import (
     load_verified_weights,
     read_meta,
     remove_stale_tmp,
-    tokenizer_identity,
     write_failure_detail,
     write_meta,
 )
@@ -51,6 +50,7 @@ from megatron_anchor.model import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record
 from megatron_anchor.training.checkpoint_args import schedule_record
 from megatron_anchor.training.parallel import ParallelDims
+from megatron_anchor.training.vocab import tokenizer_record
 
 # Facts about a converted source model that its trained descendants keep (export needs them).
 _LINEAGE = ("hf_config", "converted_from")
@@ -73,7 +73,7 @@ def run_meta(args: argparse.Namespace, cfg: AnchorGPTConfig, vocab_size: int, di
         step=0,
         consumed_samples=0,
         record=record,
-        tokenizer=tokenizer_identity(args.tokenizer_type, args.tokenizer_model, vocab_size),
+        tokenizer=tokenizer_record(args, vocab_size),
         schedule=schedule_record(args),
         sizes={"tp": dims.tp, "cp": dims.cp, "dp": dims.dp, "world": dims.world},
         weights_only=False,

@@ -243,8 +243,6 @@ def _fill_vocab(args: argparse.Namespace, meta: dict) -> list[str]:
     vocab = meta.get("model", {}).get("vocab_size")
     if args.vocab_size is not None or vocab is None:
         return []
-    if getattr(args, "vocab_file", None) is not None:
-        return []
     args.vocab_size = vocab
     return [] if args.tokenizer_model is not None else [f"--vocab-size {vocab}"]
 
@@ -268,11 +266,11 @@ def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padd
         )
     if not args.tokenizer_model:
         return []
-    from megatron_anchor.checkpoint import tokenizer_identity  # reads files: only with a checkpoint
-    from megatron_anchor.training.vocab import tokenizer_size
+    from megatron_anchor.data.tokenizers import same_vocabulary_files
+    from megatron_anchor.training.vocab import tokenizer_record, tokenizer_size
 
     try:
-        size, vocab = tokenizer_size(args.tokenizer_type, args.tokenizer_model), args.vocab_size
+        size, vocab = tokenizer_size(args), args.vocab_size
     except (OSError, ValueError):
         return []  # a tokenizer that does not load is the tokenizer check's to report (preflight)
     given = f"--tokenizer-model {args.tokenizer_model} ({size} ids)"
@@ -282,9 +280,9 @@ def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padd
             f"{size - 1} have no embedding row; use the tokenizer the model was trained with"
         )
     recorded = meta.get("tokenizer") or {}
-    here = tokenizer_identity(args.tokenizer_type, args.tokenizer_model, 0)["crc32"]
+    here = tokenizer_record(args, 0)["crc32"]  # reads the files: only with a checkpoint
     parts = []
-    if recorded.get("crc32") and here != recorded["crc32"]:
+    if recorded.get("crc32") and not same_vocabulary_files(here, recorded["crc32"]):
         parts.append(f"not the tokenizer checkpoint {path} was written with ({recorded.get('model')})")
     if vocab is not None and size < vocab:
         parts.append(f"the model keeps its vocabulary of {vocab} (ids {size}-{vocab - 1} unused)")

@@ -53,7 +53,7 @@ def _check_tokenizer(args: argparse.Namespace, found: Report) -> None:
     from megatron_anchor.training.vocab import tokenizer_size
 
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
+        size = tokenizer_size(args)
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
         return
@@ -109,16 +109,15 @@ def _check_data(args: argparse.Namespace, found: Report) -> dict[str, list[int]]
 
 def _training_tokenizer(args: argparse.Namespace) -> tuple[dict | None, int | None]:
     """The training tokenizer's identity (None without one) and the model's vocabulary (None if unknown)."""
-    from megatron_anchor.data.tokenizers import tokenizer_identity
-    from megatron_anchor.training.vocab import tokenizer_size
+    from megatron_anchor.training.vocab import tokenizer_record, tokenizer_size
 
     if args.tokenizer_model is None:
         return None, args.vocab_size
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        size = tokenizer_size(args)
     except Exception:  # reported by _check_tokenizer
         return None, None
-    return tokenizer_identity(args.tokenizer_type, args.tokenizer_model, size), args.vocab_size or size
+    return tokenizer_record(args, size), args.vocab_size or size
 
 
 def _check_plain(args: argparse.Namespace, prefix: str, found: Report) -> None:

@@ -38,7 +38,7 @@ def test_huggingface(tmp_path):
 
 
 def test_errors_name_the_flag(tmp_path):
-    with pytest.raises(ValueError, match="--tokenizer-type 'GPT2BPETokenizer'"):
+    with pytest.raises(ValueError, match="--tokenizer-type GPT2BPETokenizer needs --merge-file"):
         build_tokenizer("GPT2BPETokenizer", "x")
     with pytest.raises(FileNotFoundError, match="--tokenizer-model"):
         build_tokenizer("SentencePieceTokenizer", str(tmp_path / "missing.model"))

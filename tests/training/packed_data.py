@@ -1,4 +1,5 @@
-"""Hand-built inputs for flag and dry-run tests: a packed anchor dataset and a tiny Hugging Face tokenizer."""
+"""Hand-built inputs for flag and dry-run tests: a packed anchor dataset, a plain Megatron-LM one and a tiny
+Hugging Face tokenizer."""
 
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ def write_packed(prefix: Path, seq_length: int, samples: int, vocab: int = 100, 
         tokens = np.concatenate([[0], rng.integers(1, vocab, seq_length)]).astype(np.int32)
         writer.add_document(tokens, lengths)
     writer.commit()
+    return str(prefix)
+
+
+def write_plain(prefix: Path, docs: list[np.ndarray]) -> str:
+    """Megatron-LM's plain format (one document a sequence), written by megatron-core's own builder."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for doc in docs:
+        builder.add_document(doc, [len(doc)])
+    builder.finalize(f"{prefix}.idx")
     return str(prefix)
 
 
