@@ -97,14 +97,25 @@ def read_pointer(directory: str) -> tuple[str, str] | None:
     return max(complete or found, key=lambda item: _step_of(os.path.basename(item[1])) or 0)
 
 
-def find_checkpoint(path: str) -> str | None:
-    """``path`` itself if it is a checkpoint, else the one its pointer names, else None."""
+def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
+    """``path`` itself if it is a checkpoint, else the one its pointer names, else None. A complete
+    checkpoint newer than the pointer's target wins (noted in ``notes``): a save stopped between its rename
+    and its pointer writes. CheckpointError when the pointer names an incomplete checkpoint newer than all
+    complete ones."""
     if is_checkpoint(path):
         return path
     pointed = read_pointer(path) if os.path.isdir(path) else None
     if pointed is None:
         return None
     pointer, found = pointed
+    newest, step = newest_checkpoint(path), _step_of(os.path.basename(found))
+    if newest is not None and step is not None and step_of_checkpoint(newest) > step:
+        if notes is not None:
+            notes.append(
+                f"{pointer} names {os.path.basename(found)}, but the newer {newest} is complete (its save "
+                f"stopped before the pointers were written): taking {newest}"
+            )
+        return newest
     if not is_checkpoint(found):
         raise CheckpointError(f"{pointer} names {found}, which is not a complete checkpoint")
     return found

@@ -49,10 +49,11 @@ def _same_path(a: str | None, b: str | None) -> bool:
 
 
 def _checkpoint_in(path: str, flag: str, notes: list[str]) -> str | None:
-    """The checkpoint ``path`` is or names; a directory of complete ``iter_*`` checkpoints without a pointer
-    gives its newest (noted: it is never a fresh start). ValueError for a damaged pointer."""
+    """The checkpoint ``path`` is or names (``find_checkpoint``); a directory of complete ``iter_*``
+    checkpoints without a pointer gives its newest (noted: it is never a fresh start). ValueError for a
+    damaged pointer."""
     try:
-        found = find_checkpoint(path)
+        found = find_checkpoint(path, notes)
     except CheckpointError as err:
         raise ValueError(f"{flag}: {err}") from err
     if found is None and (found := newest_checkpoint(path)) is not None:

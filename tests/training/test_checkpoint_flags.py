@@ -237,10 +237,23 @@ def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_ite
     assert (newest / "meta.json").read_text() == before
 
 
+def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_command_line(tmp_path):
+    copy = _copy_reference(tmp_path)  # iter_0000006 renamed into place, the pointers still naming step 3
+    (copy / "latest").write_text("iter_0000003\n")
+    (copy / "latest_checkpointed_iteration.txt").write_text("3")
+    resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy), "--save", str(copy)]
+    args = _validate(resume)
+    newest = copy / "iter_0000006"
+    assert args.load_checkpoint == str(newest)
+    assert f"{copy / 'latest'} names iter_0000003, but the newer {newest} is complete (its save stopped " \
+        f"before the pointers were written): taking {newest}" in args.checkpoint_notes
+
+
 def test_pointer_files_latest_and_megatrons_tracker_are_read_and_damage_is_named(tmp_path):
     copy = _copy_reference(tmp_path)
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy)]
     (copy / "latest").unlink()
+    shutil.rmtree(copy / "iter_0000006")  # the tracker names the newest complete checkpoint
     (copy / "latest_checkpointed_iteration.txt").write_text("3")  # Megatron-LM's format
     assert _validate(resume).load_checkpoint == str(copy / "iter_0000003")
     (copy / "latest_checkpointed_iteration.txt").write_text("iter_3\n")
