@@ -123,6 +123,18 @@ def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_pa
     assert args.hidden_dropout == 0.1 and not marker.exists()
 
 
+def test_export_of_a_megatron_checkpoint_is_one_line_saying_what_to_do(tmp_path, capsys):
+    from tools.convert_hf_checkpoint import main
+
+    ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
+    (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
+    assert main(["export", "--load", str(ckpt.parent), "--hf-dir", str(tmp_path / "hf"), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {ckpt} is a Megatron-LM torch_dist checkpoint, which export does not read: train from it "
+        f"with --pretrained-checkpoint {ckpt} and --save, then export that run's checkpoint\n"
+    )
+
+
 @pytest.mark.parametrize("writer", ["pickle", "torch legacy"])
 def test_a_common_pt_in_the_legacy_format_is_refused_unread(tmp_path, writer):
     """megatron-core writes common.pt as a zip file; a file in torch's legacy (non-zip) format, whose first
