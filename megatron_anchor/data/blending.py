@@ -108,6 +108,10 @@ class AnchorSplitDataset(MegatronDataset):
         rng = np.random.RandomState(self.config.random_seed)
         return np.concatenate([rng.permutation(self.indices).astype(np.int64) for _ in range(epochs)])
 
+    def distinct_samples(self) -> int:
+        """Samples of this split before repetition: a packed split's, or one epoch of a plain split's."""
+        return self.plain.distinct_samples() if self.plain is not None else len(self.indices)
+
     def __len__(self) -> int:
         return len(self.plain) if self.plain is not None else len(self.sample_index)
 
