@@ -6,6 +6,7 @@ import functools
 import gzip
 import importlib.util
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,37 @@ def test_huggingface(tmp_path):
     assert tokenizer.encode_batch(texts) == [backend.encode(t).ids for t in texts]
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size) == (None, 1, 400)
     assert default_anchor_id(tokenizer) == 1  # no BOS: the anchor is EOS
+
+
+def _identity(path) -> dict:
+    from megatron_anchor.data.tokenizers import tokenizer_identity
+
+    kind = "HuggingFaceTokenizer" if Path(path).is_dir() else "SentencePieceTokenizer"
+    return tokenizer_identity(kind, str(path), 300)
+
+
+def test_data_of_a_tokenizer_file_is_the_data_of_its_hugging_face_directory(tmp_path):
+    """A SentencePiece model given as the file or inside a Hugging Face directory is one tokenizer; another
+    model file in the directory is not."""
+    import shutil
+
+    from megatron_anchor.data.data_record import check_data_tokenizer, record_path, write_record
+
+    hf, other = tmp_path / "hf", tmp_path / "other"
+    (tmp_path / "b.model").write_bytes(Path(sp_model()).read_bytes() + b"\0")
+    for directory, model in ((hf, sp_model()), (other, tmp_path / "b.model")):
+        directory.mkdir()
+        shutil.copy(model, directory / "tokenizer.model")
+        (directory / "tokenizer_config.json").write_text("{}")
+    prefix = str(tmp_path / "d")
+    pair = {suffix: prefix + suffix for suffix in (".bin", ".idx")}
+    for path in pair.values():
+        Path(path).write_bytes(b"\1" * 64)
+    for recorded, training in [(sp_model(), hf), (hf, sp_model())]:
+        write_record(record_path(prefix), {"tokenizer": _identity(recorded)}, "run", pair)
+        assert check_data_tokenizer(prefix, _identity(training), 300) is None
+    with pytest.raises(ValueError, match="was preprocessed with HuggingFaceTokenizer .*not the training"):
+        check_data_tokenizer(prefix, _identity(other), 300)
 
 
 def test_errors_name_the_flag(tmp_path):
