@@ -32,8 +32,8 @@ from megatron_anchor.checkpoint.layout import (
     step_of_checkpoint,
 )
 from megatron_anchor.checkpoint.meta import FORMAT_VERSION
-from megatron_anchor.model.config_record import SHAPE_KEYS, rope_record
-from megatron_anchor.rope.scaling import RopeScaling
+from megatron_anchor.model.config_record import SHAPE_KEYS, flag_setting, rope_record
+from megatron_anchor.rope.scaling import MEGATRON_LLAMA3_SCALING, RopeScaling
 
 # Megatron-LM argument -> this project's model-record key, where the two agree in meaning.
 _SAME_MEANING = (
@@ -64,9 +64,6 @@ _BUILT = {
 # The architecture arguments an error states this model's value of.
 _STATED = ("normalization", "swiglu", "add_bias_linear", "position_embedding_type")
 _RENAMED = {"norm_epsilon": "layernorm_epsilon", "apply_layernorm_1p": "layernorm_zero_centered_gamma"}
-# Megatron-LM's Llama 3.x RoPE scaling (--use-rope-scaling): megatron-core's RotaryEmbedding._apply_scaling
-# defaults, core_v0.16.0 megatron/core/models/common/embeddings/rotary_pos_embedding.py.
-_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 class _Opaque:
@@ -206,27 +203,18 @@ def _model_record(args: dict) -> dict:
 def _rope_record(args: dict) -> dict:
     scaling = None
     if args.get("use_rope_scaling"):
-        scaling = RopeScaling("llama3", factor=float(args.get("rope_scaling_factor", 8.0)), **_LLAMA3_SCALING)
+        factor = float(args.get("rope_scaling_factor", 8.0))
+        scaling = RopeScaling("llama3", factor=factor, **MEGATRON_LLAMA3_SCALING)
     elif args.get("rotary_seq_len_interpolation_factor"):
         scaling = RopeScaling("linear", factor=float(args["rotary_seq_len_interpolation_factor"]))
     base = args.get("rotary_base", 10000)
     return rope_record(base, args.get("rotary_percent", 1.0), bool(args.get("rotary_interleaved")), scaling)
 
 
-def _setting(key: str, value) -> str:
-    """A Megatron-LM architecture argument as its command line says it."""
-    if key == "swiglu":
-        return "--swiglu" if value else "no --swiglu (GeLU MLP)"
-    if key == "add_bias_linear":
-        return "linear biases (no --disable-bias-linear)" if value else "--disable-bias-linear"
-    flag = "--" + key.replace("_", "-")
-    return flag if value is True else f"{flag} {value}"
-
-
 def _check_buildable(model: dict, args: dict, path: str) -> None:
     """CheckpointError listing every architecture argument of ``args`` this model cannot take."""
     bad = [
-        _setting(key, model[key])
+        flag_setting(key, model[key])
         for key, built in _BUILT.items()
         if key not in SHAPE_KEYS and (key in args or _RENAMED.get(key) in args) and model[key] != built
     ]
@@ -234,7 +222,7 @@ def _check_buildable(model: dict, args: dict, path: str) -> None:
     if channels is not None and heads and hidden and channels != hidden // heads:
         bad.append(f"--kv-channels {channels} (not --hidden-size / --num-attention-heads)")
     if bad:
-        built = ", ".join(_setting(k, _BUILT[k]) for k in _STATED if k not in SHAPE_KEYS)
+        built = ", ".join(flag_setting(k, _BUILT[k]) for k in _STATED if k not in SHAPE_KEYS)
         raise CheckpointError(
             f"Megatron-LM checkpoint {path} was trained with {', '.join(bad)}: this model is built with "
             f"{built}, so its weights cannot be loaded"

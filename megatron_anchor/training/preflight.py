@@ -22,8 +22,6 @@ from megatron_anchor.training.profiling import trace_dir
 from megatron_anchor.training.report import Report
 from megatron_anchor.training.step_log import wandb_dir
 
-Findings = Report  # errors (the run cannot work), warnings (it may not), facts (what was found)
-
 
 def preflight(args: argparse.Namespace, dry_run: bool, report: Report | None = None) -> Report:
     """Every check of this module on the checked ``args``, added to ``report`` (a new one by default)."""
