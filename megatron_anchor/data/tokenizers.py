@@ -233,12 +233,13 @@ def describe_tokenizer(identity: dict) -> str:
     return f"{identity.get('type')} {identity.get('model')} ({identity.get('vocab_size'):,} ids{crc})"
 
 
-def default_anchor_id(tokenizer: Tokenizer) -> int:
-    """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1)."""
+def default_anchor_id(tokenizer: Tokenizer, remedy: str = "pass --anchor-token-id") -> int:
+    """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1); ValueError ending with
+    ``remedy`` when it has neither."""
     for token_id in (tokenizer.bos_id, tokenizer.eos_id):
         if token_id is not None:
             return token_id
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token: pass --anchor-token-id")
+    raise ValueError(f"the tokenizer has neither a BOS nor an EOS token to be the anchor: {remedy}")
 
 
 def check_vocab_size(vocab_size: int) -> None:

@@ -144,11 +144,30 @@ def _check_plain(args: argparse.Namespace, prefix: str, found: Report) -> None:
 
     if args.tokenizer_model is None:
         found.errors.append(f"--data-path {prefix}: {PLAIN_NEEDS_TOKENIZER}")
+    elif (problem := _anchor_problem(args)) is not None:
+        found.errors.append(f"--data-path {prefix}: --tokenizer-model {args.tokenizer_model}: {problem}")
     if args.data_cache_path is None:  # megatron-core's GPTDataset keeps its indices under the prefix then
         cache = os.path.join(prefix, "cache")
         problem = writable_problem(f"--data-path {prefix}: megatron-core's index cache", cache)
         if problem:
             found.errors.append(f"{problem}; give --data-cache-path DIR")
+
+
+def _anchor_problem(args: argparse.Namespace) -> str | None:
+    """Why the training tokenizer gives a plain dataset no anchor (None when it does, or does not load:
+    ``_check_tokenizer`` reports that)."""
+    from megatron_anchor.data import AnchorTokens
+    from megatron_anchor.training.vocab import tokenizer_from_args
+
+    try:
+        tokenizer = tokenizer_from_args(args)
+    except Exception:  # sentencepiece and transformers raise many kinds
+        return None
+    try:
+        AnchorTokens.of(tokenizer)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _check_outputs(args: argparse.Namespace, found: Report) -> None:

@@ -101,6 +101,25 @@ def test_a_tokenizer_larger_than_a_checkpoints_vocabulary_is_one_error(tmp_path)
     assert found.errors[0].startswith(f"--tokenizer-model {sp} (300 ids) does not fit")
 
 
+def test_a_plain_dataset_needs_a_tokenizer_with_an_anchor(tmp_path):
+    import numpy as np
+    from packed_data import write_plain
+
+    from megatron_anchor.data import AnchorTokens, build_tokenizer
+
+    plain = write_plain(tmp_path / "plain", [np.arange(3, 40)] * 4)
+    tokenizer = write_hf_tokenizer(tmp_path / "tok", vocab=50, bos_eos=False)
+    found = _findings(["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer,
+                       "--data-path", plain, "--data-cache-path", str(tmp_path / "cache")])  # fmt: skip
+    assert found.errors == [
+        f"--data-path {plain}: --tokenizer-model {tokenizer}: the tokenizer has neither a BOS nor an EOS "
+        "token to be the anchor: a Megatron-LM plain dataset cannot be read with it; preprocess the data "
+        "packed (tools/preprocess_data.py --seq-length with --anchor-token-id)"
+    ]
+    with pytest.raises(ValueError, match="neither a BOS nor an EOS"):  # the datasets' own rule
+        AnchorTokens.of(build_tokenizer("HuggingFaceTokenizer", tokenizer))
+
+
 def test_output_paths_must_be_creatable(inputs, tmp_path):
     base = ["--mock-data", "--vocab-size", "50"]
     (tmp_path / "a_file").write_text("x")
