@@ -42,7 +42,6 @@ _EXPORTS = {
     "is_checkpoint": "layout",
     "iter_dir_name": "layout",
     "previous_checkpoint": "layout",
-    "probe_writable": "integrity",
     "read_meta": "layout",
     "RecordedTokenizer": "meta",
     "recorded_tokenizer": "meta",

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron_anchor._files import nearest_existing, writable_problem
+from megatron_anchor._files import output_problem, writable_problem
 from megatron_anchor.checkpoint import (
     CheckpointError,
     check_tp_size,
     find_checkpoint,
     newest_checkpoint,
-    probe_writable,
     read_meta,
     step_of_checkpoint,
     why_not_a_checkpoint,
@@ -161,15 +160,10 @@ def check_save_writable(save: str) -> None:
     existing parent when it does not exist yet, once per node (``LOCAL_RANK`` 0: every rank writes its own
     shards there).
     """
-    problem = writable_problem("--save", save)
+    probe = os.environ.get("LOCAL_RANK", "0") == "0"
+    problem = output_problem("--save", save) if probe else writable_problem("--save", save)
     if problem:
         raise ValueError(problem)
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
-    try:
-        probe_writable(nearest_existing(save), "--save")  # a directory: writable_problem checked that
-    except CheckpointError as err:
-        raise ValueError(str(err)) from err
 
 
 def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:

@@ -147,14 +147,17 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
 
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(20))
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    (tmp_path / "ro").mkdir()
+    ro = tmp_path / "ro"
+    ro.mkdir()
     prefix, missing = ["--model-prefix", str(tmp_path / "tok")], str(tmp_path / "missing.jsonl")
     cases = [
         (["--input", missing, *prefix], f"--input '{missing}': no such file"),
         (["--input", str(corpus), *prefix, "--vocab-size", "0"], "--vocab-size 0: must be positive"),
         (["--input", str(corpus), *prefix, "--vocab-size", "5"], "--vocab-size 5 is smaller than the "),
         (["--input", str(tmp_path / "empty.jsonl"), *prefix], "no text under key 'text' to train on"),
-        (["--input", str(corpus), "--model-prefix", str(tmp_path / "ro" / "t")], f"{tmp_path}/ro/t: cannot"),
+        (["--input", str(corpus), "--model-prefix", str(ro / "t")], f"--model-prefix {ro}: {ro} is not writ"),
+        (["--input", str(corpus), "--model-prefix", str(ro / "new" / "t")], f"{ro} is not writable"),
+        (["--input", str(tmp_path / "empty.jsonl"), "--model-prefix", str(tmp_path / "n" / "t")], "no text"),
     ]
     with read_only(tmp_path / "ro"):
         for argv, expected in cases:
@@ -162,6 +165,7 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not list(tmp_path.glob("tok*")) and not list((tmp_path / "ro").iterdir())
+    assert not (tmp_path / "n").exists()  # the checks create nothing
 
 
 def test_help_keeps_the_examples_line_breaks(capsys):

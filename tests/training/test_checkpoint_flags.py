@@ -117,13 +117,12 @@ def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatc
     existing = tmp_path / "existing"
     existing.mkdir()
     probes = []
-    probe = "megatron_anchor.training.checkpoint_args.probe_writable"
-    monkeypatch.setattr(probe, lambda *a: probes.append(a))
+    monkeypatch.setattr("megatron_anchor._files.write_probe", lambda *a: probes.append(a))
     _validate([*TINY, "--save", str(existing)])
     _validate([*TINY, "--save", str(existing / "not" / "yet")])  # its nearest existing parent is probed
     monkeypatch.setenv("LOCAL_RANK", "3")
     _validate([*TINY, "--save", str(existing)])
-    assert probes == [(str(existing), "--save")] * 2  # one write probe per node, nothing created
+    assert probes == [(str(existing),)] * 2  # one write probe per node, nothing created
 
 
 def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):
