@@ -14,7 +14,9 @@ import argparse
 import os
 
 from megatron_anchor._files import output_problem, writable_problem
+from megatron_anchor._output_lock import lock_holder, locked_message
 from megatron_anchor.checkpoint import (
+    LOCK_FILE,
     CheckpointError,
     check_tp_size,
     find_checkpoint,
@@ -154,7 +156,8 @@ def check_save_target(args: argparse.Namespace) -> None:
 
 
 def check_save_writable(save: str) -> None:
-    """``--save`` can take a checkpoint; no directory is created before training starts.
+    """``--save`` can take a checkpoint and no live run holds its lock; no directory is created before
+    training starts.
 
     A write probe (read-only mounts, quotas and full disks fail it) runs in ``--save``, or in its nearest
     existing parent when it does not exist yet, once per node (``LOCAL_RANK`` 0: every rank writes its own
@@ -164,6 +167,10 @@ def check_save_writable(save: str) -> None:
     problem = output_problem("--save", save) if probe else writable_problem("--save", save)
     if problem:
         raise ValueError(problem)
+    lock = os.path.join(save, LOCK_FILE)
+    holder = lock_holder(lock)  # the run's own lock is taken later, once the process group forms
+    if holder is not None:
+        raise ValueError(locked_message(lock, holder, "--save"))
 
 
 def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:
