@@ -108,8 +108,9 @@ def _check_data(args: argparse.Namespace, found: Report) -> dict[str, str]:
     training, vocab = _training_tokenizer(args)
     for prefix in prefixes:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-        if missing:
+        if missing:  # a path the command line names that is not there: its error, as a missing --load
             found.errors.append(f"--data-path {prefix}: no file {missing[0]}")
+            found.command_line_errors += 1
             continue
         try:
             layout, line = describe_prefix(prefix, args.seq_length)

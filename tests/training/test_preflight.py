@@ -157,6 +157,15 @@ def test_missing_logging_packages_warn_in_a_dry_run_and_stop_a_run(monkeypatch, 
     ]
 
 
+def test_a_missing_data_file_exits_2_as_a_command_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    missing = tmp_path / "gone_text_document"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY.split(), "--vocab-size", "50", "--data-path", str(missing)])
+    assert exit_info.value.code == 2 and not dist.is_initialized()  # as for a missing --load
+    assert capsys.readouterr().err == f"error: --data-path {missing}: no file {missing}.bin\n"
+
+
 def test_a_run_stops_on_a_blocked_log_path_before_any_process_group(tmp_path, monkeypatch, capsys):
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("WORLD_SIZE", "1")
