@@ -123,6 +123,24 @@ def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_pa
     assert args.hidden_dropout == 0.1 and not marker.exists()
 
 
+def test_a_megatron_torch_format_checkpoint_is_named_with_how_to_convert_it(tmp_path):
+    legacy = tmp_path / "legacy"  # Megatron-LM --ckpt-format torch: a file per model-parallel rank
+    (legacy / "iter_0000100" / "mp_rank_00").mkdir(parents=True)
+    (legacy / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt").write_bytes(b"")
+    (legacy / "latest_checkpointed_iteration.txt").write_text("100")
+    how = ("is a Megatron-LM --ckpt-format torch checkpoint (mp_rank_*/model_optim_rng.pt), and only "
+           "torch_dist ones are read: convert it with Megatron-LM's training script (--ckpt-convert-format "
+           "torch_dist --ckpt-convert-save DIR), then give DIR/torch_dist")  # fmt: skip
+    tracker = legacy / "latest_checkpointed_iteration.txt"
+    for load, message in [
+        (legacy, f"--load: {tracker} names {legacy / 'iter_0000100'}, which {how}"),
+        (legacy / "iter_0000100", f"--load {legacy / 'iter_0000100'} {how}"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            validate_args(build_parser().parse_args([*RUN, "--load", str(load)]), 1)
+        assert str(err.value) == message
+
+
 def test_export_of_a_megatron_checkpoint_is_one_line_saying_what_to_do(tmp_path, capsys):
     from tools.convert_hf_checkpoint import main
 
