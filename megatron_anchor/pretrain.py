@@ -151,8 +151,9 @@ def _lost_peer(err: RuntimeError) -> bool:
 
 def _fail(message: str, every_rank: bool = True) -> None:
     rank = os.environ.get("RANK", "0")
-    if every_rank or rank == "0":
-        print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    if every_rank or rank == "0":  # one write: the ranks' lines share a pipe and must not interleave
+        sys.stderr.write(f"error: rank {rank}: {message}\n")
+        sys.stderr.flush()
     sys.exit(1)
 
 
