@@ -50,6 +50,32 @@ class OutputLock:
         self._fd = None
 
 
+def locked_message(path: str, holder: str, flag: str) -> str:
+    """The refusal naming lock file ``path``, its live ``holder`` (``PID on HOST``) and the output's flag."""
+    return (
+        f"{path}: another run (pid {holder}) is writing this output; wait for it to finish or choose "
+        f"another {flag}"
+    )
+
+
+def lock_holder(path: str) -> str | None:
+    """``PID on HOST`` of a live process holding lock file ``path``, or None (no file, a free lock, or no
+    file locks here). Probed without waiting and released at once; creates nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the descriptor releases it
+    except BlockingIOError:
+        return _holder(fd) or "unknown"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 def _holder(fd: int) -> str:
     """The ``PID on HOST`` text a holder wrote into the lock file ('' when empty)."""
     return os.pread(fd, 200, 0).decode(errors="replace").strip()
@@ -65,10 +91,7 @@ def _acquire(path: str, flag: str) -> tuple[int | None, str]:
         except BlockingIOError:
             holder = _holder(fd) or "unknown"
             os.close(fd)
-            raise OutputLockedError(
-                f"{path}: another run (pid {holder}) is writing this output; wait for it to finish or "
-                f"choose another {flag}"
-            ) from None
+            raise OutputLockedError(locked_message(path, holder, flag)) from None
         except OSError as error:
             os.close(fd)
             if error.errno not in UNSUPPORTED_ERRNOS:

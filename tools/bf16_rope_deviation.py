@@ -138,9 +138,10 @@ def sample_tokens(args: argparse.Namespace, padded_vocab: int) -> torch.Tensor:
 
     tokenizer, anchor = None, args.anchor_token_id or 0
     if args.tokenizer_model is not None:
-        from megatron_anchor.data import build_tokenizer, default_anchor_id
+        from megatron_anchor.data import default_anchor_id
+        from megatron_anchor.training.vocab import tokenizer_from_args
 
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+        tokenizer = tokenizer_from_args(args)
         anchor = default_anchor_id(tokenizer) if args.anchor_token_id is None else args.anchor_token_id
     text_ids = None
     if args.text_file is not None:

@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from megatron.core import parallel_state as ps
 
-    from megatron_anchor.data import build_tokenizer, default_anchor_id
+    from megatron_anchor.data import default_anchor_id
     from megatron_anchor.evaluation.loading import build_eval_model, init_eval_distributed
     from megatron_anchor.evaluation.passkey import accuracy_table, build_prompt, run_passkey_grid
     from megatron_anchor.training import teardown_distributed
     from megatron_anchor.training.parallel import device_for_rank
+    from megatron_anchor.training.vocab import tokenizer_from_args
 
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    tokenizer = tokenizer_from_args(args)
     anchor = default_anchor_id(tokenizer) if args.anchor_token_id is None else args.anchor_token_id
     try:  # refuse a length too short for the prompt before loading a large model
         build_prompt(tokenizer.encode, anchor, min(args.lengths), 0.0, "9" * args.passkey_digits)

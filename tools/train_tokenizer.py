@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_anchor._files import output_problem  # noqa: E402
 from megatron_anchor.data.jsonl import read_texts  # noqa: E402
 from megatron_anchor.data.tokenizers import check_vocab_size, train_sentencepiece  # noqa: E402
 
@@ -34,15 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_output(model_prefix: str) -> None:
-    """The directory of ``--model-prefix`` can be created and written (probed with a temporary file)."""
-    directory = os.path.dirname(os.path.abspath(model_prefix))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        why = error.strerror or error
-        raise OSError(f"--model-prefix {model_prefix}: cannot write in {directory} ({why})") from None
+    """The directory of ``--model-prefix`` can be created and written (``output_problem``: a probe write,
+    nothing created)."""
+    problem = output_problem("--model-prefix", os.path.dirname(os.path.abspath(model_prefix)))
+    if problem:
+        raise OSError(problem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = list(read_texts(args.input, args.json_key))
         if not any(text.strip() for text in texts):
             raise ValueError(f"--input {args.input}: no text under key {args.json_key!r} to train on")
+        os.makedirs(os.path.dirname(os.path.abspath(args.model_prefix)), exist_ok=True)
         path = train_sentencepiece(texts, args.model_prefix, args.vocab_size)
     except (ValueError, OSError) as error:  # input, flags, output (FileNotFoundError for a missing input)
         print(f"error: {error}", file=sys.stderr)

@@ -108,15 +108,6 @@ def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
         raise CheckpointError(f"checkpoint file {mine[0]}{more}{hint}")
 
 
-def probe_writable(directory: str, flag: str) -> None:
-    """``write_probe``, as a CheckpointError naming ``flag``, the errno and the free space."""
-    try:
-        write_probe(directory)
-    except OSError as err:
-        message = f"{flag} {directory} is not writable: {os_error_message(err, directory)}"
-        raise CheckpointError(message) from err
-
-
 def write_failure_detail(err: BaseException, path: str) -> str:
     """Errno, file and free space of a failed write into ``path``. A writer that reports a short write
     without its OSError (torch.save's stream: "unexpected pos ...") is followed by a 1 MiB probe write,

@@ -30,6 +30,14 @@ TMP_SUFFIX = ".tmp"
 # strategies/common.py COMMON_STATE_FNAME, core_v0.16.0).
 MEGATRON_CONFIG = "metadata.json"
 MEGATRON_COMMON = "common.pt"
+# Megatron-LM's --ckpt-format torch: one file per model-parallel rank (megatron/training/checkpointing.py
+# get_checkpoint_name, core_v0.16.1); its --ckpt-convert-format/--ckpt-convert-save rewrite it as torch_dist.
+MEGATRON_TORCH_FILES = os.path.join("mp_rank_*", "model_optim_rng.pt")
+MEGATRON_TORCH_FORMAT = (
+    "is a Megatron-LM --ckpt-format torch checkpoint (mp_rank_*/model_optim_rng.pt), and only torch_dist "
+    "ones are read: convert it with Megatron-LM's training script (--ckpt-convert-format torch_dist "
+    "--ckpt-convert-save DIR), then give DIR/torch_dist"
+)
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
 _RELEASE = "release"  # Megatron-LM's name for a checkpoint without an iteration (its tracker says so too)
 
@@ -97,17 +105,33 @@ def read_pointer(directory: str) -> tuple[str, str] | None:
     return max(complete or found, key=lambda item: _step_of(os.path.basename(item[1])) or 0)
 
 
-def find_checkpoint(path: str) -> str | None:
-    """``path`` itself if it is a checkpoint, else the one its pointer names, else None."""
+def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
+    """``path`` itself if it is a checkpoint, else the one its pointer names, else None. A complete
+    checkpoint newer than the pointer's target wins (noted in ``notes``): a save stopped between its rename
+    and its pointer writes. CheckpointError when the pointer names an incomplete checkpoint newer than all
+    complete ones."""
     if is_checkpoint(path):
         return path
     pointed = read_pointer(path) if os.path.isdir(path) else None
     if pointed is None:
         return None
     pointer, found = pointed
+    newest, step = newest_checkpoint(path), _step_of(os.path.basename(found))
+    if newest is not None and step is not None and step_of_checkpoint(newest) > step:
+        if notes is not None:
+            notes.append(
+                f"{pointer} names {os.path.basename(found)}, but the newer {newest} is complete (its save "
+                f"stopped before the pointers were written): taking {newest}"
+            )
+        return newest
     if not is_checkpoint(found):
-        raise CheckpointError(f"{pointer} names {found}, which is not a complete checkpoint")
+        why = MEGATRON_TORCH_FORMAT if _is_megatron_torch_format(found) else "is not a complete checkpoint"
+        raise CheckpointError(f"{pointer} names {found}, which {why}")
     return found
+
+
+def _is_megatron_torch_format(path: str) -> bool:
+    return bool(glob.glob(os.path.join(glob.escape(path), MEGATRON_TORCH_FILES)))
 
 
 def newest_checkpoint(directory: str) -> str | None:
@@ -127,6 +151,8 @@ def why_not_a_checkpoint(path: str) -> str:
         return "does not exist"
     if not os.path.isdir(path):
         return "is a file, not a checkpoint directory"
+    if _is_megatron_torch_format(path):
+        return MEGATRON_TORCH_FORMAT
     if os.path.isfile(os.path.join(path, "config.json")):
         return (
             "is a Hugging Face model directory, not a checkpoint: convert it first with "

@@ -22,6 +22,7 @@ import os
 import pickle
 import types
 import warnings
+import zipfile
 
 import torch
 
@@ -31,8 +32,8 @@ from megatron_anchor.checkpoint.layout import (
     step_of_checkpoint,
 )
 from megatron_anchor.checkpoint.meta import FORMAT_VERSION
-from megatron_anchor.model.config_record import SHAPE_KEYS, rope_record
-from megatron_anchor.rope.scaling import RopeScaling
+from megatron_anchor.model.config_record import SHAPE_KEYS, flag_setting, rope_record
+from megatron_anchor.rope.scaling import MEGATRON_LLAMA3_SCALING, RopeScaling
 
 # Megatron-LM argument -> this project's model-record key, where the two agree in meaning.
 _SAME_MEANING = (
@@ -63,9 +64,6 @@ _BUILT = {
 # The architecture arguments an error states this model's value of.
 _STATED = ("normalization", "swiglu", "add_bias_linear", "position_embedding_type")
 _RENAMED = {"norm_epsilon": "layernorm_epsilon", "apply_layernorm_1p": "layernorm_zero_centered_gamma"}
-# Megatron-LM's Llama 3.x RoPE scaling (--use-rope-scaling): megatron-core's RotaryEmbedding._apply_scaling
-# defaults, core_v0.16.0 megatron/core/models/common/embeddings/rotary_pos_embedding.py.
-_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 class _Opaque:
@@ -103,9 +101,16 @@ class _ArgsUnpickler(pickle.Unpickler):
         return type(name, (_Opaque,), {"__module__": f"opaque.{module}"})
 
 
+def _restricted_load(file, **kwargs):
+    """``pickle.load`` through ``_ArgsUnpickler``: torch.load calls it for the records it reads outside its
+    Unpickler (the legacy format's magic number, protocol and system info)."""
+    return _ArgsUnpickler(file, **kwargs).load()
+
+
+# The pickle module torch.load reads common.pt with: every object it builds goes through _ArgsUnpickler.
 _PICKLE = types.ModuleType("megatron_args_pickle")
 _PICKLE.Unpickler = _ArgsUnpickler
-_PICKLE.load = pickle.load
+_PICKLE.load = _restricted_load
 
 # (path, inode, mtime, size) of common.pt -> its meta: each version read once per process
 _CACHE: dict[tuple, dict] = {}
@@ -115,7 +120,13 @@ def read_common(checkpoint_dir: str) -> dict:
     """``common.pt`` of a Megatron-LM checkpoint (``args``, ``iteration``, ...); CheckpointError naming it."""
     path = os.path.join(checkpoint_dir, MEGATRON_COMMON)
     try:
-        common = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+        with open(path, "rb") as file:
+            if not zipfile.is_zipfile(file):  # megatron-core writes torch's zip format, never the legacy one
+                raise CheckpointError(f"{path}: not a megatron-core common state (not torch's zip format)")
+            file.seek(0)
+            common = torch.load(file, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except CheckpointError:
+        raise
     except Exception as err:  # a damaged file fails in zipfile, pickle or torch alike
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path}: not a readable megatron-core common state ({reason})") from None
@@ -142,10 +153,6 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
     model, rope = (_model_record(args), _rope_record(args)) if args else ({}, {})
     if args:
         _check_buildable(model, args, checkpoint_dir)
-    tokenizer = None
-    if args.get("tokenizer_type"):
-        tokenizer = {"type": args["tokenizer_type"], "model": args.get("tokenizer_model"),
-                     "vocab_size": args.get("vocab_size"), "crc32": None}  # fmt: skip
     return {
         "format": FORMAT_VERSION,
         "step": 0,
@@ -154,7 +161,7 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
         "tp": None,
         "model": model,
         "rope": rope,
-        "tokenizer": tokenizer,
+        "tokenizer": _tokenizer_record(args),
         # the length it was trained at (trained_length); the rest of a schedule a weights-only start ignores
         "schedule": {"seq_length": args["seq_length"]} if args.get("seq_length") else None,
         "converted_from": os.path.abspath(checkpoint_dir),
@@ -164,6 +171,18 @@ def _meta_from_common(checkpoint_dir: str, common: dict) -> dict:
             "pipeline_model_parallel_size": args.get("pipeline_model_parallel_size"),
         },
     }
+
+
+def _tokenizer_record(args: dict) -> dict | None:
+    """The tokenizer Megatron-LM's arguments name (GPT2BPETokenizer: --vocab-file and --merge-file), with
+    no CRC (Megatron-LM records none)."""
+    if not args.get("tokenizer_type"):
+        return None
+    record = {"type": args["tokenizer_type"], "model": args.get("tokenizer_model"),
+              "vocab_size": args.get("vocab_size"), "crc32": None}  # fmt: skip
+    if args["tokenizer_type"] == "GPT2BPETokenizer":
+        record.update(model=args.get("vocab_file"), merge_file=args.get("merge_file"))
+    return record
 
 
 def _arg(args: dict, name: str):
@@ -184,27 +203,18 @@ def _model_record(args: dict) -> dict:
 def _rope_record(args: dict) -> dict:
     scaling = None
     if args.get("use_rope_scaling"):
-        scaling = RopeScaling("llama3", factor=float(args.get("rope_scaling_factor", 8.0)), **_LLAMA3_SCALING)
+        factor = float(args.get("rope_scaling_factor", 8.0))
+        scaling = RopeScaling("llama3", factor=factor, **MEGATRON_LLAMA3_SCALING)
     elif args.get("rotary_seq_len_interpolation_factor"):
         scaling = RopeScaling("linear", factor=float(args["rotary_seq_len_interpolation_factor"]))
     base = args.get("rotary_base", 10000)
     return rope_record(base, args.get("rotary_percent", 1.0), bool(args.get("rotary_interleaved")), scaling)
 
 
-def _setting(key: str, value) -> str:
-    """A Megatron-LM architecture argument as its command line says it."""
-    if key == "swiglu":
-        return "--swiglu" if value else "no --swiglu (GeLU MLP)"
-    if key == "add_bias_linear":
-        return "linear biases (no --disable-bias-linear)" if value else "--disable-bias-linear"
-    flag = "--" + key.replace("_", "-")
-    return flag if value is True else f"{flag} {value}"
-
-
 def _check_buildable(model: dict, args: dict, path: str) -> None:
     """CheckpointError listing every architecture argument of ``args`` this model cannot take."""
     bad = [
-        _setting(key, model[key])
+        flag_setting(key, model[key])
         for key, built in _BUILT.items()
         if key not in SHAPE_KEYS and (key in args or _RENAMED.get(key) in args) and model[key] != built
     ]
@@ -212,7 +222,7 @@ def _check_buildable(model: dict, args: dict, path: str) -> None:
     if channels is not None and heads and hidden and channels != hidden // heads:
         bad.append(f"--kv-channels {channels} (not --hidden-size / --num-attention-heads)")
     if bad:
-        built = ", ".join(_setting(k, _BUILT[k]) for k in _STATED if k not in SHAPE_KEYS)
+        built = ", ".join(flag_setting(k, _BUILT[k]) for k in _STATED if k not in SHAPE_KEYS)
         raise CheckpointError(
             f"Megatron-LM checkpoint {path} was trained with {', '.join(bad)}: this model is built with "
             f"{built}, so its weights cannot be loaded"

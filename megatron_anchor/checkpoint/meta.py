@@ -7,7 +7,7 @@ converter's writers alike.
     tp, cp, dp, world                                 parallel sizes it was written at
     model   {num_layers, hidden_size, ..., vocab_size, padded_vocab_size, attention_mode}
     rope    {rotary_base, rotary_percent, rotary_interleaved, rope_scaling}
-    tokenizer {type, model, vocab_size, crc32}        or None
+    tokenizer {type, model, vocab_size, crc32[, merge_file]}  or None (merge_file: GPT2BPETokenizer's)
     schedule {train_iters, lr, min_lr, lr_warmup_iters, lr_decay_iters, lr_decay_style, ...} or None
     files   {relative path: {size, crc32}}            every file of the checkpoint but meta.json
 
@@ -18,6 +18,7 @@ take omitted flags from them.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from megatron_anchor.data.tokenizers import tokenizer_identity  # noqa: F401  (part of the contract)
 
@@ -54,20 +55,30 @@ def checkpoint_meta(
     }
 
 
-def recorded_tokenizer(meta: dict) -> tuple[str | None, str] | None:
-    """``(type, path)`` of the tokenizer a checkpoint was written with, or None when it records none.
-    ValueError (one line, naming the path) when its files are gone or have changed since."""
+class RecordedTokenizer(NamedTuple):
+    """The tokenizer files a checkpoint records: ``model`` (GPT2BPETokenizer: its vocab file) and
+    GPT2BPETokenizer's ``merge_file``."""
+
+    type: str | None
+    model: str
+    merge_file: str | None = None
+
+
+def recorded_tokenizer(meta: dict) -> RecordedTokenizer | None:
+    """The tokenizer a checkpoint was written with, or None when it records none. ValueError (one line,
+    naming the path) when its files are gone or have changed since."""
     record = meta.get("tokenizer") or {}
-    path = record.get("model")
+    path, merge_file = record.get("model"), record.get("merge_file")
     if not path:
         return None
-    if not os.path.exists(path):
-        raise ValueError(f"its tokenizer {path} no longer exists")
-    crc = tokenizer_identity(record.get("type"), path, 0)["crc32"]
+    for name in (path, merge_file):
+        if name and not os.path.exists(name):
+            raise ValueError(f"its tokenizer {name} no longer exists")
+    crc = tokenizer_identity(record.get("type"), path, 0, merge_file)["crc32"]
     if record.get("crc32") and crc != record["crc32"]:
         was = record["crc32"]
         raise ValueError(f"its tokenizer files at {path} have changed since (CRC-32 {crc}, {was} then)")
-    return record.get("type"), path
+    return RecordedTokenizer(record.get("type"), path, merge_file)
 
 
 def trained_length(meta: dict) -> int | None:

@@ -113,10 +113,17 @@ def write_weights_checkpoint(
 
 
 class CheckpointReader:
-    """Full (TP-merged) model tensors of a checkpoint, read by name with DCP; tolerates TE names."""
+    """Full (TP-merged) model tensors of one of this project's checkpoints, read by name with DCP; tolerates
+    TE names. CheckpointError for a Megatron-LM one, whose stacked layers export cannot read."""
 
     def __init__(self, path: str) -> None:
         self.path = resolve_checkpoint(path)
+        if is_megatron_checkpoint(self.path):
+            raise CheckpointError(
+                f"{self.path} is a Megatron-LM torch_dist checkpoint, which export does not read: train "
+                f"from it with --pretrained-checkpoint {self.path} and --save, then export that run's "
+                f"checkpoint"
+            )
         self.meta = read_meta(self.path)
         self.tp = int(self.meta["tp"])
         self._items = FileSystemReader(self.path).read_metadata().state_dict_metadata

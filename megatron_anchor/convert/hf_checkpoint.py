@@ -17,9 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_anchor._output_lock import OutputLock
 from megatron_anchor.checkpoint import (
-    LATEST,
+    LOCK_FILE,
     checkpoint_meta,
+    newest_checkpoint,
+    read_pointer,
     recorded_tokenizer,
     tokenizer_identity,
     trained_length,
@@ -38,6 +41,7 @@ from megatron_anchor.convert.hf_io import (
     ShardedSafetensorsWriter,
     copy_tokenizer_files,
     read_hf_config,
+    write_gpt2_tokenizer,
 )
 from megatron_anchor.convert.hf_mapping import (
     ModelShape,
@@ -79,9 +83,9 @@ def _dtype(name: str | None) -> torch.dtype | None:
 def import_hf_checkpoint(hf_dir: str, save_dir: str, tp: int = 1, *, make_vocab_size_divisible_by: int = 128,
                          dtype: str | None = None, rope: RopeOverride | None = None,
                          progress: bool = True) -> dict:
-    """Convert ``hf_dir`` into ``save_dir/iter_0000000`` at TP size ``tp``; returns the written meta."""
-    if os.path.exists(os.path.join(save_dir, LATEST)):
-        raise FileExistsError(f"{save_dir} already holds a checkpoint ({LATEST!r}): give an empty --save")
+    """Convert ``hf_dir`` into ``save_dir/iter_0000000`` at TP size ``tp``; returns the written meta. Holds
+    ``save_dir``'s run lock while it writes (a run writing there is refused, its files left alone)."""
+    _check_no_checkpoint(save_dir)
     config = read_hf_config(hf_dir)
     check_supported(config, os.path.join(hf_dir, "config.json"))
     padded = pad_vocab_size(config["vocab_size"], make_vocab_size_divisible_by, tp)
@@ -106,11 +110,27 @@ def import_hf_checkpoint(hf_dir: str, save_dir: str, tp: int = 1, *, make_vocab_
         source_dtype = str(next(iter(shard_meta.values()))[0].dtype).removeprefix("torch.")
         meta = _import_meta(hf_dir, config, shape, tp, make_vocab_size_divisible_by, source_dtype, rope)
         os.makedirs(save_dir, exist_ok=True)
-        path = write_weights_checkpoint(save_dir, shard_meta, produce, meta,
-                                        finalize=lambda tmp: _keep_hf_files(hf_dir, config, tmp))
+        lock = OutputLock(os.path.join(save_dir, LOCK_FILE), "--save")  # before removing any stale .tmp
+        try:
+            _check_no_checkpoint(save_dir)  # again: one may have been committed since
+            path = write_weights_checkpoint(save_dir, shard_meta, produce, meta,
+                                            finalize=lambda tmp: _keep_hf_files(hf_dir, config, tmp))
+        finally:
+            lock.release()
         bar.close()
     _summary("imported", len(rules), _nbytes(shard_meta), time.perf_counter() - start, path)
     return meta
+
+
+def _check_no_checkpoint(save_dir: str) -> None:
+    """FileExistsError when ``save_dir`` holds a pointer or a complete checkpoint (CheckpointError for a
+    damaged pointer): an import writes only into an empty --save."""
+    if not os.path.isdir(save_dir):
+        return
+    pointed = read_pointer(save_dir)
+    found = pointed[0] if pointed is not None else newest_checkpoint(save_dir)
+    if found is not None:
+        raise FileExistsError(f"--save {save_dir} already holds a checkpoint ({found}): give an empty --save")
 
 
 def _import_meta(hf_dir: str, config: dict, shape: ModelShape, tp: int, divisible_by: int, dtype: str,
@@ -280,12 +300,16 @@ def _copy_tokenizer(meta: dict, checkpoint_dir: str, source_dir: str | None, out
         print(f"note: checkpoint {checkpoint_dir}: {err}")
         recorded = None
     local = os.path.join(checkpoint_dir, HF_SUBDIR)
-    if recorded is not None and os.path.isfile(recorded[1]):
+    if recorded is not None and recorded.merge_file is not None:
+        copied = write_gpt2_tokenizer(recorded.model, recorded.merge_file, out_dir)
+        origin = f"{recorded.model} and {recorded.merge_file} (the checkpoint's tokenizer, {recorded.type})"
+    elif recorded is not None and os.path.isfile(recorded.model):
         # A SentencePiece model file: Hugging Face Llama repositories keep theirs as tokenizer.model.
-        shutil.copy2(recorded[1], os.path.join(out_dir, "tokenizer.model"))
-        copied, origin = ["tokenizer.model"], f"{recorded[1]} (the checkpoint's tokenizer, {recorded[0]})"
+        shutil.copy2(recorded.model, os.path.join(out_dir, "tokenizer.model"))
+        copied = ["tokenizer.model"]
+        origin = f"{recorded.model} (the checkpoint's tokenizer, {recorded.type})"
     else:
-        candidates = [(recorded[1], "the checkpoint's tokenizer")] if recorded else []
+        candidates = [(recorded.model, "the checkpoint's tokenizer")] if recorded else []
         candidates += [(local, "the converted model's copy"), (source_dir, "--hf-source")]
         copied, origin = [], None
         for directory, what in candidates:

@@ -17,6 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from megatron_anchor.data.tokenizers import GPT2_FILES
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 TOKENIZER_PATTERNS = (
@@ -154,6 +156,18 @@ class ShardedSafetensorsWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return names
+
+
+def write_gpt2_tokenizer(vocab_file: str, merge_file: str, dst_dir: str | Path) -> list[str]:
+    """Megatron's GPT2BPETokenizer files as a Hugging Face GPT-2 tokenizer in ``dst_dir``: vocab.json and
+    merges.txt copied under those names, and a tokenizer_config.json naming the class (the exported
+    config.json's model type names another). Returns the names written."""
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for source, name in zip((vocab_file, merge_file), GPT2_FILES):
+        shutil.copy2(source, dst / name)
+    (dst / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}) + "\n")
+    return [*GPT2_FILES, "tokenizer_config.json"]
 
 
 def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:

@@ -23,6 +23,13 @@ from megatron_anchor.data.dataset import AnchorPackedDataset
 from megatron_anchor.data.layouts import open_prefix
 from megatron_anchor.data.plain_dataset import AnchorGPTDataset
 from megatron_anchor.data.splits import check_blend, check_split
+from megatron_anchor.data.tokenizers import default_anchor_id
+
+# A plain dataset's samples open with the tokenizer's anchor; packed files carry theirs.
+NO_ANCHOR_REMEDY = (
+    "a Megatron-LM plain dataset cannot be read with it; preprocess the data packed "
+    "(tools/preprocess_data.py --seq-length with --anchor-token-id)"
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,8 @@ class AnchorTokens:
 
     @classmethod
     def of(cls, tokenizer) -> AnchorTokens:
-        """A tokenizer's anchor (BOS, else EOS: SPEC section 1) and EOD (EOS) ids."""
-        anchor = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        """A tokenizer's anchor (``default_anchor_id``) and EOD (EOS) ids; ValueError without an anchor."""
+        anchor = default_anchor_id(tokenizer, NO_ANCHOR_REMEDY)
         return cls(anchor, tokenizer.eos_id)
 
     @property
@@ -107,6 +114,10 @@ class AnchorSplitDataset(MegatronDataset):
             return np.tile(self.indices.astype(np.int64), epochs)
         rng = np.random.RandomState(self.config.random_seed)
         return np.concatenate([rng.permutation(self.indices).astype(np.int64) for _ in range(epochs)])
+
+    def distinct_samples(self) -> int:
+        """Samples of this split before repetition: a packed split's, or one epoch of a plain split's."""
+        return self.plain.distinct_samples() if self.plain is not None else len(self.indices)
 
     def __len__(self) -> int:
         return len(self.plain) if self.plain is not None else len(self.sample_index)

@@ -24,7 +24,7 @@ import os
 import zlib
 
 from megatron_anchor._files import write_synced
-from megatron_anchor.data.tokenizers import describe_tokenizer
+from megatron_anchor.data.tokenizers import describe_tokenizer, same_vocabulary_files
 
 RECORD_SUFFIX = ".meta.json"
 RECORD_FORMAT = 1
@@ -126,7 +126,8 @@ def check_data_tokenizer(prefix: str, training: dict | None, vocab_size: int) ->
                 f"--vocab-size {vocab_size:,}"
             )
         return None
-    if (recorded.get("vocab_size"), recorded.get("crc32")) != (training["vocab_size"], training["crc32"]):
+    same_files = same_vocabulary_files(recorded.get("crc32"), training["crc32"])  # a file or its directory
+    if recorded.get("vocab_size") != training["vocab_size"] or not same_files:
         raise ValueError(
             f"--data-path {prefix} was preprocessed with {describe_tokenizer(recorded)}, not the training "
             f"--tokenizer-model {describe_tokenizer(training)}: preprocess it again with the training "

@@ -25,12 +25,22 @@ from megatron.core.datasets.utils import Split
 from megatron_anchor.data.sample import check_token_ids, sample_item
 
 
+def samples_per_epoch(sequence_lengths: np.ndarray, seq_length: int) -> int:
+    """Samples one pass over documents of these lengths gives: their tokens // S (a sample reads ``S`` corpus
+    tokens and shares none with the next; the last partial one is dropped)."""
+    return int(sequence_lengths.sum(dtype=np.int64)) // seq_length
+
+
 class AnchorGPTDataset(GPTDataset):
     """One split of a plain dataset: ``GPTDataset``'s samples, each the anchor and ``S`` corpus tokens.
 
     The config is an ``AnchorDatasetConfig``: its ``tokenizer`` holds the anchor and EOD ids, and with
     ``shuffle`` off the documents and samples keep their file order (for comparisons with packed files).
     """
+
+    def distinct_samples(self) -> int:
+        """Samples of this split before repetition (``len`` counts every epoch the run needs)."""
+        return samples_per_epoch(self.dataset.sequence_lengths[self.indices], self.config.sequence_length)
 
     def _build_document_sample_shuffle_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if len(self.indices) == 0 or self._get_num_tokens_per_epoch() <= 1:

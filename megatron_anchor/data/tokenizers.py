@@ -18,6 +18,8 @@ from megatron_anchor._files import file_crc32
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 # A Hugging Face tokenizer directory holds at least one of these (fast, config, or a slow vocabulary).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# Megatron's GPT2BPETokenizer files (--vocab-file, --merge-file) under their Hugging Face names.
+GPT2_FILES = ("vocab.json", "merges.txt")
 # Files that define a Hugging Face tokenizer's vocabulary (the rest is configuration).
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
 
@@ -178,27 +180,51 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str, merge_file: str |
         return SentencePieceTokenizer(tokenizer_model)
     if tokenizer_type == "HuggingFaceTokenizer":
         return HuggingFaceTokenizer(tokenizer_model)
-    if tokenizer_type == "GPT2BPETokenizer" and merge_file is not None:
+    if tokenizer_type == "GPT2BPETokenizer":
+        if merge_file is None:
+            raise ValueError("--tokenizer-type GPT2BPETokenizer needs --merge-file beside --vocab-file")
         return GPT2BPETokenizer(tokenizer_model, merge_file)
     raise ValueError(
         f"--tokenizer-type {tokenizer_type!r} is not supported; expected one of {TOKENIZER_TYPES}"
     )
 
 
-def tokenizer_identity(tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int) -> dict:
-    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches).
+def tokenizer_identity(
+    tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int, merge_file: str | None = None
+) -> dict:
+    """Type, path, vocabulary size and a CRC-32 of the vocabulary files (so a moved copy still matches):
+    one file's CRC, or ``name:crc`` parts of a directory's files or of GPT-2's vocab.json and merges.txt
+    (``merge_file``, whose path is then recorded too).
 
     Recorded in checkpoints' ``meta.json`` and beside preprocessed data (``data_record``).
     """
     crc = None
-    if tokenizer_model and os.path.isfile(tokenizer_model):
+    if merge_file is not None:
+        files = [(GPT2_FILES[0], tokenizer_model), (GPT2_FILES[1], merge_file)]
+        crc = ",".join(f"{n}:{file_crc32(p)}" for n, p in files if p and os.path.isfile(p)) or None
+    elif tokenizer_model and os.path.isfile(tokenizer_model):
         crc = file_crc32(tokenizer_model)
     elif tokenizer_model and os.path.isdir(tokenizer_model):
         paths = [(n, os.path.join(tokenizer_model, n)) for n in VOCAB_FILES]
         parts = [f"{n}:{file_crc32(p)}" for n, p in paths if os.path.isfile(p)]
         crc = ",".join(parts) or None
     model = os.path.abspath(tokenizer_model) if tokenizer_model else None
-    return {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
+    identity = {"type": tokenizer_type, "model": model, "vocab_size": vocab_size, "crc32": crc}
+    if merge_file is not None:
+        identity["merge_file"] = os.path.abspath(merge_file)
+    return identity
+
+
+def same_vocabulary_files(crc_a: str | None, crc_b: str | None) -> bool:
+    """Whether two ``tokenizer_identity`` CRCs name the same vocabulary: equal, or one file's bare CRC
+    found among the other's ``name:crc`` parts (a SentencePiece model given as the file or inside its
+    Hugging Face directory; GPT-2's vocab.json as recorded before its merges.txt was)."""
+    if crc_a == crc_b:
+        return True
+    if not crc_a or not crc_b or (":" in crc_a) == (":" in crc_b):
+        return False
+    bare, parts = (crc_a, crc_b) if ":" not in crc_a else (crc_b, crc_a)
+    return bare in {part.rpartition(":")[2] for part in parts.split(",")}
 
 
 def describe_tokenizer(identity: dict) -> str:
@@ -207,12 +233,13 @@ def describe_tokenizer(identity: dict) -> str:
     return f"{identity.get('type')} {identity.get('model')} ({identity.get('vocab_size'):,} ids{crc})"
 
 
-def default_anchor_id(tokenizer: Tokenizer) -> int:
-    """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1)."""
+def default_anchor_id(tokenizer: Tokenizer, remedy: str = "pass --anchor-token-id") -> int:
+    """The anchor token: the tokenizer's BOS, else its EOS (SPEC section 1); ValueError ending with
+    ``remedy`` when it has neither."""
     for token_id in (tokenizer.bos_id, tokenizer.eos_id):
         if token_id is not None:
             return token_id
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token: pass --anchor-token-id")
+    raise ValueError(f"the tokenizer has neither a BOS nor an EOS token to be the anchor: {remedy}")
 
 
 def check_vocab_size(vocab_size: int) -> None:

@@ -14,6 +14,7 @@ import os
 import sys
 
 from megatron_anchor._files import output_problem
+from megatron_anchor.training.megatron_flags import add_flag
 from megatron_anchor.training.model_args import add_model_args
 
 
@@ -29,6 +30,8 @@ def build_eval_parser(description: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--tokenizer-type", default=None, help="default: the one the --load checkpoint records")
     g.add_argument("--tokenizer-model", default=None, help="default: the one the --load checkpoint records")
+    add_flag(g, "--vocab-file", default=None)
+    add_flag(g, "--merge-file", default=None)
     g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size without a tokenizer")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -44,10 +47,12 @@ def finish_model_args(
     ``args.trained_length`` (the checkpoint's, or None). Raises ValueError naming the flag."""
     from megatron_anchor.checkpoint import read_meta, trained_length
     from megatron_anchor.training.checkpoint_args import resolve_model_config
+    from megatron_anchor.training.vocab import check_tokenizer_flags, tokenizer_size
 
     notes = _take_recorded_tokenizer(args, tokenizer_required)
     if seq_length is not None:
         args.seq_length = seq_length
+    check_tokenizer_flags(args)  # the trainer's rule: GPT2BPETokenizer's files, Megatron's type names
     args.checkpoint_notes = notes + resolve_model_config(args, args.tensor_model_parallel_size)
     args.trained_length = trained_length(read_meta(args.load_checkpoint)) if args.load_checkpoint else None
     if args.tokenizer_model is None and (tokenizer_required or args.vocab_size is None):
@@ -55,10 +60,8 @@ def finish_model_args(
         where = f" (checkpoint {args.load_checkpoint} records none)" if args.load_checkpoint else ""
         raise ValueError(f"give {needs}{where}")
     if args.tokenizer_model is not None:
-        from megatron_anchor.training.vocab import tokenizer_size
-
         try:  # a tokenizer that does not load is one line here, not a traceback after the model loads
-            tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+            tokenizer_size(args)
         except (OSError, ValueError) as err:
             raise ValueError(str(err)) from err
     return args
@@ -69,7 +72,8 @@ def _take_recorded_tokenizer(args: argparse.Namespace, required: bool) -> list[s
     the record). Returns notes; ValueError when it is gone or changed and the evaluation needs it."""
     from megatron_anchor.checkpoint import CheckpointError, find_checkpoint, read_meta, recorded_tokenizer
 
-    if args.tokenizer_model is not None or args.tokenizer_type is not None or not args.load:
+    given = (args.tokenizer_model, args.tokenizer_type, args.vocab_file, args.merge_file)
+    if any(flag is not None for flag in given) or not args.load:
         return []
     try:
         path = find_checkpoint(args.load)
@@ -85,8 +89,14 @@ def _take_recorded_tokenizer(args: argparse.Namespace, required: bool) -> list[s
         return [f"--load {path}: {err}: running without a tokenizer"]
     if found is None:
         return []
-    args.tokenizer_type, args.tokenizer_model = found
-    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found[0]} --tokenizer-model {found[1]}"]
+    args.tokenizer_type = found.type
+    if found.merge_file is None:
+        args.tokenizer_model = found.model
+        files = f"--tokenizer-model {found.model}"
+    else:  # GPT2BPETokenizer: check_tokenizer_flags makes the vocab file its --tokenizer-model
+        args.vocab_file, args.merge_file = found.model, found.merge_file
+        files = f"--vocab-file {found.model} --merge-file {found.merge_file}"
+    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found.type} {files}"]
 
 
 def out_dir_problem(out_dir: str) -> str | None:

@@ -43,6 +43,36 @@ LEGACY_ARCHITECTURE = {
     "hidden_dropout": 0.0,
 }
 
+# Switches by key: (the flag, the value it sets).
+SWITCHES = {
+    "apply_layernorm_1p": ("--apply-layernorm-1p", True),
+    "swiglu": ("--swiglu", True),
+    "add_bias_linear": ("--disable-bias-linear", False),
+    "add_qkv_bias": ("--add-qkv-bias", True),
+    "untie_embeddings_and_output_weights": ("--untie-embeddings-and-output-weights", True),
+    "rotary_interleaved": ("--rotary-interleaved", True),
+}
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of record key ``key`` (a switch's own name: ``--disable-bias-linear``)."""
+    return SWITCHES[key][0] if key in SWITCHES else "--" + key.replace("_", "-")
+
+
+def switch_on(key: str, value: object) -> bool:
+    """Whether switch ``key`` is given for ``value``."""
+    return value == SWITCHES[key][1]
+
+
+def flag_setting(key: str, value: object) -> str:
+    """``key = value`` as the command line says it: a switch by its presence (``--swiglu``, or
+    ``no --swiglu``; Megatron's store_true flags alike), any other flag with its value."""
+    if key in SWITCHES:
+        return flag_name(key) if switch_on(key, value) else f"no {flag_name(key)}"
+    if isinstance(value, bool):
+        return flag_name(key) if value else f"no {flag_name(key)}"
+    return f"{flag_name(key)} {value}"
+
 
 def recorded_model(meta: dict) -> dict:
     """A checkpoint's ``model`` and ``rope`` sections as one dict, with ``LEGACY_ARCHITECTURE`` where the

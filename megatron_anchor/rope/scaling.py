@@ -13,6 +13,12 @@ ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope
 # Hugging Face rope_scaling / rope_parameters keys that this description does not carry: the base and the
 # rotary fraction come from --rotary-base and --rotary-percent (the config's rope_theta /
 # partial_rotary_factor), so from_hf accepts and drops them.
+# Megatron's --use-rope-scaling: Llama 3.1's scaling with these fixed values and --rope-scaling-factor
+# (megatron-core's RotaryEmbedding._apply_scaling defaults, core_v0.16.0
+# megatron/core/models/common/embeddings/rotary_pos_embedding.py).
+MEGATRON_LLAMA3_SCALING = {
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+}  # fmt: skip
 _HF_KEYS_GIVEN_ELSEWHERE = ("rope_theta", "partial_rotary_factor")
 _HF_TYPE_ALIASES = {"su": "longrope", "mistral_yarn": "yarn"}
 

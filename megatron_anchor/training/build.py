@@ -13,7 +13,7 @@ from megatron_anchor.rope import rope_scaling_from_args
 from megatron_anchor.training.batches import MockPackedDataset, check_sample_length
 from megatron_anchor.training.metrics import dense_params_per_token
 from megatron_anchor.training.parallel import ParallelDims
-from megatron_anchor.training.vocab import tokenizer_vocab_size
+from megatron_anchor.training.vocab import tokenizer_from_args, tokenizer_vocab_size
 
 
 def build_model_config(args: argparse.Namespace, padded_vocab_size: int) -> AnchorGPTConfig:
@@ -139,9 +139,9 @@ def _data_path_datasets(
 ) -> tuple[Dataset, Dataset | None]:
     """``--data-path``'s train and validation splits; every sample's token ids are checked against the
     model's vocabulary (``tokenizer_vocab_size``), plain files get the tokenizer's anchor and EOD."""
-    from megatron_anchor.data import AnchorTokens, DataError, build_tokenizer, build_train_valid_test_datasets
+    from megatron_anchor.data import AnchorTokens, DataError, build_train_valid_test_datasets
 
-    tokenizer = args.tokenizer_model and build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    tokenizer = tokenizer_from_args(args) if args.tokenizer_model else None
     train, valid, _ = build_train_valid_test_datasets(
         data_path=args.data_path,
         split=args.split,

@@ -43,7 +43,6 @@ from megatron_anchor.checkpoint import (
     load_verified_weights,
     read_meta,
     remove_stale_tmp,
-    tokenizer_identity,
     write_failure_detail,
     write_meta,
 )
@@ -51,6 +50,7 @@ from megatron_anchor.model import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record
 from megatron_anchor.training.checkpoint_args import schedule_record
 from megatron_anchor.training.parallel import ParallelDims
+from megatron_anchor.training.vocab import tokenizer_record
 
 # Facts about a converted source model that its trained descendants keep (export needs them).
 _LINEAGE = ("hf_config", "converted_from")
@@ -73,7 +73,7 @@ def run_meta(args: argparse.Namespace, cfg: AnchorGPTConfig, vocab_size: int, di
         step=0,
         consumed_samples=0,
         record=record,
-        tokenizer=tokenizer_identity(args.tokenizer_type, args.tokenizer_model, vocab_size),
+        tokenizer=tokenizer_record(args, vocab_size),
         schedule=schedule_record(args),
         sizes={"tp": dims.tp, "cp": dims.cp, "dp": dims.dp, "world": dims.world},
         weights_only=False,
@@ -85,6 +85,24 @@ def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+# What numpy's RNG state pickles as, besides torch's own types: the only globals read_rng_state accepts.
+_NUMPY_STATE_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_rng_state(path: str) -> dict:
+    """The RNG states of ``rng/rank*.pt``, read with torch's weights-only unpickler (a crafted file builds
+    nothing but tensors, numbers and numpy arrays); CheckpointError naming the file otherwise."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_STATE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zipfile and torch fail alike on a file that is not an RNG state
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable RNG state ({reason})") from None
+    if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= state.keys():
+        raise CheckpointError(f"{path}: not an RNG state (a dict of torch, python and numpy states)")
     return state
 
 
@@ -197,7 +215,7 @@ def load_checkpoint(
     # Per-rank RNG streams only map one-to-one at the same world size; otherwise they stay from --seed.
     meta["rng_restored"] = full and load_rng and meta["world"] == dims.world and os.path.isfile(rng_file)
     if meta["rng_restored"]:
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(read_rng_state(rng_file))
     return meta
 
 

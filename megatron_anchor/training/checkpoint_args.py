@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron_anchor._files import nearest_existing, writable_problem
+from megatron_anchor._files import output_problem, writable_problem
+from megatron_anchor._output_lock import lock_holder, locked_message
 from megatron_anchor.checkpoint import (
+    LOCK_FILE,
     CheckpointError,
     check_tp_size,
     find_checkpoint,
     newest_checkpoint,
-    probe_writable,
     read_meta,
     step_of_checkpoint,
     why_not_a_checkpoint,
@@ -49,10 +50,11 @@ def _same_path(a: str | None, b: str | None) -> bool:
 
 
 def _checkpoint_in(path: str, flag: str, notes: list[str]) -> str | None:
-    """The checkpoint ``path`` is or names; a directory of complete ``iter_*`` checkpoints without a pointer
-    gives its newest (noted: it is never a fresh start). ValueError for a damaged pointer."""
+    """The checkpoint ``path`` is or names (``find_checkpoint``); a directory of complete ``iter_*``
+    checkpoints without a pointer gives its newest (noted: it is never a fresh start). ValueError for a
+    damaged pointer."""
     try:
-        found = find_checkpoint(path)
+        found = find_checkpoint(path, notes)
     except CheckpointError as err:
         raise ValueError(f"{flag}: {err}") from err
     if found is None and (found := newest_checkpoint(path)) is not None:
@@ -154,21 +156,21 @@ def check_save_target(args: argparse.Namespace) -> None:
 
 
 def check_save_writable(save: str) -> None:
-    """``--save`` can take a checkpoint; no directory is created before training starts.
+    """``--save`` can take a checkpoint and no live run holds its lock; no directory is created before
+    training starts.
 
     A write probe (read-only mounts, quotas and full disks fail it) runs in ``--save``, or in its nearest
     existing parent when it does not exist yet, once per node (``LOCAL_RANK`` 0: every rank writes its own
     shards there).
     """
-    problem = writable_problem("--save", save)
+    probe = os.environ.get("LOCAL_RANK", "0") == "0"
+    problem = output_problem("--save", save) if probe else writable_problem("--save", save)
     if problem:
         raise ValueError(problem)
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
-    try:
-        probe_writable(nearest_existing(save), "--save")  # a directory: writable_problem checked that
-    except CheckpointError as err:
-        raise ValueError(str(err)) from err
+    lock = os.path.join(save, LOCK_FILE)
+    holder = lock_holder(lock)  # the run's own lock is taken later, once the process group forms
+    if holder is not None:
+        raise ValueError(locked_message(lock, holder, "--save"))
 
 
 def _check_resume(args: argparse.Namespace, meta: dict, path: str) -> list[str]:

@@ -44,10 +44,12 @@ def samples_per_split(prefix: str, layout: str, seq_length: int, split: str) -> 
         return split_sizes(len(AnchorPackedDataset(prefix, seq_length=seq_length)), split)
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+    from megatron_anchor.data.plain_dataset import samples_per_epoch
+
     indexed = IndexedDataset(prefix)  # kept alive: its lengths are a view of its memory map
     lengths = indexed.sequence_lengths
     ranges = _split_ranges(len(lengths), split)
-    return [0 if r is None else int(lengths[r[0] : r[1]].sum(dtype="int64")) // seq_length for r in ranges]
+    return [0 if r is None else samples_per_epoch(lengths[r[0] : r[1]], seq_length) for r in ranges]
 
 
 def _requested(args: argparse.Namespace) -> list[int]:

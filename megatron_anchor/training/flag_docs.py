@@ -23,6 +23,11 @@ DIFFERENT_DEFAULTS = {
     "--position-embedding-type": "anchor training is about RoPE, applied in fp32 inside the anchor attention",
     "--transformer-impl": "Transformer Engine's layers when TE imports, else megatron-core's local ones",
 }
+# This project's flags whose default trains something else than Megatron-LM would (which has no such flag),
+# and what Megatron-LM trains: printed at start-up beside the differing defaults when the flag is not given.
+PROJECT_DEFAULTS = {
+    "--attention-mode": "Megatron-LM: causal attention over the whole sample, no --reset-attention-mask",
+}
 # Defaults that read differently from Megatron-LM's parser default but build the same thing.
 SAME_MEANING = {
     "--split": "Megatron-LM's validate_args sets 969, 30, 1",
@@ -77,9 +82,16 @@ def _megatron_says(flag: str, theirs: object) -> str:
 def unstated_differences(args: argparse.Namespace) -> str | None:
     """One line naming each default that differs from Megatron-LM's and that the command line left out."""
     given = set(getattr(args, "given_flags", ()))
+    parser = _parser()
     parts = [
         f"{flag} {'auto' if here is None else here} ({_megatron_says(flag, theirs)})"
-        for flag, (here, theirs) in differing_defaults(_parser()).items()
+        for flag, (here, theirs) in differing_defaults(parser).items()
+        if flag not in given
+    ]
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    parts += [
+        f"{flag} {default_here(actions[flag])} ({megatron})"
+        for flag, megatron in PROJECT_DEFAULTS.items()
         if flag not in given
     ]
     return "defaults that differ from Megatron-LM's: " + "; ".join(parts) if parts else None

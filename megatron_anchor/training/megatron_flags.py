@@ -370,9 +370,3 @@ def not_accepted(flag: str, given: frozenset[str] | set[str] | None = None) -> t
     if feature.no_effect or (given is not None and switch and flag != switch and switch not in given):
         return NO_EFFECT, feature.reason if feature.no_effect else f"without {switch}: {feature.reason}"
     return REFUSED, feature.reason
-
-
-def refused_reason(flag: str) -> str | None:
-    """Why ``flag`` is refused, or None when it is not a refused Megatron flag."""
-    status = not_accepted(flag)
-    return status[1] if status is not None and status[0] == REFUSED else None

@@ -18,12 +18,16 @@ import json
 from megatron_anchor.model.config_record import (
     CHANGEABLE_KEYS,
     SHAPE_KEYS,
+    SWITCHES,
     TRAINING_CHOICES,
+    flag_name,
+    flag_setting,
     recorded_model,
+    switch_on,
 )
 from megatron_anchor.parallel.layout_names import ATTENTION_MODES
 from megatron_anchor.rope.args import ROPE_DEFAULTS, add_rope_args, rope_scaling_from_args
-from megatron_anchor.rope.scaling import RopeScaling
+from megatron_anchor.rope.scaling import MEGATRON_LLAMA3_SCALING, RopeScaling
 from megatron_anchor.training.megatron_flags import add_flag
 from megatron_anchor.training.report import raise_all
 
@@ -53,23 +57,9 @@ LLAMA_ARCHITECTURE_FLAGS = (
     "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear",
     "--untie-embeddings-and-output-weights", "--hidden-dropout", "0",
 )  # fmt: skip
-# Switches by key: (the flag, the value it sets).
-SWITCHES = {
-    "apply_layernorm_1p": ("--apply-layernorm-1p", True),
-    "swiglu": ("--swiglu", True),
-    "add_bias_linear": ("--disable-bias-linear", False),
-    "add_qkv_bias": ("--add-qkv-bias", True),
-    "untie_embeddings_and_output_weights": ("--untie-embeddings-and-output-weights", True),
-    "rotary_interleaved": ("--rotary-interleaved", True),
-}
 # Recorded keys taken when left out, never compared when given: the initialisation std does nothing to
 # loaded weights, and the padded vocabulary that the divisor gives is compared with the checkpoint's rows.
 UNCHECKED_KEYS = ("init_method_std", "make_vocab_size_divisible_by")
-# Megatron's --use-rope-scaling: Llama 3.1's scaling with these fixed values (megatron-core 0.16
-# RotaryEmbedding._apply_scaling) and --rope-scaling-factor.
-MEGATRON_LLAMA3_SCALING = {
-    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-}  # fmt: skip
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -106,22 +96,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(**dict.fromkeys(ROPE_DEFAULTS))  # None = left out: the checkpoint's, else a default
 
 
-def _flag(key: str) -> str:
-    return SWITCHES[key][0] if key in SWITCHES else "--" + key.replace("_", "-")
-
-
-def _switch_on(key: str, value: object) -> bool:
-    return value == SWITCHES[key][1]
-
-
-def _setting(key: str, value: object) -> str:
-    """``key = value`` as the command line says it: a switch by its presence (``--swiglu``, or
-    ``no --swiglu``), any other flag with its value."""
-    if key in SWITCHES:
-        return _flag(key) if _switch_on(key, value) else f"no {_flag(key)}"
-    return f"{_flag(key)} {value}"
-
-
 def apply_megatron_rope_scaling(args: argparse.Namespace) -> None:
     """Megatron's ``--use-rope-scaling`` as the ``--rope-scaling`` JSON of the same strategy (Llama 3.1)."""
     if not getattr(args, "use_rope_scaling", False):
@@ -148,10 +122,10 @@ def _same(key: str, given: object, recorded: object) -> bool:
 
 
 def _conflict(key: str, given: object, want: object, path: str) -> str:
-    has = _setting(key, want) if key in SWITCHES else f"{key} {want}"
+    has = flag_setting(key, want) if key in SWITCHES else f"{key} {want}"
     return (
-        f"{_setting(key, given)} contradicts checkpoint {path}, which has {has}: leave the flag out to use "
-        f"the checkpoint's value"
+        f"{flag_setting(key, given)} contradicts checkpoint {path}, which has {has}: leave the flag out to "
+        f"use the checkpoint's value"
     )
 
 
@@ -163,8 +137,8 @@ def _training_choices(args: argparse.Namespace, recorded: dict, path: str) -> li
         if want is not None and here is not None and want != here:
             how = ""  # parsers other than the trainer's do not record which flags were given
             if hasattr(args, "given_flags"):
-                how = " (given)" if _flag(key) in args.given_flags else " (the default)"
-            notes.append(f"{_flag(key)} {here}{how} trains this run; checkpoint {path} was trained with "
+                how = " (given)" if flag_name(key) in args.given_flags else " (the default)"
+            notes.append(f"{flag_name(key)} {here}{how} trains this run; checkpoint {path} was trained with "
                          f"{want}")
     return notes
 
@@ -188,13 +162,13 @@ def apply_checkpoint_model(args: argparse.Namespace, meta: dict, path: str) -> l
         if not is_given:
             if want is not None:
                 setattr(args, key, json.dumps(want) if key == "rope_scaling" else want)
-                if key not in SWITCHES or _switch_on(key, want):  # an unset switch goes unsaid
-                    taken.append(_setting(key, want))
+                if key not in SWITCHES or switch_on(key, want):  # an unset switch goes unsaid
+                    taken.append(flag_setting(key, want))
         elif not _same(key, given, want) and key not in UNCHECKED_KEYS:
             if key not in CHANGEABLE_KEYS:
                 errors.append(_conflict(key, given, want, path))
             else:
-                changed.append(f"{_flag(key)} {given} replaces the checkpoint's {want}")  # never a switch
+                changed.append(f"{flag_name(key)} {given} replaces the checkpoint's {want}")  # never a switch
     raise_all(errors)
     taken += _fill_vocab(args, meta)
     notes = [f"from checkpoint {path}: " + " ".join(taken)] if taken else []
@@ -212,7 +186,7 @@ def validate_model_args(args: argparse.Namespace, tp: int) -> None:
         if getattr(args, key) is not None:
             continue
         if default is REQUIRED:
-            missing.append(f"{_flag(key)} is required (or --load a checkpoint that records it)")
+            missing.append(f"{flag_name(key)} is required (or --load a checkpoint that records it)")
         setattr(args, key, None if default is REQUIRED else default)
     raise_all(missing)
     heads = args.num_attention_heads
@@ -243,8 +217,6 @@ def _fill_vocab(args: argparse.Namespace, meta: dict) -> list[str]:
     vocab = meta.get("model", {}).get("vocab_size")
     if args.vocab_size is not None or vocab is None:
         return []
-    if getattr(args, "vocab_file", None) is not None:
-        return []
     args.vocab_size = vocab
     return [] if args.tokenizer_model is not None else [f"--vocab-size {vocab}"]
 
@@ -268,11 +240,11 @@ def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padd
         )
     if not args.tokenizer_model:
         return []
-    from megatron_anchor.checkpoint import tokenizer_identity  # reads files: only with a checkpoint
-    from megatron_anchor.training.vocab import tokenizer_size
+    from megatron_anchor.data.tokenizers import same_vocabulary_files
+    from megatron_anchor.training.vocab import tokenizer_record, tokenizer_size
 
     try:
-        size, vocab = tokenizer_size(args.tokenizer_type, args.tokenizer_model), args.vocab_size
+        size, vocab = tokenizer_size(args), args.vocab_size
     except (OSError, ValueError):
         return []  # a tokenizer that does not load is the tokenizer check's to report (preflight)
     given = f"--tokenizer-model {args.tokenizer_model} ({size} ids)"
@@ -282,9 +254,9 @@ def check_checkpoint_vocab(args: argparse.Namespace, meta: dict, path: str, padd
             f"{size - 1} have no embedding row; use the tokenizer the model was trained with"
         )
     recorded = meta.get("tokenizer") or {}
-    here = tokenizer_identity(args.tokenizer_type, args.tokenizer_model, 0)["crc32"]
+    here = tokenizer_record(args, 0)["crc32"]  # reads the files: only with a checkpoint
     parts = []
-    if recorded.get("crc32") and here != recorded["crc32"]:
+    if recorded.get("crc32") and not same_vocabulary_files(here, recorded["crc32"]):
         parts.append(f"not the tokenizer checkpoint {path} was written with ({recorded.get('model')})")
     if vocab is not None and size < vocab:
         parts.append(f"the model keeps its vocabulary of {vocab} (ids {size}-{vocab - 1} unused)")

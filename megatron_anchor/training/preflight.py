@@ -22,25 +22,34 @@ from megatron_anchor.training.profiling import trace_dir
 from megatron_anchor.training.report import Report
 from megatron_anchor.training.step_log import wandb_dir
 
-Findings = Report  # errors (the run cannot work), warnings (it may not), facts (what was found)
-
 
 def preflight(args: argparse.Namespace, dry_run: bool, report: Report | None = None) -> Report:
     """Every check of this module on the checked ``args``, added to ``report`` (a new one by default)."""
     found = report if report is not None else Report()
     run = lambda name, check, **kw: found.run(name, check, args=args, **kw)  # noqa: E731
-    sizes: dict[str, list[int]] = {}
+    layouts: dict[str, str] = {}
     run("tokenizer size", lambda: _check_tokenizer(args, found), after=("tokenizer",))
-    run("data files", lambda: sizes.update(_check_data(args, found)), after=("sequence", "data"))
+    # after the model check, which names a checkpoint's vocabulary the tokenizer does not fit
+    run("tokenizer fits", lambda: _check_tokenizer_fits(args), after=("tokenizer size", "model"))
+    run("data files", lambda: layouts.update(_check_data(args, found)), after=("sequence", "data"))
     run("outputs", lambda: _check_outputs(args, found))
     run("machine", lambda: _check_machine(args, found, dry_run))
     if args.data_path:
-        plan = lambda: _add_data_plan(args, sizes, found)  # noqa: E731
+        plan = lambda: _add_data_plan(args, layouts, found)  # noqa: E731
         run("data plan", plan, after=("data files", "split", "blend", "batch", "schedule"))
     return found
 
 
-def _add_data_plan(args: argparse.Namespace, sizes: dict[str, list[int]], found: Report) -> None:
+def _add_data_plan(args: argparse.Namespace, layouts: dict[str, str], found: Report) -> None:
+    """Samples per split of each prefix (once ``--split`` is known good) and how often the run reads them."""
+    sizes = {}
+    for prefix, layout in layouts.items():
+        try:
+            sizes[prefix] = samples_per_split(prefix, layout, args.seq_length, args.split)
+        except (ValueError, AssertionError, OSError) as err:
+            found.errors.append(f"--data-path {prefix}: {err}")
+    if len(sizes) < len(layouts):
+        return
     facts, warnings, errors = data_plan(args, sizes)
     found.facts += facts
     found.warnings += warnings
@@ -53,16 +62,25 @@ def _check_tokenizer(args: argparse.Namespace, found: Report) -> None:
     from megatron_anchor.training.vocab import tokenizer_size
 
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
+        size = tokenizer_size(args)
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         found.errors.append(f"--tokenizer-model {args.tokenizer_model} ({args.tokenizer_type}): {err}")
         return
-    if args.vocab_size is not None and args.vocab_size < size:
-        found.errors.append(
+    found.facts.append(f"tokenizer {args.tokenizer_type} {args.tokenizer_model}: {size:,} ids")
+
+
+def _check_tokenizer_fits(args: argparse.Namespace) -> None:
+    """ValueError when ``--vocab-size`` is smaller than the tokenizer (loaded by ``_check_tokenizer``)."""
+    if args.tokenizer_model is None or args.vocab_size is None:
+        return
+    from megatron_anchor.training.vocab import tokenizer_size
+
+    size = tokenizer_size(args)
+    if args.vocab_size < size:
+        raise ValueError(
             f"--vocab-size {args.vocab_size} is smaller than the {size} ids of --tokenizer-model "
             f"{args.tokenizer_model}"
         )
-    found.facts.append(f"tokenizer {args.tokenizer_type} {args.tokenizer_model}: {size:,} ids")
 
 
 def _data_prefixes(data_path: list[str]) -> list[str]:
@@ -73,12 +91,12 @@ def _data_prefixes(data_path: list[str]) -> list[str]:
     return prefixes
 
 
-def _check_data(args: argparse.Namespace, found: Report) -> dict[str, list[int]]:
+def _check_data(args: argparse.Namespace, found: Report) -> dict[str, str]:
     """Each prefix: its pair, its layout (a note), its tokenizer against the training one; returns each
-    readable prefix's samples per split (train, valid, test)."""
-    sizes: dict[str, list[int]] = {}
+    readable prefix's layout."""
+    layouts: dict[str, str] = {}
     if not args.data_path:
-        return sizes
+        return layouts
     from megatron_anchor.data.data_record import check_data_tokenizer
     from megatron_anchor.data.layouts import PLAIN, describe_prefix
 
@@ -86,12 +104,13 @@ def _check_data(args: argparse.Namespace, found: Report) -> dict[str, list[int]]
         prefixes = _data_prefixes(args.data_path)
     except (ValueError, AssertionError) as err:
         found.errors.append(f"--data-path {' '.join(args.data_path)}: {err}")
-        return sizes
+        return layouts
     training, vocab = _training_tokenizer(args)
     for prefix in prefixes:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-        if missing:
+        if missing:  # a path the command line names that is not there: its error, as a missing --load
             found.errors.append(f"--data-path {prefix}: no file {missing[0]}")
+            found.command_line_errors += 1
             continue
         try:
             layout, line = describe_prefix(prefix, args.seq_length)
@@ -100,25 +119,24 @@ def _check_data(args: argparse.Namespace, found: Report) -> dict[str, list[int]]
                 _check_plain(args, prefix, found)
             if vocab is not None and (note := check_data_tokenizer(prefix, training, vocab)):
                 found.notes.append(note)
-            sizes[prefix] = samples_per_split(prefix, layout, args.seq_length, args.split)
+            layouts[prefix] = layout
         except (ValueError, AssertionError, OSError) as err:
             named = str(err).startswith("--data-path")
             found.errors.append(str(err) if named else f"--data-path {prefix}: {err}")
-    return sizes
+    return layouts
 
 
 def _training_tokenizer(args: argparse.Namespace) -> tuple[dict | None, int | None]:
     """The training tokenizer's identity (None without one) and the model's vocabulary (None if unknown)."""
-    from megatron_anchor.data.tokenizers import tokenizer_identity
-    from megatron_anchor.training.vocab import tokenizer_size
+    from megatron_anchor.training.vocab import tokenizer_record, tokenizer_size
 
     if args.tokenizer_model is None:
         return None, args.vocab_size
     try:
-        size = tokenizer_size(args.tokenizer_type, args.tokenizer_model)
+        size = tokenizer_size(args)
     except Exception:  # reported by _check_tokenizer
         return None, None
-    return tokenizer_identity(args.tokenizer_type, args.tokenizer_model, size), args.vocab_size or size
+    return tokenizer_record(args, size), args.vocab_size or size
 
 
 def _check_plain(args: argparse.Namespace, prefix: str, found: Report) -> None:
@@ -127,11 +145,30 @@ def _check_plain(args: argparse.Namespace, prefix: str, found: Report) -> None:
 
     if args.tokenizer_model is None:
         found.errors.append(f"--data-path {prefix}: {PLAIN_NEEDS_TOKENIZER}")
+    elif (problem := _anchor_problem(args)) is not None:
+        found.errors.append(f"--data-path {prefix}: --tokenizer-model {args.tokenizer_model}: {problem}")
     if args.data_cache_path is None:  # megatron-core's GPTDataset keeps its indices under the prefix then
         cache = os.path.join(prefix, "cache")
         problem = writable_problem(f"--data-path {prefix}: megatron-core's index cache", cache)
         if problem:
             found.errors.append(f"{problem}; give --data-cache-path DIR")
+
+
+def _anchor_problem(args: argparse.Namespace) -> str | None:
+    """Why the training tokenizer gives a plain dataset no anchor (None when it does, or does not load:
+    ``_check_tokenizer`` reports that)."""
+    from megatron_anchor.data import AnchorTokens
+    from megatron_anchor.training.vocab import tokenizer_from_args
+
+    try:
+        tokenizer = tokenizer_from_args(args)
+    except Exception:  # sentencepiece and transformers raise many kinds
+        return None
+    try:
+        AnchorTokens.of(tokenizer)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _check_outputs(args: argparse.Namespace, found: Report) -> None:

@@ -64,14 +64,6 @@ class Report:
             return False
         return True
 
-    def report(self) -> str:
-        """One line per finding: errors, then warnings, then facts."""
-        return "\n".join(
-            [f"error: {e}" for e in self.errors]
-            + [f"warning: {w}" for w in self.warnings]
-            + [f"ok: {f}" for f in self.facts]
-        )
-
     def verdict(self) -> str:
         """``OK`` or ``N error(s)``."""
         n = len(self.errors)

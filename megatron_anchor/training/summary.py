@@ -24,11 +24,11 @@ def parameter_count(model: torch.nn.Module, tp_names: set[str], tp: int) -> int:
 
 
 def distinct_samples(dataset: Dataset) -> int:
-    """Samples of a split before repetition: a split's index, the sum over a blend, else its length."""
+    """Samples of a split before repetition: the sum over a blend, a split's own count, else its length."""
     if hasattr(dataset, "datasets"):  # megatron-core's BlendedDataset
         return sum(distinct_samples(d) for d in dataset.datasets)
-    indices = getattr(dataset, "indices", None)  # a MegatronDataset split
-    return len(indices) if indices is not None else len(dataset)
+    counted = getattr(dataset, "distinct_samples", None)  # AnchorSplitDataset (packed or plain)
+    return counted() if counted is not None else len(dataset)
 
 
 def _data_line(run) -> str:

@@ -1,8 +1,10 @@
 """The tokenizer flags and the vocabulary a run builds: the tokenizer's size (or ``--vocab-size``), padded
 as Megatron does.
 
-Free of torch, so the flag checks (``checkpoint_args``) can compare it with a checkpoint's before the
-training stack is imported; the tokenizer is loaded once per process.
+The one reader of the tokenizer flags (``tokenizer_from_args``: ``--tokenizer-type`` with
+``--tokenizer-model``, or GPT2BPETokenizer's ``--vocab-file`` and ``--merge-file``) for the trainer, its
+checks and the evaluation tools. Free of torch, so the flag checks (``checkpoint_args``) can compare it with
+a checkpoint's before the training stack is imported; the tokenizer is loaded once per process.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from megatron_anchor.data.tokenizers import TOKENIZER_TYPES
+from megatron_anchor.data.tokenizers import TOKENIZER_TYPES, Tokenizer, tokenizer_identity
 from megatron_anchor.model.config_record import pad_vocab_size
 
 NULL_TOKENIZER, GPT2_BPE = "NullTokenizer", "GPT2BPETokenizer"
@@ -30,11 +32,27 @@ def _require(ok: bool, message: str) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def tokenizer_size(tokenizer_type: str | None, tokenizer_model: str, merge_file: str | None = None) -> int:
-    """The vocabulary size of a tokenizer (loaded once per process: the checks and the run share it)."""
+def _loaded(tokenizer_type: str | None, tokenizer_model: str, merge_file: str | None) -> Tokenizer:
     from megatron_anchor.data import build_tokenizer
 
-    return build_tokenizer(tokenizer_type, tokenizer_model, merge_file).vocab_size
+    return build_tokenizer(tokenizer_type, tokenizer_model, merge_file)
+
+
+def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
+    """The tokenizer the checked tokenizer flags name (``check_tokenizer_flags``; GPT2BPETokenizer: the
+    vocab file with ``--merge-file``), loaded once per process: the checks and the run share it."""
+    return _loaded(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
+
+
+def tokenizer_size(args: argparse.Namespace) -> int:
+    """The vocabulary size of the tokenizer the flags name (``tokenizer_from_args``)."""
+    return tokenizer_from_args(args).vocab_size
+
+
+def tokenizer_record(args: argparse.Namespace, vocab_size: int) -> dict:
+    """``tokenizer_identity`` of the tokenizer the flags name, its files' CRC-32s included."""
+    merge_file = getattr(args, "merge_file", None)
+    return tokenizer_identity(args.tokenizer_type, args.tokenizer_model, vocab_size, merge_file)
 
 
 def tokenizer_vocab_size(args: argparse.Namespace) -> int:
@@ -48,7 +66,7 @@ def tokenizer_vocab_size(args: argparse.Namespace) -> int:
         return args.vocab_size
     if args.tokenizer_model is None and getattr(args, "padded_vocab_size", None) is not None:
         return args.padded_vocab_size
-    return tokenizer_size(args.tokenizer_type, args.tokenizer_model, getattr(args, "merge_file", None))
+    return tokenizer_size(args)
 
 
 def resolve_vocab_size(args: argparse.Namespace) -> int:
@@ -114,7 +132,7 @@ def _load_tokenizer(args: argparse.Namespace) -> None:
     """The tokenizer loads (once per process: its size is cached for the vocabulary and the run); with
     --vocab-size it is loaded by ``preflight`` instead, which only reports its size."""
     try:
-        tokenizer_size(args.tokenizer_type, args.tokenizer_model, args.merge_file)
+        tokenizer_size(args)
     except Exception as err:  # sentencepiece and transformers raise many kinds; the run cannot start
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         named = text if text.startswith("--") else f"--tokenizer-model {args.tokenizer_model}: {text}"

@@ -209,3 +209,35 @@ def test_transformers_4_config_form_is_read_and_written_back(sharded_llama: Path
     assert written["rope_scaling"]["rope_type"] == "llama3"
     expected = AutoConfig.from_pretrained(sharded_llama).rope_parameters
     assert AutoConfig.from_pretrained(tmp_path / "out").rope_parameters == expected
+
+
+def test_import_refuses_a_save_with_checkpoints_or_a_live_run_and_leaves_its_files(
+    sharded_llama: Path, tmp_path: Path, capsys
+) -> None:
+    import os
+    import socket
+
+    from megatron_anchor._output_lock import OutputLock
+
+    megatron = tmp_path / "megatron"  # Megatron-LM's tracker only, no 'latest'
+    (megatron / "iter_0000100").mkdir(parents=True)
+    (megatron / "latest_checkpointed_iteration.txt").write_text("100")
+    unpointed = tmp_path / "unpointed"  # a complete checkpoint whose pointers are gone
+    (unpointed / "iter_0000003").mkdir(parents=True)
+    (unpointed / "iter_0000003" / "meta.json").write_text("{}")
+    for save, held in ((megatron, "latest_checkpointed_iteration.txt"), (unpointed, "iter_0000003")):
+        assert main(["import", "--hf-dir", str(sharded_llama), "--save", str(save), "--quiet"]) == 1
+        named = f"--save {save} already holds a checkpoint ({save / held}): give an empty --save"
+        assert capsys.readouterr().err == f"error: {named}\n"
+    live = tmp_path / "live"  # a run that is writing its first checkpoint
+    (live / "iter_0000010.tmp").mkdir(parents=True)
+    lock = OutputLock(str(live / "run.lock"), "--save")
+    try:
+        assert main(["import", "--hf-dir", str(sharded_llama), "--save", str(live), "--quiet"]) == 1
+        assert capsys.readouterr().err == (
+            f"error: {live / 'run.lock'}: another run (pid {os.getpid()} on {socket.gethostname()}) is "
+            f"writing this output; wait for it to finish or choose another --save\n"
+        )
+        assert (live / "iter_0000010.tmp").is_dir()  # the run's save in progress is left alone
+    finally:
+        lock.release()

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from megatron_anchor.checkpoint import tokenizer_identity
 from tests.convert.convert_harness import save_tiny_hf
+from tests.training.megatron_recipes import gpt2_bpe_files
 from tests.training.packed_data import write_hf_tokenizer
 from tools.convert_hf_checkpoint import main
 
@@ -66,6 +67,24 @@ def test_export_without_a_source_keeps_dtype_trained_length_and_tokenizer(hf_dir
     assert main(["export", "--load", str(ckpt), "--hf-dir", str(half), "--dtype", "bfloat16", "--quiet"]) == 0
     with safe_open(half / "model.safetensors", framework="pt") as f:
         assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+
+
+def test_export_of_a_gpt2_bpe_run_writes_its_vocab_and_merges(hf_dir, tmp_path, capsys) -> None:
+    from transformers import AutoTokenizer
+
+    from megatron_anchor.data import build_tokenizer
+
+    vocab, merges = gpt2_bpe_files(tmp_path / "gpt2", size=100)
+    ckpt = _from_scratch(hf_dir, tmp_path, tokenizer_identity("GPT2BPETokenizer", vocab, 100, merges))
+    out = tmp_path / "out"
+    assert main(["export", "--load", str(ckpt), "--hf-dir", str(out), "--quiet"]) == 0
+    assert (out / "vocab.json").read_bytes() == Path(vocab).read_bytes()
+    assert (out / "merges.txt").read_bytes() == Path(merges).read_bytes()
+    assert not (out / "tokenizer.model").exists()
+    text = "ab c<|endoftext|>"
+    assert AutoTokenizer.from_pretrained(out)(text)["input_ids"] == build_tokenizer(
+        "GPT2BPETokenizer", vocab, merges
+    ).encode(text)
 
 
 def test_export_names_a_tokenizer_that_changed_and_writes_none(hf_dir, tmp_path, capsys) -> None:

@@ -6,6 +6,7 @@ import functools
 import gzip
 import importlib.util
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,8 +38,39 @@ def test_huggingface(tmp_path):
     assert default_anchor_id(tokenizer) == 1  # no BOS: the anchor is EOS
 
 
+def _identity(path) -> dict:
+    from megatron_anchor.data.tokenizers import tokenizer_identity
+
+    kind = "HuggingFaceTokenizer" if Path(path).is_dir() else "SentencePieceTokenizer"
+    return tokenizer_identity(kind, str(path), 300)
+
+
+def test_data_of_a_tokenizer_file_is_the_data_of_its_hugging_face_directory(tmp_path):
+    """A SentencePiece model given as the file or inside a Hugging Face directory is one tokenizer; another
+    model file in the directory is not."""
+    import shutil
+
+    from megatron_anchor.data.data_record import check_data_tokenizer, record_path, write_record
+
+    hf, other = tmp_path / "hf", tmp_path / "other"
+    (tmp_path / "b.model").write_bytes(Path(sp_model()).read_bytes() + b"\0")
+    for directory, model in ((hf, sp_model()), (other, tmp_path / "b.model")):
+        directory.mkdir()
+        shutil.copy(model, directory / "tokenizer.model")
+        (directory / "tokenizer_config.json").write_text("{}")
+    prefix = str(tmp_path / "d")
+    pair = {suffix: prefix + suffix for suffix in (".bin", ".idx")}
+    for path in pair.values():
+        Path(path).write_bytes(b"\1" * 64)
+    for recorded, training in [(sp_model(), hf), (hf, sp_model())]:
+        write_record(record_path(prefix), {"tokenizer": _identity(recorded)}, "run", pair)
+        assert check_data_tokenizer(prefix, _identity(training), 300) is None
+    with pytest.raises(ValueError, match="was preprocessed with HuggingFaceTokenizer .*not the training"):
+        check_data_tokenizer(prefix, _identity(other), 300)
+
+
 def test_errors_name_the_flag(tmp_path):
-    with pytest.raises(ValueError, match="--tokenizer-type 'GPT2BPETokenizer'"):
+    with pytest.raises(ValueError, match="--tokenizer-type GPT2BPETokenizer needs --merge-file"):
         build_tokenizer("GPT2BPETokenizer", "x")
     with pytest.raises(FileNotFoundError, match="--tokenizer-model"):
         build_tokenizer("SentencePieceTokenizer", str(tmp_path / "missing.model"))
@@ -115,14 +147,17 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
 
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(20))
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    (tmp_path / "ro").mkdir()
+    ro = tmp_path / "ro"
+    ro.mkdir()
     prefix, missing = ["--model-prefix", str(tmp_path / "tok")], str(tmp_path / "missing.jsonl")
     cases = [
         (["--input", missing, *prefix], f"--input '{missing}': no such file"),
         (["--input", str(corpus), *prefix, "--vocab-size", "0"], "--vocab-size 0: must be positive"),
         (["--input", str(corpus), *prefix, "--vocab-size", "5"], "--vocab-size 5 is smaller than the "),
         (["--input", str(tmp_path / "empty.jsonl"), *prefix], "no text under key 'text' to train on"),
-        (["--input", str(corpus), "--model-prefix", str(tmp_path / "ro" / "t")], f"{tmp_path}/ro/t: cannot"),
+        (["--input", str(corpus), "--model-prefix", str(ro / "t")], f"--model-prefix {ro}: {ro} is not writ"),
+        (["--input", str(corpus), "--model-prefix", str(ro / "new" / "t")], f"{ro} is not writable"),
+        (["--input", str(tmp_path / "empty.jsonl"), "--model-prefix", str(tmp_path / "n" / "t")], "no text"),
     ]
     with read_only(tmp_path / "ro"):
         for argv, expected in cases:
@@ -130,6 +165,7 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not list(tmp_path.glob("tok*")) and not list((tmp_path / "ro").iterdir())
+    assert not (tmp_path / "n").exists()  # the checks create nothing
 
 
 def test_help_keeps_the_examples_line_breaks(capsys):

@@ -1,4 +1,5 @@
-"""Hand-built inputs for flag and dry-run tests: a packed anchor dataset and a tiny Hugging Face tokenizer."""
+"""Hand-built inputs for flag and dry-run tests: a packed anchor dataset, a plain Megatron-LM one and a tiny
+Hugging Face tokenizer."""
 
 from __future__ import annotations
 
@@ -22,16 +23,27 @@ def write_packed(prefix: Path, seq_length: int, samples: int, vocab: int = 100, 
     return str(prefix)
 
 
-def write_hf_tokenizer(directory: Path, vocab: int = 64) -> str:
-    """A word-level Hugging Face tokenizer of ``vocab`` ids (``<s>`` 0, ``</s>`` 1, ``<unk>`` 2, ...)."""
+def write_plain(prefix: Path, docs: list[np.ndarray]) -> str:
+    """Megatron-LM's plain format (one document a sequence), written by megatron-core's own builder."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for doc in docs:
+        builder.add_document(doc, [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+def write_hf_tokenizer(directory: Path, vocab: int = 64, bos_eos: bool = True) -> str:
+    """A word-level Hugging Face tokenizer of ``vocab`` ids (``<s>`` 0, ``</s>`` 1, ``<unk>`` 2, ...); without
+    ``bos_eos`` neither ``<s>`` nor ``</s>`` is its BOS or EOS."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = {"<s>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, vocab)}}
     tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    specials = {"bos_token": "<s>", "eos_token": "</s>"} if bos_eos else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", **specials)
     fast.save_pretrained(directory)
     return str(directory)

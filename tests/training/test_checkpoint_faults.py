@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import resource
 import shutil
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from train_harness import (
     TINY,
     read_log,
@@ -24,6 +27,7 @@ from train_harness import (
 )
 
 from megatron_anchor.checkpoint import CheckpointError, verify_checkpoint
+from megatron_anchor.training.checkpoint import _rng_state, _set_rng_state, read_rng_state
 from megatron_anchor.training.startup import CONFIG_FILE
 
 # The reference run's schedule (6 steps) kept while a resume trains further.
@@ -234,3 +238,29 @@ def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
         f"(was it edited?)"
     )
     assert "megatron_anchor/" not in proc.stderr
+
+
+class _Runs:
+    """Pickles as a call of os.system: a reader that unpickles with a plain Unpickler runs it."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_rng_files_are_read_without_running_what_they_name(tmp_path):
+    """A rank's RNG file as a save writes it restores the same random streams through the weights-only
+    reader; one naming a callable (a crafted checkpoint) is refused by name and runs nothing."""
+    saved = tmp_path / "rank0.pt"
+    torch.save(_rng_state(), saved)
+    first = (torch.rand(4), np.random.rand(4), random.random())
+    _set_rng_state(read_rng_state(str(saved)))
+    again = (torch.rand(4), np.random.rand(4), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    marker, crafted = tmp_path / "ran", tmp_path / "rank1.pt"
+    torch.save(dict(_rng_state(), python=_Runs(f"touch {marker}")), crafted)
+    with pytest.raises(CheckpointError, match=f"^{crafted}: not a readable RNG state"):
+        read_rng_state(str(crafted))
+    assert not marker.exists()

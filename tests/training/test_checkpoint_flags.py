@@ -117,13 +117,12 @@ def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatc
     existing = tmp_path / "existing"
     existing.mkdir()
     probes = []
-    probe = "megatron_anchor.training.checkpoint_args.probe_writable"
-    monkeypatch.setattr(probe, lambda *a: probes.append(a))
+    monkeypatch.setattr("megatron_anchor._files.write_probe", lambda *a: probes.append(a))
     _validate([*TINY, "--save", str(existing)])
     _validate([*TINY, "--save", str(existing / "not" / "yet")])  # its nearest existing parent is probed
     monkeypatch.setenv("LOCAL_RANK", "3")
     _validate([*TINY, "--save", str(existing)])
-    assert probes == [(str(existing), "--save")] * 2  # one write probe per node, nothing created
+    assert probes == [(str(existing),)] * 2  # one write probe per node, nothing created
 
 
 def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):
@@ -237,10 +236,23 @@ def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_ite
     assert (newest / "meta.json").read_text() == before
 
 
+def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_command_line(tmp_path):
+    copy = _copy_reference(tmp_path)  # iter_0000006 renamed into place, the pointers still naming step 3
+    (copy / "latest").write_text("iter_0000003\n")
+    (copy / "latest_checkpointed_iteration.txt").write_text("3")
+    resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy), "--save", str(copy)]
+    args = _validate(resume)
+    newest = copy / "iter_0000006"
+    assert args.load_checkpoint == str(newest)
+    assert f"{copy / 'latest'} names iter_0000003, but the newer {newest} is complete (its save stopped " \
+        f"before the pointers were written): taking {newest}" in args.checkpoint_notes
+
+
 def test_pointer_files_latest_and_megatrons_tracker_are_read_and_damage_is_named(tmp_path):
     copy = _copy_reference(tmp_path)
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy)]
     (copy / "latest").unlink()
+    shutil.rmtree(copy / "iter_0000006")  # the tracker names the newest complete checkpoint
     (copy / "latest_checkpointed_iteration.txt").write_text("3")  # Megatron-LM's format
     assert _validate(resume).load_checkpoint == str(copy / "iter_0000003")
     (copy / "latest_checkpointed_iteration.txt").write_text("iter_3\n")

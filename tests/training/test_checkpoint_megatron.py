@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,53 @@ def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_pa
     args = validate_args(build_parser().parse_args([*RUN, "--load", str(rope.parent)]), 1)
     assert (args.normalization, args.swiglu, args.add_bias_linear) == ("LayerNorm", False, True)
     assert args.hidden_dropout == 0.1 and not marker.exists()
+
+
+def test_a_megatron_torch_format_checkpoint_is_named_with_how_to_convert_it(tmp_path):
+    legacy = tmp_path / "legacy"  # Megatron-LM --ckpt-format torch: a file per model-parallel rank
+    (legacy / "iter_0000100" / "mp_rank_00").mkdir(parents=True)
+    (legacy / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt").write_bytes(b"")
+    (legacy / "latest_checkpointed_iteration.txt").write_text("100")
+    how = ("is a Megatron-LM --ckpt-format torch checkpoint (mp_rank_*/model_optim_rng.pt), and only "
+           "torch_dist ones are read: convert it with Megatron-LM's training script (--ckpt-convert-format "
+           "torch_dist --ckpt-convert-save DIR), then give DIR/torch_dist")  # fmt: skip
+    tracker = legacy / "latest_checkpointed_iteration.txt"
+    for load, message in [
+        (legacy, f"--load: {tracker} names {legacy / 'iter_0000100'}, which {how}"),
+        (legacy / "iter_0000100", f"--load {legacy / 'iter_0000100'} {how}"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            validate_args(build_parser().parse_args([*RUN, "--load", str(load)]), 1)
+        assert str(err.value) == message
+
+
+def test_export_of_a_megatron_checkpoint_is_one_line_saying_what_to_do(tmp_path, capsys):
+    from tools.convert_hf_checkpoint import main
+
+    ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
+    (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
+    assert main(["export", "--load", str(ckpt.parent), "--hf-dir", str(tmp_path / "hf"), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {ckpt} is a Megatron-LM torch_dist checkpoint, which export does not read: train from it "
+        f"with --pretrained-checkpoint {ckpt} and --save, then export that run's checkpoint\n"
+    )
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch legacy"])
+def test_a_common_pt_in_the_legacy_format_is_refused_unread(tmp_path, writer):
+    """megatron-core writes common.pt as a zip file; a file in torch's legacy (non-zip) format, whose first
+    records torch.load unpickles before its Unpickler takes over, is refused by name, through the dry
+    run's --load, and whatever it holds runs nothing."""
+    marker = tmp_path / "ran"
+    ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
+    payload = {"args": _Runs(f"touch {marker}"), "iteration": 7}
+    if writer == "pickle":
+        (ckpt / "common.pt").write_bytes(pickle.dumps(_Runs(f"touch {marker}")))
+    else:
+        torch.save(payload, ckpt / "common.pt", _use_new_zipfile_serialization=False)
+    (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
+    with pytest.raises(ValueError) as err:
+        validate_args(build_parser().parse_args([*RUN, "--load", str(ckpt.parent)]), 1)
+    assert not marker.exists()
+    refused = f"{ckpt / 'common.pt'}: not a megatron-core common state (not torch's zip format)"
+    assert refused in str(err.value)

@@ -10,6 +10,9 @@ import socket
 
 from train_harness import TINY, run_pretrain, start_pretrain, worker_pids
 
+from megatron_anchor._output_lock import OutputLock
+from megatron_anchor.training.arguments import gather_configuration
+
 
 def test_a_second_run_on_the_same_save_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
     save = tmp_path / "run"
@@ -21,8 +24,8 @@ def test_a_second_run_on_the_same_save_is_refused_and_a_dead_runs_lock_is_taken_
         (holder,) = worker_pids(first.proc.pid).values()
         _, second = run_pretrain(1, [*TINY, "--save", str(save)], tmp_path / "b", expect_fail=True)
         assert lock.read_text() == f"{holder} on {socket.gethostname()}\n"
-        assert second.stderr.splitlines()[0] == (
-            f"error: rank 0: {lock}: another run (pid {holder} on {socket.gethostname()}) is writing this "
+        assert second.stderr.splitlines()[0] == (  # the start-up report's, before any process group
+            f"error: {lock}: another run (pid {holder} on {socket.gethostname()}) is writing this "
             f"output; wait for it to finish or choose another --save"
         )
         assert "megatron_anchor/" not in second.stderr  # one line of ours (then torchrun's own report)
@@ -38,3 +41,21 @@ def test_a_second_run_on_the_same_save_is_refused_and_a_dead_runs_lock_is_taken_
     note = f"note: {lock}: took over the lock of pid {holder} on {socket.gethostname()}, which has ended"
     assert note in third.stdout.splitlines()
     assert (save / "latest").read_text() == "iter_0000002\n" and not lock.exists()  # released at the end
+
+
+def test_the_start_up_report_names_the_holder_of_the_save_lock_and_leaves_it_held(tmp_path):
+    save = tmp_path / "run"
+    save.mkdir()
+    lock = save / "run.lock"
+    held = OutputLock(str(lock), "--save")  # a live run's (this process's, on another descriptor)
+    try:
+        _, report = gather_configuration([*TINY, "--dry-run", "--save", str(save)], 1)
+        assert report.errors == [
+            f"{lock}: another run (pid {os.getpid()} on {socket.gethostname()}) is writing this output; wait "
+            f"for it to finish or choose another --save"
+        ]
+        assert lock.read_text() == f"{os.getpid()} on {socket.gethostname()}\n"
+    finally:
+        held.release()
+    _, report = gather_configuration([*TINY, "--dry-run", "--save", str(save)], 1)
+    assert report.errors == [] and not lock.exists()  # the probe creates no lock file

@@ -90,6 +90,11 @@ def test_defaults_are_megatrons_but_the_listed_ones_which_are_said_at_start_up()
     assert "--lr" not in line and "--attention-dropout" not in line
     assert "--micro-batch-size 1 (Megatron-LM requires it)" in line
     assert "--position-embedding-type rope (Megatron-LM: learned_absolute;" in line
+    # This project's own flag whose default is not what Megatron-LM trains.
+    assert line.endswith("; --attention-mode anchor (Megatron-LM: causal attention over the whole sample, "
+                         "no --reset-attention-mask)")  # fmt: skip
+    given = build_parser().parse_args(["--attention-mode", "causal"])
+    assert "--attention-mode" not in unstated_differences(given)
 
 
 def test_help_is_quick_shows_defaults_and_warns_nothing():

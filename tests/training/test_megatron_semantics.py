@@ -82,6 +82,29 @@ def test_llama2_tokenizer_and_gpt2_bpe_files_are_read_as_megatron_does(tmp_path)
         _validate(TINY, "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", vocab)
 
 
+def test_gpt2_bpe_files_build_the_data_and_the_record_holds_both_files(tmp_path):
+    import numpy as np
+    from packed_data import write_plain
+
+    from megatron_anchor.training.arguments import gather_configuration
+    from megatron_anchor.training.build import _data_path_datasets
+
+    vocab, merges = gpt2_bpe_files(tmp_path / "gpt2", size=400)
+    rng = np.random.default_rng(0)
+    prefix = write_plain(tmp_path / "p", [np.r_[rng.integers(0, 399, 50), 399] for _ in range(40)])
+    flags = [*TINY.replace("--mock-data", "").split(), "--tokenizer-type", "GPT2BPETokenizer",
+             "--vocab-file", vocab, "--merge-file", merges, "--data-path", prefix,
+             "--data-cache-path", str(tmp_path / "cache")]  # fmt: skip
+    args, report = gather_configuration(flags, 1)
+    assert report.errors == []
+    assert len(_data_path_datasets(args, 4, 0)[0]) == 40 * 51 // 64  # Megatron's plain sample index
+    from megatron_anchor.training.vocab import tokenizer_record
+
+    record = tokenizer_record(args, 400)
+    assert record["crc32"].startswith("vocab.json:") and ",merges.txt:" in record["crc32"]
+    assert record["merge_file"] == merges
+
+
 def test_padded_vocab_size_is_the_models_rows_as_given():
     args = _validate(TINY, "--vocab-size", "99", "--padded-vocab-size", "100")
     assert resolve_vocab_size(args) == 100  # not padded to 128

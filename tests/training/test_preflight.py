@@ -72,6 +72,54 @@ def test_tokenizer_loads_and_must_fit_the_vocabulary(inputs):
         _findings([*data, *spm])
 
 
+def _gathered(flags: list[str]):
+    """The one report of a command line: its flag checks, then preflight's."""
+    from megatron_anchor.training.arguments import gather_configuration
+
+    args, report = gather_configuration(flags, 1)
+    return preflight(args, dry_run=True, report=report)
+
+
+def test_a_bad_split_is_reported_once(inputs):
+    found = _gathered([*TINY.split(), "--vocab-size", "128", "--data-path", inputs["data32"], "--split", "x"])
+    assert len(found.errors) == 1, found.errors  # not also the split sizes of the data plan ("float NaN")
+    assert found.errors[0].startswith("--split x: expected up to three")
+
+
+def test_a_tokenizer_larger_than_a_checkpoints_vocabulary_is_one_error(tmp_path):
+    from megatron_recipes import _converted_metadata, _sentencepiece_words
+
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+              "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "vocab_size": 100,
+              "rms_norm_eps": 1e-6, "rope_theta": 5e5, "max_position_embeddings": 64,
+              "tie_word_embeddings": False}  # fmt: skip
+    ckpt = _converted_metadata(tmp_path / "ckpt", config, 1)
+    sp = _sentencepiece_words(tmp_path / "sp", 300)
+    found = _gathered(["--seq-length", "64", "--train-iters", "2", "--mock-data", "--load", ckpt,
+                       "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp])  # fmt: skip
+    assert len(found.errors) == 1, found.errors  # not also "--vocab-size 100", a flag the user never gave
+    assert found.errors[0].startswith(f"--tokenizer-model {sp} (300 ids) does not fit")
+
+
+def test_a_plain_dataset_needs_a_tokenizer_with_an_anchor(tmp_path):
+    import numpy as np
+    from packed_data import write_plain
+
+    from megatron_anchor.data import AnchorTokens, build_tokenizer
+
+    plain = write_plain(tmp_path / "plain", [np.arange(3, 40)] * 4)
+    tokenizer = write_hf_tokenizer(tmp_path / "tok", vocab=50, bos_eos=False)
+    found = _findings(["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer,
+                       "--data-path", plain, "--data-cache-path", str(tmp_path / "cache")])  # fmt: skip
+    assert found.errors == [
+        f"--data-path {plain}: --tokenizer-model {tokenizer}: the tokenizer has neither a BOS nor an EOS "
+        "token to be the anchor: a Megatron-LM plain dataset cannot be read with it; preprocess the data "
+        "packed (tools/preprocess_data.py --seq-length with --anchor-token-id)"
+    ]
+    with pytest.raises(ValueError, match="neither a BOS nor an EOS"):  # the datasets' own rule
+        AnchorTokens.of(build_tokenizer("HuggingFaceTokenizer", tokenizer))
+
+
 def test_output_paths_must_be_creatable(inputs, tmp_path):
     base = ["--mock-data", "--vocab-size", "50"]
     (tmp_path / "a_file").write_text("x")
@@ -107,6 +155,15 @@ def test_missing_logging_packages_warn_in_a_dry_run_and_stop_a_run(monkeypatch, 
         "--tensorboard-dir",
         "--wandb-project",
     ]
+
+
+def test_a_missing_data_file_exits_2_as_a_command_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    missing = tmp_path / "gone_text_document"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY.split(), "--vocab-size", "50", "--data-path", str(missing)])
+    assert exit_info.value.code == 2 and not dist.is_initialized()  # as for a missing --load
+    assert capsys.readouterr().err == f"error: --data-path {missing}: no file {missing}.bin\n"
 
 
 def test_a_run_stops_on_a_blocked_log_path_before_any_process_group(tmp_path, monkeypatch, capsys):

@@ -108,6 +108,27 @@ def logged_run(tmp_path_factory):
     return work, proc, records
 
 
+def test_the_summary_counts_a_plain_files_samples_as_the_data_plan_and_megatron_core_do(tmp_path):
+    import numpy as np
+    from packed_data import write_plain
+
+    from megatron_anchor.data import AnchorTokens, build_train_valid_test_datasets
+    from megatron_anchor.data.layouts import PLAIN
+    from megatron_anchor.training.data_plan import samples_per_split
+    from megatron_anchor.training.summary import distinct_samples
+
+    prefix = write_plain(tmp_path / "m", [np.r_[np.arange(3, 103), 2]] * 40)  # 40 documents of 101 tokens
+    splits = [
+        build_train_valid_test_datasets([prefix], "1,0,0", 64, 1, (n, 0, 0), tokens=AnchorTokens(1, 2),
+                                        path_to_cache=str(tmp_path / "c"))[0]  # fmt: skip
+        for n in (10, 200)
+    ]
+    one_epoch = 40 * 101 // 64
+    assert len(splits[0]) == one_epoch and len(splits[1]) > 2 * one_epoch  # megatron-core's sample index
+    assert [distinct_samples(s) for s in splits] == [one_epoch] * 2  # not the 40 documents
+    assert samples_per_split(prefix, PLAIN, 64, "1,0,0") == [one_epoch, 0, 0]  # the dry run's count
+
+
 def test_start_up_prints_a_summary_and_no_warnings(logged_run):
     work, proc, _ = logged_run
     assert not re.search(r"warn", proc.stderr, re.IGNORECASE), proc.stderr  # both processes
