@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_megatron_weights": "megatron",
     "load_model_weights": "weights",
     "load_verified_weights": "weights",
+    "PlainDataLoadPlanner": "weights",
     "megatron_meta": "megatron",
     "newest_checkpoint": "layout",
     "read_pointer": "layout",

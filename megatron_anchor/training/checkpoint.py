@@ -35,6 +35,7 @@ from megatron_anchor.checkpoint import (
     LOCK_FILE,
     TMP_SUFFIX,
     CheckpointError,
+    PlainDataLoadPlanner,
     checkpoint_files,
     checkpoint_meta,
     commit_checkpoint,
@@ -209,7 +210,14 @@ def load_checkpoint(
         raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): add --no-load-optim")
     if full and load_optim:
         osd = get_optimizer_state_dict(model, optimizer)
-        dcp.load({f"tp{dims.tp_rank}": {"optim": osd}}, checkpoint_id=path)
+        try:
+            state, planner = {f"tp{dims.tp_rank}": {"optim": osd}}, PlainDataLoadPlanner()
+            dcp.load(state, checkpoint_id=path, planner=planner)
+        except CheckpointException as err:
+            rank, (exc, _) = min(err.failures.items())
+            raise CheckpointError(
+                f"reading the optimizer state of checkpoint {path} failed on rank {rank}: {exc}"
+            ) from None
         set_optimizer_state_dict(model, optimizer, osd)
     rng_file = os.path.join(path, "rng", f"rank{dims.rank}.pt")
     # Per-rank RNG streams only map one-to-one at the same world size; otherwise they stay from --seed.
