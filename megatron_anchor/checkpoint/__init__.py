@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_model_weights": "weights",
     "load_verified_weights": "weights",
     "PlainDataLoadPlanner": "weights",
+    "weights_only_refusal": "weights",
     "megatron_meta": "megatron",
     "newest_checkpoint": "layout",
     "read_pointer": "layout",
