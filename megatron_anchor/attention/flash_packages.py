@@ -207,10 +207,14 @@ def load_package(name: str) -> tuple[FlashAttnPackage | None, str]:
 def package_installed(name: str) -> bool:
     """Whether package backend ``name``'s top-level module is there (found, not imported)."""
     top = PACKAGES[name].module.split(".")[0]
-    if top in sys.modules:
-        return True
+    return top in sys.modules or _findable(top)
+
+
+@functools.cache
+def _findable(module: str) -> bool:
+    """Whether ``module`` is on sys.path: searched once per process (auto asks at every attention call)."""
     try:
-        return importlib.util.find_spec(top) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
 

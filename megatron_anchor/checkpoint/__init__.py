@@ -22,6 +22,8 @@ _EXPORTS = {
     "load_megatron_weights": "megatron",
     "load_model_weights": "weights",
     "load_verified_weights": "weights",
+    "PlainDataLoadPlanner": "weights",
+    "weights_only_refusal": "weights",
     "megatron_meta": "megatron",
     "newest_checkpoint": "layout",
     "read_pointer": "layout",

@@ -25,6 +25,9 @@ LATEST = "latest"
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 META_FILE = "meta.json"
 LOCK_FILE = "run.lock"
+# Names the checkpoint a save is committing, from before its rename until both pointers name it: a crash in
+# between leaves it, telling that window apart from a pointer rolled back by hand.
+COMMIT_MARKER = "commit.pending"
 TMP_SUFFIX = ".tmp"
 # megatron-core dist_checkpointing's files (megatron/core/dist_checkpointing/core.py CONFIG_FNAME and
 # strategies/common.py COMMON_STATE_FNAME, core_v0.16.0).
@@ -107,9 +110,9 @@ def read_pointer(directory: str) -> tuple[str, str] | None:
 
 def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
     """``path`` itself if it is a checkpoint, else the one its pointer names, else None. A complete
-    checkpoint newer than the pointer's target wins (noted in ``notes``): a save stopped between its rename
-    and its pointer writes. CheckpointError when the pointer names an incomplete checkpoint newer than all
-    complete ones."""
+    checkpoint newer than the pointer's target wins (noted in ``notes``) when the commit marker names it: a
+    save stopped between its rename and its pointer writes (a pointer rolled back by hand is followed).
+    CheckpointError when the pointer names an incomplete checkpoint newer than all complete ones."""
     if is_checkpoint(path):
         return path
     pointed = read_pointer(path) if os.path.isdir(path) else None
@@ -117,7 +120,7 @@ def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
         return None
     pointer, found = pointed
     newest, step = newest_checkpoint(path), _step_of(os.path.basename(found))
-    if newest is not None and step is not None and step_of_checkpoint(newest) > step:
+    if newest is not None and step is not None and step_of_checkpoint(newest) > step and _committing(newest):
         if notes is not None:
             notes.append(
                 f"{pointer} names {os.path.basename(found)}, but the newer {newest} is complete (its save "
@@ -128,6 +131,16 @@ def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
         why = MEGATRON_TORCH_FORMAT if _is_megatron_torch_format(found) else "is not a complete checkpoint"
         raise CheckpointError(f"{pointer} names {found}, which {why}")
     return found
+
+
+def _committing(checkpoint_dir: str) -> bool:
+    """Whether the commit marker beside ``checkpoint_dir`` names it (its save stopped before the pointers)."""
+    marker = os.path.join(os.path.dirname(checkpoint_dir), COMMIT_MARKER)
+    try:
+        with open(marker, encoding="ascii", errors="replace") as f:
+            return f.read(256).strip() == os.path.basename(checkpoint_dir)
+    except FileNotFoundError:
+        return False
 
 
 def _is_megatron_torch_format(path: str) -> bool:
@@ -253,10 +266,13 @@ def commit_checkpoint(tmp_dir: str, final_dir: str) -> None:
             f"{final_dir} already exists: a checkpoint is never overwritten (is another run writing to "
             f"{save_dir}?); {tmp_dir} is kept and removed by the next save"
         )
-    os.rename(tmp_dir, final_dir)
     name = os.path.basename(final_dir)
+    marker = os.path.join(save_dir, COMMIT_MARKER)
+    write_synced(marker, name + "\n")
+    os.rename(tmp_dir, final_dir)
     for pointer, text in ((LATEST, name + "\n"), (MEGATRON_TRACKER, str(_step_of(name)))):
         pointer_tmp = os.path.join(save_dir, pointer + TMP_SUFFIX)
         write_synced(pointer_tmp, text)
         os.replace(pointer_tmp, os.path.join(save_dir, pointer))
     sync_directory(save_dir)  # the renames themselves reach the disk
+    os.remove(marker)

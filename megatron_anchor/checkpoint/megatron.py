@@ -22,7 +22,6 @@ import os
 import pickle
 import types
 import warnings
-import zipfile
 
 import torch
 
@@ -114,6 +113,8 @@ _PICKLE.load = _restricted_load
 
 # (path, inode, mtime, size) of common.pt -> its meta: each version read once per process
 _CACHE: dict[tuple, dict] = {}
+# A zip file's first local header (torch.serialization reads a file starting with it in the zip format).
+_ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 def read_common(checkpoint_dir: str) -> dict:
@@ -121,7 +122,10 @@ def read_common(checkpoint_dir: str) -> dict:
     path = os.path.join(checkpoint_dir, MEGATRON_COMMON)
     try:
         with open(path, "rb") as file:
-            if not zipfile.is_zipfile(file):  # megatron-core writes torch's zip format, never the legacy one
+            # megatron-core writes torch's zip format, never the legacy one. torch.load tells them apart by
+            # the signature at the start (zipfile.is_zipfile looks for the directory at the end: a pickle
+            # with an archive appended passes it and is then read in the legacy format).
+            if file.read(len(_ZIP_SIGNATURE)) != _ZIP_SIGNATURE:
                 raise CheckpointError(f"{path}: not a megatron-core common state (not torch's zip format)")
             file.seek(0)
             common = torch.load(file, map_location="cpu", weights_only=False, pickle_module=_PICKLE)

@@ -10,7 +10,9 @@ project's checkpoints (TP size and checksums checked first) or Megatron-LM's (``
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -53,6 +55,29 @@ def _one_process() -> Iterator[None]:
 
 def _key(tp_rank: int, name: str) -> str:
     return f"tp{tp_rank}.model.{name}"  # DCP's flattened form of {"tp{r}": {"model": {name: ...}}}
+
+
+def weights_only_refusal(err: Exception) -> str:
+    """The line of torch.load's weights-only refusal that names what it would not build (else its first)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "GLOBAL" in line), lines[0])
+
+
+class PlainDataLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner whose pickled items (an optimizer's param_groups) are read with torch's
+    weights-only unpickler: a crafted checkpoint builds tensors, numbers and containers, never runs code."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        """Unpickle the item weights-only (CheckpointError naming it otherwise), then store it as DCP does."""
+        try:
+            plain = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            fqn = read_item.dest_index.fqn
+            raise CheckpointError(f"its item {fqn} is not plain data ({weights_only_refusal(err)})") from None
+        checked = io.BytesIO()  # DCP's own load_bytes unpickles without the weights-only check
+        torch.save(plain, checked)
+        checked.seek(0)
+        super().load_bytes(read_item, checked)
 
 
 class _LazySavePlanner(DefaultSavePlanner):

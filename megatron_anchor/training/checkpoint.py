@@ -35,6 +35,7 @@ from megatron_anchor.checkpoint import (
     LOCK_FILE,
     TMP_SUFFIX,
     CheckpointError,
+    PlainDataLoadPlanner,
     checkpoint_files,
     checkpoint_meta,
     commit_checkpoint,
@@ -43,6 +44,7 @@ from megatron_anchor.checkpoint import (
     load_verified_weights,
     read_meta,
     remove_stale_tmp,
+    weights_only_refusal,
     write_failure_detail,
     write_meta,
 )
@@ -88,8 +90,12 @@ def _rng_state() -> dict:
     return state
 
 
-# What numpy's RNG state pickles as, besides torch's own types: the only globals read_rng_state accepts.
-_NUMPY_STATE_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+# What numpy's RNG state pickles as, besides torch's own types: the only globals read_rng_state accepts. The
+# arrays' rebuild function under numpy 1's name and numpy 2's, so a resume after an upgrade reads the files.
+_NUMPY_STATE_GLOBALS = [
+    *((np.empty(0).__reduce__()[0], f"numpy.{core}.multiarray._reconstruct") for core in ("core", "_core")),
+    np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+]  # fmt: skip
 
 
 def read_rng_state(path: str) -> dict:
@@ -99,8 +105,7 @@ def read_rng_state(path: str) -> dict:
         with torch.serialization.safe_globals(_NUMPY_STATE_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zipfile and torch fail alike on a file that is not an RNG state
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable RNG state ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable RNG state ({weights_only_refusal(err)})") from None
     if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= state.keys():
         raise CheckpointError(f"{path}: not an RNG state (a dict of torch, python and numpy states)")
     return state
@@ -209,7 +214,14 @@ def load_checkpoint(
         raise CheckpointError(f"{path} holds no optimizer state (--no-save-optim): add --no-load-optim")
     if full and load_optim:
         osd = get_optimizer_state_dict(model, optimizer)
-        dcp.load({f"tp{dims.tp_rank}": {"optim": osd}}, checkpoint_id=path)
+        try:
+            state, planner = {f"tp{dims.tp_rank}": {"optim": osd}}, PlainDataLoadPlanner()
+            dcp.load(state, checkpoint_id=path, planner=planner)
+        except CheckpointException as err:
+            rank, (exc, _) = min(err.failures.items())
+            raise CheckpointError(
+                f"reading the optimizer state of checkpoint {path} failed on rank {rank}: {exc}"
+            ) from None
         set_optimizer_state_dict(model, optimizer, osd)
     rng_file = os.path.join(path, "rng", f"rank{dims.rank}.pt")
     # Per-rank RNG streams only map one-to-one at the same world size; otherwise they stay from --seed.

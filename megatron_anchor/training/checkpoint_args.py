@@ -161,14 +161,17 @@ def check_save_writable(save: str) -> None:
 
     A write probe (read-only mounts, quotas and full disks fail it) runs in ``--save``, or in its nearest
     existing parent when it does not exist yet, once per node (``LOCAL_RANK`` 0: every rank writes its own
-    shards there).
+    shards there). The lock is probed on rank 0 only, before it takes it (``lock_save_dir``): NCCL's
+    process group forms without waiting for every rank, so another rank may still be here when it is held.
     """
     probe = os.environ.get("LOCAL_RANK", "0") == "0"
     problem = output_problem("--save", save) if probe else writable_problem("--save", save)
     if problem:
         raise ValueError(problem)
+    if os.environ.get("RANK", "0") != "0":
+        return
     lock = os.path.join(save, LOCK_FILE)
-    holder = lock_holder(lock)  # the run's own lock is taken later, once the process group forms
+    holder = lock_holder(lock)
     if holder is not None:
         raise ValueError(locked_message(lock, holder, "--save"))
 

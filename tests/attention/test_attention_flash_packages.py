@@ -128,3 +128,20 @@ def test_capabilities_and_head_dims_a_build_lacks_fall_back_with_the_reason(monk
     assert gpu_backend_status("flash_attn3", CUDA, torch.bfloat16, 256) == (False, why)
     later = FlashAttnPackage("flash_attn3", _forward, backward, version="flash_attn_3 3.0.0")
     assert later.head_dim_reason(256) == ""
+
+
+def test_auto_searches_for_a_missing_fa3_once_per_process(monkeypatch):
+    """``select_backend`` runs at every attention call of every layer: whether FlashAttention-3 is installed
+    is looked up on sys.path once, not at each call."""
+    import importlib.util
+
+    from megatron_anchor.attention import backends
+
+    searched, find_spec = [], importlib.util.find_spec
+    counted = lambda name, *rest: searched.append(name) or find_spec(name, *rest)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", counted)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(backends, "_NOTED", set())
+    for _ in range(3):
+        backends.select_backend("auto", CUDA, torch.bfloat16, 128)
+    assert searched.count("flash_attn_interface") <= 1

@@ -73,8 +73,9 @@ def test_varlen_forward_and_backward_match_fp64(backend, causal, lengths):
 
 
 # Causal sequences with fewer keys than queries: rows 0 .. n - m - 1 see no key (bottom-right alignment); on
-# the CPU grouped (tiny), masked alone (300 x 200), and one whose first 512-row tile has no key block at all.
-BLIND = [(5, 3), (3, 1), (64, 64), (300, 200), (600, 10)]
+# the CPU grouped (tiny), masked alone (300 x 200), one whose first 512-row tile has no key block at all, and
+# sequences without keys (grouped, and alone).
+BLIND = [(5, 3), (3, 1), (64, 64), (300, 200), (600, 10), (3, 0), (70, 0)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
@@ -96,6 +97,15 @@ def test_rows_that_see_no_key_give_out_0_lse_minus_inf_and_zero_gradients(backen
     assert all(g.isfinite().all() for g in (dq, dk, dv)) and (dq[blind] == 0).all()
     for got, x in zip((dq[~blind], dk, dv), ref_in):
         assert (got.double() - x.grad).abs().max() / x.grad.abs().max() < 1e-5
+
+
+def test_no_cpu_piece_is_a_call_without_keys_or_queries():
+    """aten's CPU kernel dies of a floating-point exception (SIGFPE: no traceback, the process ends) on a
+    sequence without keys: its rows are left to ``rows_without_keys``; one without queries is skipped."""
+    for causal in (True, False):
+        for lengths in ([(70, 70), (70, 0), (70, 70), (3, 0)], [(70, 70), (0, 70)]):  # each alone
+            for piece in pieces_of(_call(lengths, causal)):
+                assert piece.q1 > piece.q0 and piece.k1 > piece.k0, piece
 
 
 def test_cpu_pieces_cover_every_visible_pair_once():

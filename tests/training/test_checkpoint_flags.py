@@ -236,16 +236,40 @@ def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_ite
     assert (newest / "meta.json").read_text() == before
 
 
-def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_command_line(tmp_path):
-    copy = _copy_reference(tmp_path)  # iter_0000006 renamed into place, the pointers still naming step 3
-    (copy / "latest").write_text("iter_0000003\n")
-    (copy / "latest_checkpointed_iteration.txt").write_text("3")
+def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_command_line(
+    tmp_path, monkeypatch
+):
+    copy = _copy_reference(tmp_path)
+    for pointer, text in (("latest", "iter_0000003\n"), ("latest_checkpointed_iteration.txt", "3")):
+        (copy / pointer).write_text(text)  # as before step 6's save
+    newest = copy / "iter_0000006"
+    newest.rename(copy / "iter_0000006.tmp")
+
+    def crash(*_):
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:  # the save of step 6 stops after its rename
+        patch.setattr(os, "replace", crash)
+        with pytest.raises(OSError):
+            commit_checkpoint(str(copy / "iter_0000006.tmp"), str(newest))
+    assert (copy / "latest").read_text() == "iter_0000003\n" and newest.is_dir()
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy), "--save", str(copy)]
     args = _validate(resume)
-    newest = copy / "iter_0000006"
     assert args.load_checkpoint == str(newest)
     assert f"{copy / 'latest'} names iter_0000003, but the newer {newest} is complete (its save stopped " \
         f"before the pointers were written): taking {newest}" in args.checkpoint_notes
+
+
+def test_pointers_rolled_back_by_hand_are_followed_and_newer_checkpoints_never_overwritten(tmp_path):
+    copy = _copy_reference(tmp_path)  # saved whole: its pointers name iter_0000006
+    assert not (copy / "commit.pending").exists()
+    for pointer, text in (("latest", "iter_0000003\n"), ("latest_checkpointed_iteration.txt", "3")):
+        (copy / pointer).write_text(text)
+    flags = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy)]
+    assert _validate(flags).load_checkpoint == str(copy / "iter_0000003")
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(newest iter_0000006\), but this run "
+                       r"starts at step 3"):  # fmt: skip
+        _validate([*flags, "--save", str(copy)])
 
 
 def test_pointer_files_latest_and_megatrons_tracker_are_read_and_damage_is_named(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import torch
 from train_harness import REPO, TINY, run_pretrain, step_losses
 
+from megatron_anchor.checkpoint import CheckpointError
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import build_parser, validate_args
 
@@ -171,3 +172,27 @@ def test_a_common_pt_in_the_legacy_format_is_refused_unread(tmp_path, writer):
     assert not marker.exists()
     refused = f"{ckpt / 'common.pt'}: not a megatron-core common state (not torch's zip format)"
     assert refused in str(err.value)
+
+
+def test_a_pickle_with_a_zip_directory_appended_is_refused_as_torch_would_read_it(tmp_path, monkeypatch):
+    """zipfile finds an archive by the directory at its end, torch.load by the signature at its start: a
+    pickle followed by an empty archive passes the first and is read by torch in the legacy format, whose
+    first record is unpickled by ``pickle_module.load``. The zip check must be torch's own, and refuse it
+    even were that load unrestricted."""
+    import io
+    import zipfile
+
+    from megatron_anchor.checkpoint import megatron
+
+    marker = tmp_path / "ran"
+    ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
+    archive = io.BytesIO()
+    zipfile.ZipFile(archive, "w").close()
+    (ckpt / "common.pt").write_bytes(pickle.dumps(_Runs(f"touch {marker}")) + archive.getvalue())
+    assert zipfile.is_zipfile(ckpt / "common.pt")
+    monkeypatch.setattr(megatron._PICKLE, "load", pickle.load)
+    with pytest.raises(CheckpointError) as err:
+        megatron.read_common(str(ckpt))
+    refused = f"{ckpt / 'common.pt'}: not a megatron-core common state (not torch's zip format)"
+    assert str(err.value) == refused
+    assert not marker.exists()

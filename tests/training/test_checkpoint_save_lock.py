@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 
+import pytest
 from train_harness import TINY, run_pretrain, start_pretrain, worker_pids
 
 from megatron_anchor._output_lock import OutputLock
@@ -59,3 +60,24 @@ def test_the_start_up_report_names_the_holder_of_the_save_lock_and_leaves_it_hel
         held.release()
     _, report = gather_configuration([*TINY, "--dry-run", "--save", str(save)], 1)
     assert report.errors == [] and not lock.exists()  # the probe creates no lock file
+
+
+def test_only_rank_0_probes_the_save_lock_it_takes_itself(tmp_path, monkeypatch):
+    """Under torchrun with NCCL nothing waits for every rank before rank 0 takes --save's lock: a rank still
+    checking its flags then finds the lock of its own run. Only rank 0, which takes it, probes it."""
+    from megatron_anchor.training.checkpoint_args import check_save_writable
+
+    save = tmp_path / "run"
+    save.mkdir()
+    held = OutputLock(str(save / "run.lock"), "--save")  # rank 0 of this run, already past its checks
+    try:
+        for rank in ("1", "8"):
+            monkeypatch.setenv("RANK", rank)
+            monkeypatch.setenv("LOCAL_RANK", str(int(rank) % 8))
+            check_save_writable(str(save))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(ValueError, match=f"^{save / 'run.lock'}: another run"):
+            check_save_writable(str(save))
+    finally:
+        held.release()
