@@ -10,10 +10,12 @@ neither torch nor megatron-core, so ``--help`` and flag errors come back at once
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
-from megatron_anchor._files import output_problem
+from megatron_anchor._files import os_error_message, output_problem
 from megatron_anchor.training.megatron_flags import add_flag
 from megatron_anchor.training.model_args import add_model_args
 
@@ -104,6 +106,17 @@ def out_dir_problem(out_dir: str) -> str | None:
     if os.environ.get("RANK", "0") != "0":
         return None
     return output_problem("--out-dir", str(out_dir))
+
+
+@contextlib.contextmanager
+def writing_results(out_dir: str) -> Iterator[None]:
+    """A write under ``--out-dir`` that fails after the evaluation (a disk filled since start-up, a quota)
+    ends with one line naming the directory and the error, and exit status 1."""
+    try:
+        yield
+    except OSError as err:
+        message = os_error_message(err, str(out_dir))
+        raise SystemExit(f"error: --out-dir {out_dir}: writing the results failed: {message}") from None
 
 
 def exit_on_errors(errors: list[str]) -> None:
