@@ -30,6 +30,7 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
+from megatron_anchor.training.report import raise_all
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
@@ -106,15 +107,23 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
     """Parallel sizes, steps left and schedule of a resume; ``--save`` writability and what it holds.
     Returns notes."""
     notes: list[str] = []
+    errors: list[str] = []  # the resume's and --save's problems are independent: reported together
     path = args.load_checkpoint
     if path is not None:
-        meta = read_meta(path)
-        check_tp_size(meta, f"--load {path}", args.tensor_model_parallel_size)
-        if not args.finetune and not meta.get("weights_only"):
-            notes += _check_resume(args, meta, path)
+        try:
+            meta = read_meta(path)
+            check_tp_size(meta, f"--load {path}", args.tensor_model_parallel_size)
+            if not args.finetune and not meta.get("weights_only"):
+                notes += _check_resume(args, meta, path)
+        except ValueError as err:
+            errors.append(str(err))
     if args.save:
-        check_save_writable(args.save)
-        check_save_target(args)
+        for check in (lambda: check_save_writable(args.save), lambda: check_save_target(args)):
+            try:
+                check()
+            except ValueError as err:
+                errors.append(str(err))
+    raise_all(errors)
     return notes
 
 

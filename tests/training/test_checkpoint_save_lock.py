@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 
-from train_harness import TINY, run_pretrain, start_pretrain, worker_pids
+from train_harness import TINY, reference_run, run_pretrain, start_pretrain, worker_pids
 
 from megatron_anchor._output_lock import OutputLock
 from megatron_anchor.training.arguments import gather_configuration
@@ -59,3 +60,21 @@ def test_the_start_up_report_names_the_holder_of_the_save_lock_and_leaves_it_hel
         held.release()
     _, report = gather_configuration([*TINY, "--dry-run", "--save", str(save)], 1)
     assert report.errors == [] and not lock.exists()  # the probe creates no lock file
+
+
+def test_a_held_save_lock_is_reported_with_the_resume_problems_in_one_round(tmp_path):
+    """A resume whose schedule differs from the checkpoint's, onto a --save another run holds: both
+    problems in one report (the lock used to come only once the schedule was fixed)."""
+    ckpt, _, _, _ = reference_run()
+    save = tmp_path / "ckpt"
+    shutil.copytree(ckpt, save)
+    lock = save / "run.lock"
+    held = OutputLock(str(lock), "--save")
+    try:
+        flags = [*TINY, "--train-iters", "8", "--load", str(save), "--save", str(save), "--dry-run"]
+        _, report = gather_configuration(flags, 1)
+    finally:
+        held.release()
+    assert len(report.errors) == 2, report.errors
+    assert report.errors[0].startswith(f"the LR schedule differs from checkpoint {save / 'iter_0000006'}: ")
+    assert report.errors[1].startswith(f"{lock}: another run (pid {os.getpid()} on {socket.gethostname()})")
