@@ -48,10 +48,10 @@ def finish_model_args(
     the flags left out). Sets ``args.seq_length`` (when given), ``args.checkpoint_notes`` and
     ``args.trained_length`` (the checkpoint's, or None). Raises ValueError naming the flag."""
     from megatron_anchor.checkpoint import read_meta, trained_length
-    from megatron_anchor.training.checkpoint_args import resolve_model_config
+    from megatron_anchor.training.checkpoint_args import resolve_model_config, take_recorded_tokenizer
     from megatron_anchor.training.vocab import check_tokenizer_flags, tokenizer_size
 
-    notes = _take_recorded_tokenizer(args, tokenizer_required)
+    notes = take_recorded_tokenizer(args, tokenizer_required)
     if seq_length is not None:
         args.seq_length = seq_length
     check_tokenizer_flags(args)  # the trainer's rule: GPT2BPETokenizer's files, Megatron's type names
@@ -67,38 +67,6 @@ def finish_model_args(
         except (OSError, ValueError) as err:
             raise ValueError(str(err)) from err
     return args
-
-
-def _take_recorded_tokenizer(args: argparse.Namespace, required: bool) -> list[str]:
-    """Without tokenizer flags: the tokenizer the ``--load`` checkpoint records (its files checked against
-    the record). Returns notes; ValueError when it is gone or changed and the evaluation needs it."""
-    from megatron_anchor.checkpoint import CheckpointError, find_checkpoint, read_meta, recorded_tokenizer
-
-    given = (args.tokenizer_model, args.tokenizer_type, args.vocab_file, args.merge_file)
-    if any(flag is not None for flag in given) or not args.load:
-        return []
-    try:
-        path = find_checkpoint(args.load)
-    except CheckpointError:
-        return []  # resolve_model_config names the problem
-    if path is None:
-        return []
-    try:
-        found = recorded_tokenizer(read_meta(path))
-    except ValueError as err:
-        if required:
-            raise ValueError(f"--load {path}: {err}: give --tokenizer-type/--tokenizer-model") from err
-        return [f"--load {path}: {err}: running without a tokenizer"]
-    if found is None:
-        return []
-    args.tokenizer_type = found.type
-    if found.merge_file is None:
-        args.tokenizer_model = found.model
-        files = f"--tokenizer-model {found.model}"
-    else:  # GPT2BPETokenizer: check_tokenizer_flags makes the vocab file its --tokenizer-model
-        args.vocab_file, args.merge_file = found.model, found.merge_file
-        files = f"--vocab-file {found.model} --merge-file {found.merge_file}"
-    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found.type} {files}"]
 
 
 def out_dir_problem(out_dir: str) -> str | None:

@@ -22,6 +22,7 @@ from megatron_anchor.checkpoint import (
     find_checkpoint,
     newest_checkpoint,
     read_meta,
+    recorded_tokenizer,
     step_of_checkpoint,
     why_not_a_checkpoint,
 )
@@ -225,3 +226,38 @@ def _check_optimizer_groups(args: argparse.Namespace, recorded: dict, path: str)
         f"--decoupled-lr {args.decoupled_lr}: checkpoint {path} was trained {state} it, so its optimizer "
         "state holds other parameter groups; add --no-load-optim (or --finetune) to start a new optimizer"
     )
+
+
+def take_recorded_tokenizer(args: argparse.Namespace, required: bool, resume_only: bool = False) -> list[str]:
+    """Without tokenizer flags: the tokenizer the ``--load`` checkpoint records (its files checked against
+    the record), for the trainer (``resume_only``: a run's own checkpoint, not weights-only ones such as a
+    conversion's) and the evaluation tools. Returns notes; ValueError when it is gone or changed and the
+    command needs it (``required``)."""
+    given = (args.tokenizer_model, args.tokenizer_type, args.vocab_file, args.merge_file)
+    if any(flag is not None for flag in given) or not args.load:
+        return []
+    try:
+        path = find_checkpoint(args.load)
+    except CheckpointError:
+        return []  # resolve_model_config names the problem
+    if path is None:
+        return []
+    meta = read_meta(path)
+    if resume_only and meta.get("weights_only"):
+        return []
+    try:
+        found = recorded_tokenizer(meta)
+    except ValueError as err:
+        if required:
+            raise ValueError(f"--load {path}: {err}: give --tokenizer-type/--tokenizer-model") from err
+        return [f"--load {path}: {err}: running without a tokenizer"]
+    if found is None:
+        return []
+    args.tokenizer_type = found.type
+    if found.merge_file is None:
+        args.tokenizer_model = found.model
+        files = f"--tokenizer-model {found.model}"
+    else:  # GPT2BPETokenizer: check_tokenizer_flags makes the vocab file its --tokenizer-model
+        args.vocab_file, args.merge_file = found.model, found.merge_file
+        files = f"--vocab-file {found.model} --merge-file {found.merge_file}"
+    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found.type} {files}"]
