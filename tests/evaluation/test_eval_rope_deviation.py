@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
+import shutil
 import signal
 
 import pytest
@@ -194,6 +196,24 @@ def test_a_write_that_fails_after_the_evaluation_is_one_line(tmp_path):
         + re.escape(f" free on {out})"),
         last,
     ), last
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path):
+    """A truncated shard of --load: the checkpoint's own one-line error, exit 1, no traceback."""
+    from tests.training.train_harness import reference_run
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference_run()[0], ckpt)
+    shard = ckpt / "iter_0000006" / "__0_0.distcp"
+    size = shard.stat().st_size
+    os.truncate(shard, 500)
+    flags = ["--load", str(ckpt), "--deltas", "0,1,16", "--out-dir", str(tmp_path / "out")]
+    proc = run_tool("bf16_rope_deviation.py", flags, expect_fail=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint file {shard} has 500 bytes, {size} were written (truncated or overwritten); load "
+        f"the previous checkpoint instead: --load {ckpt / 'iter_0000003'}"
+    )
 
 
 def test_sequences_start_with_the_anchor_and_follow_the_text():
