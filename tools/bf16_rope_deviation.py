@@ -43,6 +43,7 @@ from megatron_anchor.evaluation.eval_args import (  # noqa: E402
     exit_on_errors,
     finish_model_args,
     out_dir_problem,
+    writing_results,
 )
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
         elapsed = time.perf_counter() - start
     finally:
         teardown_distributed()
-    _write_results(args, results, elapsed)
+    with writing_results(args.out_dir):
+        _write_results(args, results, elapsed)
     return results
 
 

@@ -33,6 +33,7 @@ from megatron_anchor.evaluation.eval_args import (  # noqa: E402
     exit_on_errors,
     finish_model_args,
     out_dir_problem,
+    writing_results,
 )
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS  # noqa: E402
 
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         teardown_distributed()
     if dims.rank == 0:
         print(accuracy_table(results))
-        _write_results(args, results, elapsed)
+        with writing_results(args.out_dir):
+            _write_results(args, results, elapsed)
     return results
 
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "CheckpointError": "layout",
     "CheckpointReader": "weights",
     "checked_manifest": "integrity",
+    "dcp_failure": "integrity",
     "is_megatron_checkpoint": "layout",
     "load_megatron_weights": "megatron",
     "load_model_weights": "weights",

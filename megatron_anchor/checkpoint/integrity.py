@@ -108,6 +108,13 @@ def verify_checkpoint(checkpoint_dir: str, meta: dict) -> None:
         raise CheckpointError(f"checkpoint file {mine[0]}{more}{hint}")
 
 
+def dcp_failure(err: Exception, path: str) -> str:
+    """DCP's ``CheckpointException`` from saving into ``path`` as one line: the first failed rank, its
+    errno, file and free space."""
+    rank, (exc, _) = min(err.failures.items())
+    return f"writing checkpoint {path} failed on rank {rank}: {write_failure_detail(exc, path)}"
+
+
 def write_failure_detail(err: BaseException, path: str) -> str:
     """Errno, file and free space of a failed write into ``path``. A writer that reports a short write
     without its OSError (torch.save's stream: "unexpected pos ...") is followed by a 1 MiB probe write,

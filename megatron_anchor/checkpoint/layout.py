@@ -209,6 +209,11 @@ def read_meta(checkpoint_dir: str) -> dict:
         raise CheckpointError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: not a checkpoint description (a JSON object is expected)")
+    from megatron_anchor.checkpoint.meta import meta_problem  # layout stays free of the tokenizers' imports
+
+    problem = meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: {problem} (was it edited?)")
     return meta
 
 

@@ -17,7 +17,9 @@ take omitted flags from them.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 from megatron_anchor.data.tokenizers import tokenizer_identity  # noqa: F401  (part of the contract)
@@ -53,6 +55,77 @@ def checkpoint_meta(
         "schedule": schedule,
         **extra,
     }
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+_COUNT = (_count, "a whole number")
+_NUMBER = (_number, "a number")
+_SWITCH = (lambda value: isinstance(value, bool), "true or false")
+_TEXT = (lambda value: isinstance(value, str), "a string")
+_SECTION = (lambda value: isinstance(value, dict), "a JSON object")
+_MAYBE_COUNT = (_optional(_count), "a whole number or null")
+_MAYBE_SECTION = (_optional(lambda value: isinstance(value, dict)), "a JSON object or null")
+# What each recorded value must be, by section ("": the top level); an absent key is not checked here.
+FIELD_KINDS = {
+    "": {
+        **dict.fromkeys(("format", "step", "tp", "cp", "dp", "world"), _COUNT),
+        "consumed_samples": _MAYBE_COUNT,  # null without a schedule
+        "weights_only": _SWITCH,
+        **dict.fromkeys(("model", "rope"), _SECTION),
+        **dict.fromkeys(("tokenizer", "schedule", "hf_config"), _MAYBE_SECTION),
+    },
+    "model": {
+        **dict.fromkeys(
+            ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups"),
+            _COUNT,
+        ),
+        **dict.fromkeys(("vocab_size", "padded_vocab_size", "make_vocab_size_divisible_by"), _MAYBE_COUNT),
+        **dict.fromkeys(("norm_epsilon", "hidden_dropout", "init_method_std"), _NUMBER),
+        **dict.fromkeys(("normalization", "attention_mode", "position_ids"), _TEXT),
+        **dict.fromkeys(
+            (
+                "apply_layernorm_1p",
+                "swiglu",
+                "add_bias_linear",
+                "add_qkv_bias",
+                "untie_embeddings_and_output_weights",
+            ),
+            _SWITCH,
+        ),  # fmt: skip
+    },
+    "rope": {
+        **dict.fromkeys(("rotary_base", "rotary_percent"), _NUMBER),
+        "rotary_interleaved": _SWITCH,
+        "rope_scaling": _MAYBE_SECTION,
+    },
+    "schedule": {"global_batch_size": _COUNT, "train_iters": _COUNT},
+}
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with the kinds of ``meta``'s values (a hand edit: ``"step": "four"``), or None."""
+    if "step" not in meta:
+        return "it records no 'step'"
+    for section, kinds in FIELD_KINDS.items():
+        values = meta.get(section) if section else meta
+        if not isinstance(values, dict):
+            continue  # an absent or null section; a section of another kind is the top level's problem
+        for key, (check, kind) in kinds.items():
+            if key in values and not check(values[key]):
+                name = f"{section}.{key}" if section else key
+                return f"'{name}' is {json.dumps(values[key])}, not {kind}"
+    return None
 
 
 class RecordedTokenizer(NamedTuple):

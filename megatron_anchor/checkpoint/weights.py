@@ -18,14 +18,24 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner, FileSystemReader
+from torch.distributed.checkpoint import (
+    CheckpointException,
+    DefaultLoadPlanner,
+    DefaultSavePlanner,
+    FileSystemReader,
+)
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     set_model_state_dict,
 )
 
-from megatron_anchor.checkpoint.integrity import checkpoint_files, describe_files, verify_checkpoint
+from megatron_anchor.checkpoint.integrity import (
+    checkpoint_files,
+    dcp_failure,
+    describe_files,
+    verify_checkpoint,
+)
 from megatron_anchor.checkpoint.layout import (
     META_FILE,
     TMP_SUFFIX,
@@ -129,7 +139,10 @@ def write_weights_checkpoint(
     # used when CUDA is present, sorts them by size), so a name's TP shards follow one another in the cache.
     writer = dcp.FileSystemWriter(tmp, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
     with _one_process():
-        dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
+        try:
+            dcp.save(state, storage_writer=writer, planner=_LazySavePlanner(produce), no_dist=True)
+        except CheckpointException as err:  # a full disk or quota: one line, the errno and the free space
+            raise CheckpointError(dcp_failure(err, tmp)) from None
     if finalize is not None:
         finalize(tmp)
     write_meta(tmp, dict(meta, files=describe_files(tmp, checkpoint_files(tmp))))

@@ -270,6 +270,8 @@ def export_hf_checkpoint(load: str, out_dir: str, *, hf_source: str | None = Non
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copied = _copy_tokenizer(meta, reader.path, source_dir, out_dir)
     _summary("exported", len(rules), writer.total_bytes, time.perf_counter() - start, out_dir, out_dtype)
+    if writer.removed:
+        print(f"note: removed the weight files of an earlier save in {out_dir}: {', '.join(writer.removed)}")
     return [*files, "config.json", *copied]
 
 

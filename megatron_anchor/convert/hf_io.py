@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,10 +18,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from megatron_anchor._files import free_space
 from megatron_anchor.data.tokenizers import GPT2_FILES
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+# The weight files of a Hugging Face directory: one file, numbered shards, their index.
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 TOKENIZER_PATTERNS = (
     "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
     "generation_config.json", "chat_template*",
@@ -128,6 +132,8 @@ class ShardedSafetensorsWriter:
         self._pending_bytes = 0
         self._shards: list[list[str]] = []
         self.total_bytes = 0
+        self.removed: list[str] = []
+        """The weight files of an earlier save that ``close`` deleted."""
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Queue ``tensor``; a full shard is written to disk (under a temporary name) right away."""
@@ -139,7 +145,12 @@ class ShardedSafetensorsWriter:
         self.total_bytes += nbytes
 
     def _flush(self) -> None:
-        save_file(self._pending, self.dir / f"shard-{len(self._shards):05d}.tmp", metadata={"format": "pt"})
+        path = self.dir / f"shard-{len(self._shards):05d}.tmp"
+        try:
+            save_file(self._pending, path, metadata={"format": "pt"})
+        except SafetensorError as err:  # a full disk or quota: its I/O error, the file and the free space
+            free = f"{free_space(str(self.dir))} free on {self.dir}"
+            raise OSError(f"writing {path} failed: {err} ({free})") from None
         self._shards.append(list(self._pending))
         self._pending, self._pending_bytes = {}, 0
 
@@ -155,7 +166,18 @@ class ShardedSafetensorsWriter:
             weight_map = {t: name for name, tensors in zip(names, self._shards) for t in tensors}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        self.removed = self._remove_earlier_weights({*names, INDEX_NAME} if n > 1 else set(names))
         return names
+
+    def _remove_earlier_weights(self, written: set[str]) -> list[str]:
+        """Delete the weight files (and index) an earlier save left in the directory, as transformers'
+        ``save_pretrained`` does: a loader that follows a stale index would read the old shards."""
+        stale = sorted(
+            p.name for p in self.dir.iterdir() if _WEIGHT_FILE.fullmatch(p.name) and p.name not in written
+        )
+        for name in stale:
+            (self.dir / name).unlink()
+        return stale
 
 
 def write_gpt2_tokenizer(vocab_file: str, merge_file: str, dst_dir: str | Path) -> list[str]:

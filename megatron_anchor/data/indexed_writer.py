@@ -68,6 +68,8 @@ class IndexedWriter:
         self._document_ends: list[np.ndarray] = []
         self._sequences = 0
         self.documents = 0
+        self.lock_taken_over: str | None = self._lock.taken_over
+        """A note when the lock file was left by a run that ended without releasing it (else None)."""
 
     def add_documents(
         self, tokens: np.ndarray, sequence_lengths: np.ndarray, sequences_per_document: np.ndarray

@@ -176,6 +176,8 @@ def _write_outputs(config: PreprocessConfig, chunk_results, counts: Counter, dty
     try:
         for key in config.json_keys:
             writers.append(IndexedWriter(output_prefix(config, key), dtype, record))
+            if writers[-1].lock_taken_over:  # a killed run's lock file: said, as the trainer says it
+                print(f"note: {writers[-1].lock_taken_over}", file=sys.stderr)
         results = _checked(chunk_results, counts, config)
         if record["layout"] == "plain":
             stats = _write_plain(results, writers)

@@ -7,13 +7,15 @@ wrappers import only their own library, so pool workers start fast, and add a ba
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from collections.abc import Iterable
 
 import numpy as np
 
-from megatron_anchor._files import file_crc32
+from megatron_anchor._files import file_crc32, os_error_message, sync_and_close
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 # A Hugging Face tokenizer directory holds at least one of these (fast, config, or a slow vocabulary).
@@ -274,9 +276,10 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
     if directory:
         os.makedirs(directory, exist_ok=True)
     counted = _Counted(texts)
+    model = io.BytesIO()  # sentencepiece's own file writes ignore a full disk: the files are written here
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=counted, model_prefix=model_prefix, vocab_size=vocab_size, **options
+            sentence_iterator=counted, model_writer=model, vocab_size=vocab_size, **options
         )
     except RuntimeError as error:  # sentencepiece's checks fail with "INTERNAL: file(line) [check] why"
         if not counted.seen:
@@ -288,7 +291,34 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
                 "(its characters and the special tokens)"
             ) from None
         raise ValueError(f"SentencePiece training failed: {str(error).strip().splitlines()[0]}") from None
+    _write_sentencepiece_files(model_prefix, model.getvalue())
     return model_prefix + ".model"
+
+
+def _write_sentencepiece_files(model_prefix: str, proto: bytes) -> None:
+    """``PREFIX.model`` and ``PREFIX.vocab`` (sentencepiece's ``piece<TAB>score`` lines), synced under
+    temporary names and renamed once both are written: a failed write (OSError naming the file, the errno
+    and the free space) leaves neither name behind."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    pieces = range(processor.get_piece_size())
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n" for i in pieces)
+    files = {model_prefix + ".model": proto, model_prefix + ".vocab": vocab.encode()}
+    temporary = {path: f"{path}.tmp{os.getpid()}" for path in files}
+    path = ""
+    try:
+        for path, content in files.items():
+            with open(temporary[path], "wb") as stream:
+                stream.write(content)
+                sync_and_close(stream)
+    except OSError as err:
+        for tmp in temporary.values():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise OSError(f"writing {path} failed: {os_error_message(err, path)}") from None
+    for path, tmp in temporary.items():
+        os.replace(tmp, path)
 
 
 class _Counted:

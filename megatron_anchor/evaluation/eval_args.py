@@ -10,10 +10,12 @@ neither torch nor megatron-core, so ``--help`` and flag errors come back at once
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
-from megatron_anchor._files import output_problem
+from megatron_anchor._files import os_error_message, output_problem
 from megatron_anchor.training.megatron_flags import add_flag
 from megatron_anchor.training.model_args import add_model_args
 
@@ -46,10 +48,10 @@ def finish_model_args(
     the flags left out). Sets ``args.seq_length`` (when given), ``args.checkpoint_notes`` and
     ``args.trained_length`` (the checkpoint's, or None). Raises ValueError naming the flag."""
     from megatron_anchor.checkpoint import read_meta, trained_length
-    from megatron_anchor.training.checkpoint_args import resolve_model_config
+    from megatron_anchor.training.checkpoint_args import resolve_model_config, take_recorded_tokenizer
     from megatron_anchor.training.vocab import check_tokenizer_flags, tokenizer_size
 
-    notes = _take_recorded_tokenizer(args, tokenizer_required)
+    notes = take_recorded_tokenizer(args, tokenizer_required)
     if seq_length is not None:
         args.seq_length = seq_length
     check_tokenizer_flags(args)  # the trainer's rule: GPT2BPETokenizer's files, Megatron's type names
@@ -67,43 +69,22 @@ def finish_model_args(
     return args
 
 
-def _take_recorded_tokenizer(args: argparse.Namespace, required: bool) -> list[str]:
-    """Without tokenizer flags: the tokenizer the ``--load`` checkpoint records (its files checked against
-    the record). Returns notes; ValueError when it is gone or changed and the evaluation needs it."""
-    from megatron_anchor.checkpoint import CheckpointError, find_checkpoint, read_meta, recorded_tokenizer
-
-    given = (args.tokenizer_model, args.tokenizer_type, args.vocab_file, args.merge_file)
-    if any(flag is not None for flag in given) or not args.load:
-        return []
-    try:
-        path = find_checkpoint(args.load)
-    except CheckpointError:
-        return []  # resolve_model_config names the problem
-    if path is None:
-        return []
-    try:
-        found = recorded_tokenizer(read_meta(path))
-    except ValueError as err:
-        if required:
-            raise ValueError(f"--load {path}: {err}: give --tokenizer-type/--tokenizer-model") from err
-        return [f"--load {path}: {err}: running without a tokenizer"]
-    if found is None:
-        return []
-    args.tokenizer_type = found.type
-    if found.merge_file is None:
-        args.tokenizer_model = found.model
-        files = f"--tokenizer-model {found.model}"
-    else:  # GPT2BPETokenizer: check_tokenizer_flags makes the vocab file its --tokenizer-model
-        args.vocab_file, args.merge_file = found.model, found.merge_file
-        files = f"--vocab-file {found.model} --merge-file {found.merge_file}"
-    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found.type} {files}"]
-
-
 def out_dir_problem(out_dir: str) -> str | None:
     """Why ``--out-dir`` cannot take the results (probed on the rank that writes them), or None."""
     if os.environ.get("RANK", "0") != "0":
         return None
     return output_problem("--out-dir", str(out_dir))
+
+
+@contextlib.contextmanager
+def writing_results(out_dir: str) -> Iterator[None]:
+    """A write under ``--out-dir`` that fails after the evaluation (a disk filled since start-up, a quota)
+    ends with one line naming the directory and the error, and exit status 1."""
+    try:
+        yield
+    except OSError as err:
+        message = os_error_message(err, str(out_dir))
+        raise SystemExit(f"error: --out-dir {out_dir}: writing the results failed: {message}") from None
 
 
 def exit_on_errors(errors: list[str]) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_anchor.checkpoint import load_verified_weights
+from megatron_anchor.checkpoint import CheckpointError, load_verified_weights
 from megatron_anchor.parallel import free_port
 from megatron_anchor.training import ParallelDims, init_distributed
 from megatron_anchor.training.build import build_model, build_model_config
@@ -28,7 +28,11 @@ def load_weights(load_dir: str, model: torch.nn.Module, dims: ParallelDims) -> N
     """Restore only the model weights of checkpoint ``load_dir`` (a resolved checkpoint directory: this
     project's, checksums verified, or Megatron-LM's), collectively. No optimizer is built: evaluation needs
     none, and a large model cannot spare its memory."""
-    load_verified_weights(load_dir, model, dims.tp, dims.tp_rank)
+    try:
+        load_verified_weights(load_dir, model, dims.tp, dims.tp_rank)
+    except CheckpointError as err:  # a damaged or edited checkpoint: one line (each rank checks its files)
+        where = f"rank {dims.rank}: " if dims.world > 1 else ""
+        raise SystemExit(f"error: {where}{err}") from None
 
 
 def build_eval_model(args: argparse.Namespace, dims: ParallelDims, device: torch.device) -> torch.nn.Module:

@@ -39,6 +39,7 @@ from megatron_anchor.checkpoint import (
     checkpoint_files,
     checkpoint_meta,
     commit_checkpoint,
+    dcp_failure,
     describe_files,
     iter_dir_name,
     load_verified_weights,
@@ -137,10 +138,7 @@ def _on_every_rank(fn: Callable[[], object], what: str, path: str) -> list:
 
 def _dcp_error(err: CheckpointException, path: str) -> CheckpointError:
     """The first rank's failure inside DCP as one line (with an errno and the free space)."""
-    rank, (exc, _) = min(err.failures.items())
-    detail = write_failure_detail(exc, path)
-    kept = f"'{LATEST}' still names the previous checkpoint"
-    return CheckpointError(f"writing checkpoint {path} failed on rank {rank}: {detail}; {kept}")
+    return CheckpointError(f"{dcp_failure(err, path)}; '{LATEST}' still names the previous checkpoint")
 
 
 def save_checkpoint(save_dir: str, step: int, model, optimizer, dims: ParallelDims, meta: dict) -> str:

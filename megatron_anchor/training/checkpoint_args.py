@@ -22,6 +22,7 @@ from megatron_anchor.checkpoint import (
     find_checkpoint,
     newest_checkpoint,
     read_meta,
+    recorded_tokenizer,
     step_of_checkpoint,
     why_not_a_checkpoint,
 )
@@ -30,6 +31,7 @@ from megatron_anchor.training.model_args import (
     check_checkpoint_vocab,
     validate_model_args,
 )
+from megatron_anchor.training.report import raise_all
 from megatron_anchor.training.vocab import resolve_vocab_size
 
 # LR-schedule settings a resume must keep (Megatron's OptimizerParamScheduler checks the same).
@@ -106,15 +108,23 @@ def check_resume_and_save(args: argparse.Namespace) -> list[str]:
     """Parallel sizes, steps left and schedule of a resume; ``--save`` writability and what it holds.
     Returns notes."""
     notes: list[str] = []
+    errors: list[str] = []  # the resume's and --save's problems are independent: reported together
     path = args.load_checkpoint
     if path is not None:
-        meta = read_meta(path)
-        check_tp_size(meta, f"--load {path}", args.tensor_model_parallel_size)
-        if not args.finetune and not meta.get("weights_only"):
-            notes += _check_resume(args, meta, path)
+        try:
+            meta = read_meta(path)
+            check_tp_size(meta, f"--load {path}", args.tensor_model_parallel_size)
+            if not args.finetune and not meta.get("weights_only"):
+                notes += _check_resume(args, meta, path)
+        except ValueError as err:
+            errors.append(str(err))
     if args.save:
-        check_save_writable(args.save)
-        check_save_target(args)
+        for check in (lambda: check_save_writable(args.save), lambda: check_save_target(args)):
+            try:
+                check()
+            except ValueError as err:
+                errors.append(str(err))
+    raise_all(errors)
     return notes
 
 
@@ -219,3 +229,38 @@ def _check_optimizer_groups(args: argparse.Namespace, recorded: dict, path: str)
         f"--decoupled-lr {args.decoupled_lr}: checkpoint {path} was trained {state} it, so its optimizer "
         "state holds other parameter groups; add --no-load-optim (or --finetune) to start a new optimizer"
     )
+
+
+def take_recorded_tokenizer(args: argparse.Namespace, required: bool, resume_only: bool = False) -> list[str]:
+    """Without tokenizer flags: the tokenizer the ``--load`` checkpoint records (its files checked against
+    the record), for the trainer (``resume_only``: a run's own checkpoint, not weights-only ones such as a
+    conversion's) and the evaluation tools. Returns notes; ValueError when it is gone or changed and the
+    command needs it (``required``)."""
+    given = (args.tokenizer_model, args.tokenizer_type, args.vocab_file, args.merge_file)
+    if any(flag is not None for flag in given) or not args.load:
+        return []
+    try:
+        path = find_checkpoint(args.load)
+    except CheckpointError:
+        return []  # resolve_model_config names the problem
+    if path is None:
+        return []
+    meta = read_meta(path)
+    if resume_only and meta.get("weights_only"):
+        return []
+    try:
+        found = recorded_tokenizer(meta)
+    except ValueError as err:
+        if required:
+            raise ValueError(f"--load {path}: {err}: give --tokenizer-type/--tokenizer-model") from err
+        return [f"--load {path}: {err}: running without a tokenizer"]
+    if found is None:
+        return []
+    args.tokenizer_type = found.type
+    if found.merge_file is None:
+        args.tokenizer_model = found.model
+        files = f"--tokenizer-model {found.model}"
+    else:  # GPT2BPETokenizer: check_tokenizer_flags makes the vocab file its --tokenizer-model
+        args.vocab_file, args.merge_file = found.model, found.merge_file
+        files = f"--vocab-file {found.model} --merge-file {found.merge_file}"
+    return [f"tokenizer from checkpoint {path}: --tokenizer-type {found.type} {files}"]

@@ -38,7 +38,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
 def check_args(args: argparse.Namespace, world_size: int, report: Report) -> None:
     """Every check of the flags, each on its own: failures are gathered in ``report.errors``; notes for
     the user in ``args.checkpoint_notes`` and ``report.notes``."""
-    from megatron_anchor.training.checkpoint_args import check_resume_and_save, resolve_model_config
+    from megatron_anchor.training.checkpoint_args import (
+        check_resume_and_save,
+        resolve_model_config,
+        take_recorded_tokenizer,
+    )
 
     args.checkpoint_notes, args.restated_flags = [], []
     run = lambda name, check, **kw: report.run(name, check, args=args, **kw)  # noqa: E731
@@ -46,7 +50,12 @@ def check_args(args: argparse.Namespace, world_size: int, report: Report) -> Non
     tokenizer = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
     run("pipeline", lambda: _validate_pipeline(args), needs=tp_cp)
     run("parallel", lambda: _validate_parallel(args, world_size), needs=tp_cp)
-    run("tokenizer", lambda: check_tokenizer_flags(args), needs=tokenizer)
+    def recorded_tokenizer() -> None:  # a resume without tokenizer flags keeps its run's tokenizer
+        if args.vocab_size is None and not args.finetune:
+            args.checkpoint_notes.extend(take_recorded_tokenizer(args, required=False, resume_only=True))
+
+    run("recorded tokenizer", recorded_tokenizer, needs=("load", *tokenizer))
+    run("tokenizer", lambda: check_tokenizer_flags(args), needs=tokenizer, after=("recorded tokenizer",))
     run("vocabulary", lambda: check_padded_vocab(args), after=("parallel", "tokenizer"),
         needs=("padded_vocab_size",))  # fmt: skip
     def model() -> None:  # --load's recorded model fills the model flags left out, then the model rules

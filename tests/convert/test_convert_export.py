@@ -4,6 +4,11 @@ the trained length and the recorded tokenizer carry over; a damaged safetensors 
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +16,13 @@ import torch
 from safetensors import safe_open
 
 from megatron_anchor.checkpoint import tokenizer_identity
+from megatron_anchor.convert.hf_io import INDEX_NAME
 from tests.convert.convert_harness import save_tiny_hf
 from tests.training.megatron_recipes import gpt2_bpe_files
 from tests.training.packed_data import write_hf_tokenizer
 from tools.convert_hf_checkpoint import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 SCHEDULE = {"train_iters": 10, "global_batch_size": 4, "seq_length": 1024}  # what the trainer records
 
@@ -109,3 +117,47 @@ def test_truncated_safetensors_is_one_line_naming_the_file(hf_dir, tmp_path, cap
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert f"{broken / 'model.safetensors'} is not a complete safetensors file" in err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_export_over_an_earlier_sharded_export_leaves_no_stale_shards(hf_dir, tmp_path, capsys) -> None:
+    """As transformers' save_pretrained: the weight files of an earlier save that this one did not write are
+    removed (a loader that follows model.safetensors.index.json would read the old shards), with a note."""
+    ckpt = tmp_path / "ckpt"
+    assert main(["import", "--hf-dir", str(hf_dir), "--save", str(ckpt), "--quiet"]) == 0
+    out = tmp_path / "out"
+    export = ["export", "--load", str(ckpt), "--hf-dir", str(out), "--quiet"]
+    assert main([*export, "--max-shard-size-gb", "0.00002"]) == 0
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (out / INDEX_NAME).exists()
+    (out / "notes.txt").write_text("not a weight file")
+    capsys.readouterr()
+    assert main(export) == 0
+    assert sorted(p.name for p in out.glob("model*")) == ["model.safetensors"]
+    assert (out / "notes.txt").exists()
+    stale = ", ".join([*shards, INDEX_NAME])
+    assert f"note: removed the weight files of an earlier save in {out}: {stale}" in capsys.readouterr().out
+
+
+def test_export_onto_a_full_disk_is_one_line(hf_dir, tmp_path) -> None:
+    """A shard that does not fit (a file size limit, as a full disk or a quota): one line naming the file
+    and the free space, exit 1 (safetensors' own error was a traceback)."""
+    ckpt = tmp_path / "ckpt"
+    assert main(["import", "--hf-dir", str(hf_dir), "--save", str(ckpt), "--quiet"]) == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "convert_hf_checkpoint.py"), "export", "--load", str(ckpt),
+           "--hf-dir", str(out), "--quiet"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_file_size_limit(8192))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: writing {out / 'shard-00000.tmp'} failed: "), proc.stderr
+    assert proc.stderr.strip().endswith(f" free on {out})") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not list(out.glob("model*"))
+
+
+def _file_size_limit(nbytes: int):
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return limit

@@ -113,6 +113,20 @@ def test_second_run_to_a_locked_prefix_is_refused(tmp_path, corpus):
     assert sum(len(doc) for doc, _ in documents) == tokens
 
 
+def test_a_killed_runs_lock_file_is_taken_over_with_a_note(tmp_path):
+    """A lock file that still names a holder (a run that ended without releasing it, here written by hand):
+    the run takes it over and says whose it was, as the trainer does for --save."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(20))
+    lock = tmp_path / "out_text_document.lock"
+    lock.write_text("123 on nodeZ\n")
+    proc = subprocess.run(tool_command("--input", corpus, "--output-prefix", tmp_path / "out"),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    note = f"note: {lock}: took over the lock of pid 123 on nodeZ, which has ended"
+    assert note in proc.stderr.splitlines(), proc.stderr
+    assert outputs(tmp_path) == [f"out_text_document{s}" for s in (".bin", ".idx", ".meta.json")]
+
+
 def test_training_refuses_a_mismatched_pair(tmp_path):
     """Case 8, reader side: an .idx beside another run's .bin is refused when the dataset opens."""
     for name, n in (("a", 30), ("b", 50)):

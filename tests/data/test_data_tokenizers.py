@@ -6,6 +6,10 @@ import functools
 import gzip
 import importlib.util
 import pickle
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +170,33 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
             assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not list(tmp_path.glob("tok*")) and not list((tmp_path / "ro").iterdir())
     assert not (tmp_path / "n").exists()  # the checks create nothing
+
+
+def _file_size_limit(nbytes: int):
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return limit
+
+
+def test_train_tokenizer_on_a_full_disk_fails_in_one_line_and_leaves_no_model(tmp_path):
+    """The output passes the start-up probe, then the model does not fit (a file size limit, as a full disk
+    or a quota): one line with the errno, exit 1, and no PREFIX.model or PREFIX.vocab (sentencepiece's own
+    writer left a truncated model and exit 0)."""
+    from anchor_data_helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(60))
+    prefix = tmp_path / "tok"
+    tool = Path(tokenizer_tool().__file__)
+    argv = [sys.executable, str(tool), "--input", str(corpus), "--model-prefix", str(prefix)]
+    limit = _file_size_limit(8192)
+    proc = subprocess.run([*argv, "--vocab-size", "300"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=limit)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: writing {prefix}.model failed: [Errno 27 EFBIG] File too large: ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
 
 
 def test_help_keeps_the_examples_line_breaks(capsys):

@@ -50,8 +50,10 @@ def process_group():
             os.environ[key] = value
 
 
-def run_tool(script: str, flags: list[str], nproc: int = 1, timeout: int = 240):
-    """Run ``tools/<script>`` with python (nproc 1) or torchrun on 127.0.0.1; raise on failure."""
+def run_tool(script: str, flags: list[str], nproc: int = 1, timeout: int = 240, expect_fail: bool = False,
+             preexec_fn=None):  # fmt: skip
+    """Run ``tools/<script>`` with python (nproc 1) or torchrun on 127.0.0.1; raise unless it fails or
+    succeeds as ``expect_fail`` says."""
     launcher = [sys.executable]
     if nproc > 1:
         endpoint = ["--master-addr=127.0.0.1", f"--master-port={free_port()}"]
@@ -59,8 +61,10 @@ def run_tool(script: str, flags: list[str], nproc: int = 1, timeout: int = 240):
     cmd = [*launcher, str(REPO / "tools" / script), *flags]
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn
+    )
+    if (proc.returncode != 0) != expect_fail:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )

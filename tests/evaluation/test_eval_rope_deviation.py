@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import resource
+import shutil
+import signal
 
 import pytest
 import torch
@@ -165,6 +170,50 @@ def test_tool_shows_bf16_deviation_above_fp32(tmp_path):
                 assert growth[path][length]["D_first"] > 10 * growth["fp32"][length]["D_first"]
     # The default sample has several documents: the anchor and causal masks differ, so do their deviations.
     assert results["sweep"]["anchor"]["fp32"]["50"] != results["sweep"]["causal"]["fp32"]["50"]
+
+
+def _file_size_limit(nbytes: int):
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return limit
+
+
+def test_a_write_that_fails_after_the_evaluation_is_one_line(tmp_path):
+    """--out-dir passed its start-up probe, then the results do not fit (a file size limit): one line naming
+    --out-dir and the error, exit 1, no traceback."""
+    out = tmp_path / "deviation"
+    sizes = ["--seq-length", "64", "--deltas", "0,1,16", "--lengths", "64", "--batch-size", "2"]
+    flags = [*TINY_MODEL, "--vocab-size", "256", *sizes, "--out-dir", str(out)]
+    proc = run_tool("bf16_rope_deviation.py", flags, expect_fail=True, preexec_fn=_file_size_limit(8192))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # after the progress bar; the free space may change since
+    assert re.fullmatch(
+        re.escape(f"error: --out-dir {out}: writing the results failed: [Errno 27 EFBIG] File too large: ")
+        + re.escape(f"'{out}' (")
+        + r"[0-9.]+ [KMGT]?i?B"
+        + re.escape(f" free on {out})"),
+        last,
+    ), last
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path):
+    """A truncated shard of --load: the checkpoint's own one-line error, exit 1, no traceback."""
+    from tests.training.train_harness import reference_run
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference_run()[0], ckpt)
+    shard = ckpt / "iter_0000006" / "__0_0.distcp"
+    size = shard.stat().st_size
+    os.truncate(shard, 500)
+    flags = ["--load", str(ckpt), "--deltas", "0,1,16", "--out-dir", str(tmp_path / "out")]
+    proc = run_tool("bf16_rope_deviation.py", flags, expect_fail=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint file {shard} has 500 bytes, {size} were written (truncated or overwritten); load "
+        f"the previous checkpoint instead: --load {ckpt / 'iter_0000003'}"
+    )
 
 
 def test_sequences_start_with_the_anchor_and_follow_the_text():

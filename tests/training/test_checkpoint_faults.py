@@ -26,7 +26,7 @@ from train_harness import (
     worker_pids,
 )
 
-from megatron_anchor.checkpoint import CheckpointError, verify_checkpoint
+from megatron_anchor.checkpoint import CheckpointError, read_meta, verify_checkpoint
 from megatron_anchor.training.checkpoint import _rng_state, _set_rng_state, read_rng_state
 from megatron_anchor.training.startup import CONFIG_FILE
 
@@ -236,6 +236,44 @@ def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
         f"error: rank 0: tensor embedding.word_embeddings.weight is stored as [256, 64], the model's is "
         f"[256, 128]: the model built from {meta_path} and the flags does not match the tensors beside it "
         f"(was it edited?)"
+    )
+    assert "megatron_anchor/" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: m.update(step="four"), "'step' is \"four\", not a whole number"),
+        (lambda m: m.pop("step"), "it records no 'step'"),
+        (lambda m: m.update(tp="1"), "'tp' is \"1\", not a whole number"),
+        (lambda m: m.update(model=None), "'model' is null, not a JSON object"),
+        (lambda m: m["model"].update(hidden_size="64"), "'model.hidden_size' is \"64\", not a whole number"),
+        (lambda m: m.update(schedule=[1]), "'schedule' is [1], not a JSON object or null"),
+        (lambda m: m.update(tokenizer=5), "'tokenizer' is 5, not a JSON object or null"),
+    ],
+)
+def test_a_value_of_another_kind_in_meta_json_is_one_line_naming_it(tmp_path, edit, problem):
+    """A hand-edited value of the wrong kind (a string step, a null section) is refused by read_meta."""
+    ckpt = _copy_reference(tmp_path)
+    meta_path = ckpt / "iter_0000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        read_meta(str(meta_path.parent))
+    assert str(err.value) == f"{meta_path}: {problem} (was it edited?)"
+
+
+def test_the_trainer_names_a_hand_edited_step_in_one_line(tmp_path):
+    ckpt = _copy_reference(tmp_path)
+    meta_path = ckpt / "iter_0000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["step"] = "six"
+    meta_path.write_text(json.dumps(meta))
+    flags = [*TINY, "--train-iters", "8", *SAME_SCHEDULE, "--load", str(ckpt), "--save", str(ckpt)]
+    _, proc = run_pretrain(1, flags, tmp_path, expect_fail=True)
+    assert proc.stderr.splitlines()[0] == (
+        f"error: {meta_path}: 'step' is \"six\", not a whole number (was it edited?)"
     )
     assert "megatron_anchor/" not in proc.stderr
 

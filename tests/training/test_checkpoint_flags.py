@@ -334,3 +334,24 @@ def test_a_resume_that_turns_decoupled_lr_on_needs_a_new_optimizer():
         _validate([*resume, "--no-load-optim"])
     args = _validate([*resume, "--no-load-optim", "--override-opt-param-scheduler"])
     assert any("--decoupled-lr 0.001 (checkpoint: None)" in note for note in args.checkpoint_notes)
+
+
+def test_a_resume_without_tokenizer_flags_keeps_the_checkpoints_tokenizer(tmp_path):
+    """The checkpoint records its tokenizer: a resume that names none takes it (as the evaluation tools do),
+    with a note, so its data is checked against it and its own checkpoints record it (they recorded none)."""
+    from packed_data import write_hf_tokenizer
+
+    from megatron_anchor.checkpoint import tokenizer_identity
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference_run()[0], ckpt)
+    tokenizer = write_hf_tokenizer(tmp_path / "tok", vocab=256)
+    meta_path = ckpt / "iter_0000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer"] = tokenizer_identity("HuggingFaceTokenizer", tokenizer, 256)
+    meta_path.write_text(json.dumps(meta))
+    flags = [f for f in RUN if f not in ("--vocab-size", "256")]
+    args = _validate([*flags, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(ckpt)])
+    assert (args.tokenizer_type, args.tokenizer_model) == ("HuggingFaceTokenizer", tokenizer)
+    assert f"tokenizer from checkpoint {ckpt / 'iter_0000006'}: --tokenizer-type HuggingFaceTokenizer " \
+        f"--tokenizer-model {tokenizer}" in args.checkpoint_notes

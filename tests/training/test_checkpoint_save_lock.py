@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 
 import pytest
-from train_harness import TINY, run_pretrain, start_pretrain, worker_pids
+from train_harness import TINY, reference_run, run_pretrain, start_pretrain, worker_pids
 
 from megatron_anchor._output_lock import OutputLock
 from megatron_anchor.training.arguments import gather_configuration
@@ -81,3 +82,21 @@ def test_only_rank_0_probes_the_save_lock_it_takes_itself(tmp_path, monkeypatch)
             check_save_writable(str(save))
     finally:
         held.release()
+
+
+def test_a_held_save_lock_is_reported_with_the_resume_problems_in_one_round(tmp_path):
+    """A resume whose schedule differs from the checkpoint's, onto a --save another run holds: both
+    problems in one report (the lock used to come only once the schedule was fixed)."""
+    ckpt, _, _, _ = reference_run()
+    save = tmp_path / "ckpt"
+    shutil.copytree(ckpt, save)
+    lock = save / "run.lock"
+    held = OutputLock(str(lock), "--save")
+    try:
+        flags = [*TINY, "--train-iters", "8", "--load", str(save), "--save", str(save), "--dry-run"]
+        _, report = gather_configuration(flags, 1)
+    finally:
+        held.release()
+    assert len(report.errors) == 2, report.errors
+    assert report.errors[0].startswith(f"the LR schedule differs from checkpoint {save / 'iter_0000006'}: ")
+    assert report.errors[1].startswith(f"{lock}: another run (pid {os.getpid()} on {socket.gethostname()})")
