@@ -322,7 +322,7 @@ def test_optimizer_settings_are_read_without_running_what_they_name(tmp_path):
         state = get_optimizer_state_dict(model, trained)
         state["param_groups"][0]["lr"] = lr
         dcp.save({"tp0": {"optim": state}}, checkpoint_id=tmp_path / name)
-        (tmp_path / name / "meta.json").write_text(json.dumps({"world": 1}))
+        (tmp_path / name / "meta.json").write_text(json.dumps({"step": 1, "world": 1}))
     model.zero_grad(set_to_none=True)  # as at a resume: DCP then sizes the fresh optimizer's state
     resumed = torch.optim.AdamW(model.parameters(), lr=0.5)
     load_checkpoint(str(tmp_path / "saved"), model, resumed, dims, weights_loaded=True, load_rng=False)
