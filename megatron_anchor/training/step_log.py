@@ -5,9 +5,11 @@ the same values as JSON lines (``--log-jsonl``), and scalars under Megatron-LM's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 from megatron_anchor.training.metrics import readable, readable_duration
@@ -154,8 +156,7 @@ class StepLogger:
 
     def _write(self, record: dict, scalars: bool = True) -> None:
         if self.jsonl:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+            self._write_jsonl(record)
         if not scalars:
             return
         values, step = megatron_scalars(record), record["step"]
@@ -167,6 +168,23 @@ class StepLogger:
                     self.tb.add_scalar(f"{tag} vs samples", value, samples)
         if self.wandb:
             self.wandb.log(values, step=step)
+
+    def _write_jsonl(self, record: dict) -> None:
+        # A log file on a full or lost disk must not end a run whose checkpoints may still be written: one
+        # warning, and the step lines on stdout go on.
+        try:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        except OSError as err:
+            print(
+                f"warning: --log-jsonl {self.jsonl.name}: {err.strerror or err} (errno {err.errno}): its records "
+                f"stop before step {record['step']}; training goes on",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(OSError):
+                self.jsonl.close()
+            self.jsonl = None
 
     def close(self) -> None:
         """Flush and close every output."""

@@ -215,3 +215,23 @@ def test_tensorboard_gets_megatron_tags_and_their_vs_samples_twins(monkeypatch, 
     assert ("lm loss validation", 2.0, 5) in scalars and ("lm loss validation vs samples", 2.0, 40) in scalars
     ppl = [value for tag, value, _ in scalars if tag == "lm loss validation ppl"]
     assert ppl == [pytest.approx(7.389056)] and scalars[-1][0] == "closed"
+
+
+def test_a_log_jsonl_on_a_full_disk_is_one_warning_and_training_goes_on(capsys):
+    """/dev/full fails every write with ENOSPC, as a full disk does: the run used to end in an OSError
+    traceback at its first step record; now one warning, and later records go to stdout only."""
+    import argparse
+
+    from megatron_anchor.training.step_log import StepLogger
+
+    args = argparse.Namespace(train_iters=10, log_jsonl="/dev/full", tensorboard_dir=None, wandb_project=None)
+    logger = StepLogger(args, enabled=True)
+    logger.log_eval(step=5, loss=2.0, consumed_samples=40)
+    logger.log_event(6, "saved checkpoint iter_0000006")
+    logger.close()
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "warning: --log-jsonl /dev/full: No space left on device (errno 28): its records stop before step 5; "
+        "training goes on"
+    ]
+    assert "validation loss 2.0000" in out and "step 6/10 | saved checkpoint iter_0000006" in out
