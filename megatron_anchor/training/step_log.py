@@ -177,8 +177,8 @@ class StepLogger:
             self.jsonl.flush()
         except OSError as err:
             print(
-                f"warning: --log-jsonl {self.jsonl.name}: {err.strerror or err} (errno {err.errno}): its records "
-                f"stop before step {record['step']}; training goes on",
+                f"warning: --log-jsonl {self.jsonl.name}: {err.strerror or err} (errno {err.errno}): its "
+                f"records stop before step {record['step']}; training goes on",
                 file=sys.stderr,
                 flush=True,
             )
