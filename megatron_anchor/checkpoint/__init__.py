@@ -42,6 +42,7 @@ _EXPORTS = {
     "describe_files": "integrity",
     "file_crc32": "integrity",
     "find_checkpoint": "layout",
+    "pointer_problem": "layout",
     "is_checkpoint": "layout",
     "iter_dir_name": "layout",
     "previous_checkpoint": "layout",

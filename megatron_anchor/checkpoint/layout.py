@@ -133,6 +133,16 @@ def find_checkpoint(path: str, notes: list[str] | None = None) -> str | None:
     return found
 
 
+def pointer_problem(directory: str) -> str | None:
+    """Why a save could not write its pointers in ``directory`` (a directory or another non-file where a
+    pointer or the commit marker goes), or None."""
+    for name in (LATEST, MEGATRON_TRACKER, COMMIT_MARKER):
+        path = os.path.join(directory, name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            return f"{path} is not a file: every save writes it, so remove or rename it first"
+    return None
+
+
 def _committing(checkpoint_dir: str) -> bool:
     """Whether the commit marker beside ``checkpoint_dir`` names it (its save stopped before the pointers)."""
     marker = os.path.join(os.path.dirname(checkpoint_dir), COMMIT_MARKER)

@@ -21,6 +21,7 @@ from megatron_anchor.checkpoint import (
     check_tp_size,
     find_checkpoint,
     newest_checkpoint,
+    pointer_problem,
     read_meta,
     recorded_tokenizer,
     step_of_checkpoint,
@@ -176,8 +177,9 @@ def check_save_writable(save: str) -> None:
     """
     probe = os.environ.get("LOCAL_RANK", "0") == "0"
     problem = output_problem("--save", save) if probe else writable_problem("--save", save)
-    if problem:
-        raise ValueError(problem)
+    pointer = pointer_problem(save)
+    if problem or pointer:
+        raise ValueError(problem or f"--save {save}: {pointer}")
     if os.environ.get("RANK", "0") != "0":
         return
     lock = os.path.join(save, LOCK_FILE)

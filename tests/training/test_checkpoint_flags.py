@@ -355,3 +355,16 @@ def test_a_resume_without_tokenizer_flags_keeps_the_checkpoints_tokenizer(tmp_pa
     assert (args.tokenizer_type, args.tokenizer_model) == ("HuggingFaceTokenizer", tokenizer)
     assert f"tokenizer from checkpoint {ckpt / 'iter_0000006'}: --tokenizer-type HuggingFaceTokenizer " \
         f"--tokenizer-model {tokenizer}" in args.checkpoint_notes
+
+
+def test_a_pointer_path_that_is_not_a_file_is_refused_before_training(tmp_path):
+    """A directory named ``latest`` in --save: the run used to train until its first save failed on
+    ``latest.tmp``; the flag checks now name it."""
+    for name in ("latest", "latest_checkpointed_iteration.txt", "commit.pending"):
+        save = tmp_path / name.replace(".", "_")
+        (save / name).mkdir(parents=True)
+        with pytest.raises(ValueError) as err:
+            _validate([*TINY, "--save", str(save)])
+        assert str(err.value) == (
+            f"--save {save}: {save / name} is not a file: every save writes it, so remove or rename it first"
+        )
