@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from megatron_anchor.convert import export_hf_checkpoint
 from megatron_anchor.convert.hf_io import INDEX_NAME, SafetensorsReader
 from megatron_anchor.training import build_parser, validate_args
 from tests.convert.convert_harness import save_tiny_hf
+from tests.disk_limits import file_size_limit
 from tools.convert_hf_checkpoint import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -250,14 +249,6 @@ def test_import_refuses_a_save_with_checkpoints_or_a_live_run_and_leaves_its_fil
         lock.release()
 
 
-def _file_size_limit(nbytes: int):
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return limit
-
-
 def test_import_onto_a_full_disk_is_one_line_with_the_errno(sharded_llama: Path, tmp_path: Path) -> None:
     """A write that fails inside DCP (here a file size limit, as a full disk or a quota): one line naming
     the checkpoint, the errno and the free space, exit 1."""
@@ -266,7 +257,7 @@ def test_import_onto_a_full_disk_is_one_line_with_the_errno(sharded_llama: Path,
            str(sharded_llama), "--save", str(save), "--quiet"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
-                          preexec_fn=_file_size_limit(4096))  # fmt: skip
+                          preexec_fn=file_size_limit(4096))  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     tmp = save / "iter_0000000.tmp"
     assert proc.stderr.startswith(f"error: writing checkpoint {tmp} failed on rank 0: "), proc.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from safetensors import safe_open
 from megatron_anchor.checkpoint import tokenizer_identity
 from megatron_anchor.convert.hf_io import INDEX_NAME
 from tests.convert.convert_harness import save_tiny_hf
+from tests.disk_limits import file_size_limit
 from tests.training.megatron_recipes import gpt2_bpe_files
 from tests.training.packed_data import write_hf_tokenizer
 from tools.convert_hf_checkpoint import main
@@ -148,16 +147,8 @@ def test_export_onto_a_full_disk_is_one_line(hf_dir, tmp_path) -> None:
            "--hf-dir", str(out), "--quiet"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
-                          preexec_fn=_file_size_limit(8192))  # fmt: skip
+                          preexec_fn=file_size_limit(8192))  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: writing {out / 'shard-00000.tmp'} failed: "), proc.stderr
     assert proc.stderr.strip().endswith(f" free on {out})") and proc.stderr.count("\n") == 1, proc.stderr
     assert not list(out.glob("model*"))
-
-
-def _file_size_limit(nbytes: int):
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return limit

@@ -6,8 +6,6 @@ import functools
 import gzip
 import importlib.util
 import pickle
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from anchor_data_helpers import corpus_texts, hf_tokenizer_dir, sp_model
 
 from megatron_anchor.data import build_tokenizer, default_anchor_id
 from megatron_anchor.data.indexed_writer import token_dtype
+from tests.disk_limits import file_size_limit
 
 
 def test_sentencepiece():
@@ -172,14 +171,6 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "n").exists()  # the checks create nothing
 
 
-def _file_size_limit(nbytes: int):
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return limit
-
-
 def test_train_tokenizer_on_a_full_disk_fails_in_one_line_and_leaves_no_model(tmp_path):
     """The output passes the start-up probe, then the model does not fit (a file size limit, as a full disk
     or a quota): one line with the errno, exit 1, and no PREFIX.model or PREFIX.vocab (sentencepiece's own
@@ -190,7 +181,7 @@ def test_train_tokenizer_on_a_full_disk_fails_in_one_line_and_leaves_no_model(tm
     prefix = tmp_path / "tok"
     tool = Path(tokenizer_tool().__file__)
     argv = [sys.executable, str(tool), "--input", str(corpus), "--model-prefix", str(prefix)]
-    limit = _file_size_limit(8192)
+    limit = file_size_limit(8192)
     proc = subprocess.run([*argv, "--vocab-size", "300"], capture_output=True, text=True, timeout=120,
                           preexec_fn=limit)  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr

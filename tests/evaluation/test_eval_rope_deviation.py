@@ -6,9 +6,7 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
-import signal
 
 import pytest
 import torch
@@ -27,6 +25,7 @@ from megatron_anchor.evaluation.rope_deviation import (
 )
 from megatron_anchor.rope import apply_rotary_fp32, default_inv_freq
 from megatron_anchor.rope.invariance import megatron_unfused_rope
+from tests.disk_limits import file_size_limit
 
 
 @pytest.mark.parametrize("mode", ["causal", "intra_doc", "anchor"])
@@ -172,21 +171,13 @@ def test_tool_shows_bf16_deviation_above_fp32(tmp_path):
     assert results["sweep"]["anchor"]["fp32"]["50"] != results["sweep"]["causal"]["fp32"]["50"]
 
 
-def _file_size_limit(nbytes: int):
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return limit
-
-
 def test_a_write_that_fails_after_the_evaluation_is_one_line(tmp_path):
     """--out-dir passed its start-up probe, then the results do not fit (a file size limit): one line naming
     --out-dir and the error, exit 1, no traceback."""
     out = tmp_path / "deviation"
     sizes = ["--seq-length", "64", "--deltas", "0,1,16", "--lengths", "64", "--batch-size", "2"]
     flags = [*TINY_MODEL, "--vocab-size", "256", *sizes, "--out-dir", str(out)]
-    proc = run_tool("bf16_rope_deviation.py", flags, expect_fail=True, preexec_fn=_file_size_limit(8192))
+    proc = run_tool("bf16_rope_deviation.py", flags, expect_fail=True, preexec_fn=file_size_limit(8192))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar; the free space may change since
     assert re.fullmatch(

@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import time
@@ -29,6 +28,7 @@ from train_harness import (
 from megatron_anchor.checkpoint import CheckpointError, read_meta, verify_checkpoint
 from megatron_anchor.training.checkpoint import _rng_state, _set_rng_state, read_rng_state
 from megatron_anchor.training.startup import CONFIG_FILE
+from tests.disk_limits import file_size_limit
 
 # The reference run's schedule (6 steps) kept while a resume trains further.
 SAME_SCHEDULE = ["--lr-decay-iters", "6"]
@@ -80,10 +80,6 @@ def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
     assert not [r for r in records if "loss" in r] and "megatron_anchor/" not in proc.stderr  # no traceback
 
 
-def _file_size_limit(nbytes: int):
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-
 def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up(tmp_path):
     """A save that cannot write (here a file-size limit: EFBIG, as ENOSPC on a full disk) stops the run on
     both ranks with one line; 'latest' keeps the previous checkpoint; the next save removes the .tmp."""
@@ -91,7 +87,7 @@ def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up
     shutil.rmtree(ckpt / "iter_0000006")
     (ckpt / "latest").write_text("iter_0000003\n")
     flags = [*TINY, "--load", str(ckpt), "--save", str(ckpt)]
-    _, proc = run_pretrain(2, flags, tmp_path, expect_fail=True, preexec_fn=_file_size_limit(200_000))
+    _, proc = run_pretrain(2, flags, tmp_path, expect_fail=True, preexec_fn=file_size_limit(200_000))
     tmp = ckpt / "iter_0000006.tmp"
     assert f"error: rank 0: writing checkpoint {tmp} failed on rank " in proc.stderr
     assert "[Errno 27 EFBIG] File too large:" in proc.stderr  # the probe write meets the same limit
