@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from megatron_anchor.attention import (
     AttentionStats,
@@ -25,6 +24,7 @@ from megatron_anchor.parallel.cp_layout import (
     shard_for_cp,
     unshard_from_cp,
 )
+from tests.dispatch_recorders import RecordOps, host_read
 
 
 def layout(name: str, seq_len: int, seed: int) -> torch.Tensor:
@@ -290,27 +290,6 @@ def run_comm_errors(rank: int, world: int, groups: dict) -> dict | None:
     return {"heads": "no error"} if rank == 0 else None
 
 
-class HostReads(TorchDispatchMode):
-    """Records ops that read values back to the host or copy between devices (the rule of
-    ``tests/model/test_attention_hot_path.py``, here inside a real group)."""
-
-    NAMES = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "unique_dim",
-             "_unique2", "unique_consecutive"}  # fmt: skip
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        devices = {t.device for t in (*args, *kwargs.values(), *outs) if isinstance(t, torch.Tensor)}
-        if func.overloadpacket.__name__ in self.NAMES or len(devices) > 1:
-            self.seen.append(func.overloadpacket.__name__)
-        return out
-
-
 def run_host_reads(rank: int, world: int, groups: dict) -> dict | None:
     """Ops reading back to the host in a forward and backward with the micro-batch's plan, per comm type."""
     seen = {}
@@ -324,7 +303,7 @@ def run_host_reads(rank: int, world: int, groups: dict) -> dict | None:
         )
         q = torch.randn(16, 2, 8, 8, requires_grad=True)
         kv = torch.randn(16, 2, 1, 8, requires_grad=True)
-        with HostReads() as recorder:
+        with RecordOps(host_read) as recorder:
             anchor_cp_attention(q, kv, kv, plan=plan, cp_group=ring, a2a_group=a2a).sum().backward()
         everywhere = [None] * world
         dist.all_gather_object(everywhere, recorder.seen)

@@ -11,12 +11,12 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import megatron_anchor.model.layout as layout_module
 from megatron_anchor.attention import anchor_cp_attention, build_attention_plan, dense_reference_attention
 from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.model import AnchorGPTConfig, AnchorLayout, build_anchor_gpt
+from tests.dispatch_recorders import RecordOps, host_read
 
 CFG = AnchorGPTConfig(
     num_layers=3, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
@@ -46,27 +46,6 @@ def test_the_plan_is_built_once_per_micro_batch(monkeypatch, recompute):
         assert len(builds) == micro_batch + 1  # 3 layers, forward, backward and any recompute: one build
 
 
-HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "unique_dim",
-              "_unique2", "unique_consecutive"}  # fmt: skip
-
-
-class RecordHostReads(TorchDispatchMode):
-    """Records ops that read values back to the host or copy between devices."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        out = func(*args, **kwargs)
-        devices = {t.device for t in (*args, *kwargs.values(), out) if isinstance(t, torch.Tensor)}
-        if name in HOST_READS or len(devices) > 1:
-            self.seen.append(name)
-        return out
-
-
 @pytest.mark.parametrize("backend", ["varlen_reference", "sdpa_cpu"])
 def test_a_layer_with_its_plan_reads_nothing_back(backend, monkeypatch):
     monkeypatch.setenv("MEGATRON_ANCHOR_ATTENTION_BACKEND", backend)
@@ -78,7 +57,7 @@ def test_a_layer_with_its_plan_reads_nothing_back(backend, monkeypatch):
     layout.rope_angles(core.setup.inv_freq)  # and its angle table, as the first layer builds them
     q = torch.randn(48, 2, 4, 16, requires_grad=True)
     k, v = (torch.randn(48, 2, 2, 16, requires_grad=True) for _ in range(2))
-    with RecordHostReads() as mode:
+    with RecordOps(host_read) as mode:
         core(q, k, v, None, packed_seq_params=layout).sum().backward()
     assert mode.seen == []
 

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.model import AnchorGPTConfig, AnchorLayout, build_anchor_gpt
+from tests.dispatch_recorders import RecordOps, device_copy
 
 CFG = AnchorGPTConfig(
     num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
     vocab_size=128, seq_length=24,
 )  # fmt: skip
 DOC_IDS = torch.tensor([[0] + [1] * 10 + [2] * 13])
-
-
-class RecordDeviceCopies(TorchDispatchMode):
-    """Records ops whose tensors span several devices (a copy between host and device)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        devices = {t.device.type for t in (*args, *kwargs.values(), out) if isinstance(t, torch.Tensor)}
-        if len(devices) > 1:
-            self.seen.append(func.overloadpacket.__name__)
-        return out
 
 
 def test_each_micro_batch_after_the_first_copies_nothing_to_the_device(monkeypatch):
@@ -46,7 +30,7 @@ def test_each_micro_batch_after_the_first_copies_nothing_to_the_device(monkeypat
         positions = position_ids_from_doc_ids(DOC_IDS).to("meta")  # made on the device by the batch path
         layout = AnchorLayout(doc_ids=DOC_IDS, positions=positions)
         layout.attention_plan(cores[0].setup.mode, cores[0].cp_group, torch.device("meta"))  # host arrays in
-        with RecordDeviceCopies() as mode:
+        with RecordOps(device_copy) as mode:
             for core in cores:
                 core(q, k, v, None, packed_seq_params=layout)
         copies.append(mode.seen)

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from megatron_anchor.devices import host_to_device
 from megatron_anchor.training.batches import CPSlicing, MockPackedDataset, collate, to_model_inputs
-
-
-class RecordCopies(TorchDispatchMode):
-    """``non_blocking`` of every copy from the host to another device."""
-
-    def __init__(self):
-        super().__init__()
-        self.non_blocking = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func.overloadpacket.__name__ == "_to_copy" and args[0].device.type == "cpu" != out.device.type:
-            self.non_blocking.append(kwargs.get("non_blocking", False))
-        return out
+from tests.dispatch_recorders import RecordOps, host_copy_blocking
 
 
 def test_the_four_micro_batch_copies_do_not_block():
     dataset = MockPackedDataset(seq_length=32, vocab_size=64, num_samples=2)
     batch = collate([dataset[0], dataset[1]])
-    with RecordCopies() as copies:
+    with RecordOps(host_copy_blocking) as copies:
         inputs = to_model_inputs(batch, CPSlicing(), torch.device("meta"))
-    assert copies.non_blocking == [True] * 4  # positions, tokens, labels, loss_mask
+    assert copies.seen == [True] * 4  # positions, tokens, labels, loss_mask
     assert inputs["layout"].positions.is_meta and inputs["layout"].doc_ids.device.type == "cpu"
     assert inputs["valid_tokens"] == 64.0  # counted on the host copy
 
