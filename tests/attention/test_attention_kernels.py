@@ -11,7 +11,7 @@ from megatron_anchor.attention.backends import SdpaCpu, TorchTiled, VarlenRefere
 from megatron_anchor.attention.cpu_kernels import NATIVE_FROM, TILE, TINY, pieces_of
 from megatron_anchor.attention.flash import AtenFlash, aten_flash_supported, gpu_backend_status
 from megatron_anchor.attention.merge import merge_rows
-from megatron_anchor.attention.plan import kernel_call
+from tests.varlen_fp64 import call_of, reference
 
 # (queries, keys) per sequence: tiny ones (grouped on the CPU), ones past the 512 block, keys > queries.
 LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64, 64)]
@@ -19,12 +19,6 @@ LENGTHS = [(3, 3), (1, 1), (40, 40), (700, 700), (5, 9), (130, 600), (2, 2), (64
 # On the CPU 300 is tiled with a remainder block, 1000 and 2053 halved, 1000's halves tiled exactly.
 SQUARE = [(n, n) for n in (3, 100, 2, 70, 192, 1000, 5, 120, 2053, TINY - 1, 65, 300)]
 BACKENDS = [VarlenReference(), SdpaCpu(), TorchTiled()]
-
-
-def _call(lengths, causal: bool):
-    q_len, k_len = (np.array(x, dtype=np.int64) for x in zip(*lengths))
-    starts = (np.concatenate([[0], np.cumsum(n)[:-1]]) for n in (q_len, k_len))
-    return kernel_call(causal, (next(starts), q_len), (next(starts), k_len), torch.device("cpu"))
 
 
 def _inputs(lengths, heads=4, heads_kv=2, dtype=torch.float32, seed=0):
@@ -35,22 +29,6 @@ def _inputs(lengths, heads=4, heads_kv=2, dtype=torch.float32, seed=0):
     return q, k, v
 
 
-def _reference(q, k, v, lengths, causal: bool, scale: float):
-    """fp64 (out, lse) sequence by sequence; causal aligned to the bottom-right."""
-    outs, lses, a, c = [], [], 0, 0
-    group = q.shape[1] // k.shape[1]
-    for n, m in lengths:
-        qs = q[a : a + n].double().transpose(0, 1)  # [h, n, d]
-        ks, vs = (t[c : c + m].double().repeat_interleave(group, 1).transpose(0, 1) for t in (k, v))
-        s = qs @ ks.transpose(-1, -2) * scale
-        if causal:
-            s = s.masked_fill(~torch.ones(n, m, dtype=torch.bool).tril(m - n), float("-inf"))
-        outs.append((torch.softmax(s, -1) @ vs).transpose(0, 1))
-        lses.append(torch.logsumexp(s, -1))
-        a, c = a + n, c + m
-    return torch.cat(outs), torch.cat(lses, dim=1)
-
-
 CALLS = [(True, LENGTHS), (False, LENGTHS), (True, SQUARE)]
 
 
@@ -58,10 +36,10 @@ CALLS = [(True, LENGTHS), (False, LENGTHS), (True, SQUARE)]
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
 def test_varlen_forward_and_backward_match_fp64(backend, causal, lengths):
     q, k, v = _inputs(lengths)
-    call = _call(lengths, causal)
+    call = call_of(lengths, causal)
     out, lse, aux = backend.forward(q, k, v, call, 0.25)
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = _reference(*ref_in, lengths, causal, 0.25)
+    ref_out, ref_lse = reference(*ref_in, lengths, causal, 0.25)
     assert out.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == (4, q.shape[0])
     assert (out.double() - ref_out).abs().max() < 1e-5 and (lse.double() - ref_lse).abs().max() < 1e-5
     dout = torch.randn_like(q)
@@ -83,11 +61,11 @@ def test_rows_that_see_no_key_give_out_0_lse_minus_inf_and_zero_gradients(backen
     """The contract of every kernel, the merge's premise: such rows are 0 / -inf (not NaN, not lse 0), and
     the backward, given that -inf, stays finite; the other rows match fp64 over their own keys."""
     q, k, v = _inputs(BLIND, seed=2)
-    call = _call(BLIND, causal=True)
+    call = call_of(BLIND, causal=True)
     out, lse, aux = backend.forward(q, k, v, call, 0.25)
     blind = torch.cat([torch.arange(n) < n - m for n, m in BLIND])
     ref_in = [t.double().requires_grad_() for t in (q[~blind], k, v)]
-    ref_out, ref_lse = _reference(*ref_in, [(min(n, m), m) for n, m in BLIND], True, 0.25)
+    ref_out, ref_lse = reference(*ref_in, [(min(n, m), m) for n, m in BLIND], True, 0.25)
     assert torch.isneginf(lse[:, blind]).all() and (out[blind] == 0).all()
     assert (out[~blind].double() - ref_out).abs().max() < 1e-5
     assert (lse[:, ~blind].double() - ref_lse).abs().max() < 1e-5
@@ -104,14 +82,14 @@ def test_no_cpu_piece_is_a_call_without_keys_or_queries():
     sequence without keys: its rows are left to ``rows_without_keys``; one without queries is skipped."""
     for causal in (True, False):
         for lengths in ([(70, 70), (70, 0), (70, 70), (3, 0)], [(70, 70), (0, 70)]):  # each alone
-            for piece in pieces_of(_call(lengths, causal)):
+            for piece in pieces_of(call_of(lengths, causal)):
                 assert piece.q1 > piece.q0 and piece.k1 > piece.k0, piece
 
 
 def test_cpu_pieces_cover_every_visible_pair_once():
     """The CPU kernel's pieces (grouped, tiled, halved, alone) attend each visible pair exactly once."""
     lengths = [*SQUARE, (NATIVE_FROM - 1, NATIVE_FROM - 1), (NATIVE_FROM, NATIVE_FROM)]
-    pieces = pieces_of(_call(lengths, causal=True))
+    pieces = pieces_of(call_of(lengths, causal=True))
     start = 0
     for n, _ in lengths:
         covered = torch.zeros(n, n, dtype=torch.int8)
@@ -140,10 +118,10 @@ def test_tiled_cpu_causal_matches_fp64(dtype, tol):
     """Tiled and halved causal sequences, merged in fp32 however the inputs are stored, against fp64."""
     lengths = [(300, 300), (1500, 1500), (2 * TILE, 2 * TILE)]
     q, k, v = _inputs(lengths, dtype=dtype, seed=3)
-    call = _call(lengths, causal=True)
+    call = call_of(lengths, causal=True)
     out, lse, aux = SdpaCpu().forward(q, k, v, call, 0.25)
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = _reference(*ref_in, lengths, True, 0.25)
+    ref_out, ref_lse = reference(*ref_in, lengths, True, 0.25)
     assert (out.double() - ref_out).abs().max() < tol and (lse.double() - ref_lse).abs().max() < tol
     dout = torch.randn_like(q)
     ref_out.backward(dout.double())
@@ -166,12 +144,12 @@ def test_calls_merged_then_backward_with_the_merged_lse_give_the_whole_gradient(
     key_rows = [torch.cat(r) for r in key_rows]
     out = torch.zeros(q.shape)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"))
-    calls = [_call(split, False) for split in splits]
+    calls = [call_of(split, False) for split in splits]
     for call, rows in zip(calls, key_rows):
         part_out, part_lse, _ = backend.forward(q, k[rows], v[rows], call, 0.3)
         merge_rows(out, lse, slice(0, q.shape[0]), part_out, part_lse)
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = _reference(*ref_in, lengths, False, 0.3)
+    ref_out, ref_lse = reference(*ref_in, lengths, False, 0.3)
     assert (out.double() - ref_out).abs().max() < 1e-5 and (lse.double() - ref_lse).abs().max() < 1e-5
     dout = torch.randn_like(q)
     ref_out.backward(dout.double())
@@ -219,7 +197,7 @@ def test_torch_flash_op_contract_on_meta_tensors():
     assert aten_flash_supported() == (True, "")
     q = torch.empty(300, 8, 64, dtype=torch.bfloat16, device="meta")
     k, v = (torch.empty(500, 2, 64, dtype=torch.bfloat16, device="meta") for _ in range(2))
-    call = _call([(100, 200), (200, 300)], False)
+    call = call_of([(100, 200), (200, 300)], False)
     call.cu_q, call.cu_k = call.cu_q.to("meta"), call.cu_k.to("meta")
     out, lse, aux = AtenFlash().forward(q, k, v, call, 0.125)
     assert out.shape == q.shape and out.dtype == torch.bfloat16

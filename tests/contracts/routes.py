@@ -15,16 +15,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository, for tests.varlen_fp64
 import standins  # noqa: E402  (beside this file)
 
 from megatron_anchor.attention.flash import aten_flash  # noqa: E402
 from megatron_anchor.attention.flash_packages import load_package  # noqa: E402
-from megatron_anchor.attention.plan import kernel_call  # noqa: E402
 from megatron_anchor.rope import apply as rope_apply  # noqa: E402
+from tests.varlen_fp64 import call_of, reference  # noqa: E402
 
 TOLERANCE = 1e-6
 # (queries, keys) per sequence: keys beyond queries, and fewer keys than queries (causal, bottom-right
@@ -65,29 +65,6 @@ def load(route: Route):
         return load_package(route.backend)
 
 
-def _call(lengths, causal: bool):
-    q_len, k_len = (np.array(x, dtype=np.int64) for x in zip(*lengths))
-    starts = [np.concatenate([[0], np.cumsum(n)[:-1]]) for n in (q_len, k_len)]
-    return kernel_call(causal, (starts[0], q_len), (starts[1], k_len), torch.device("cpu"))
-
-
-def reference(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp64 ``(out, lse)`` sequence by sequence over ``LENGTHS`` (causal: bottom-right aligned); a row that
-    sees no key: out 0, lse -inf."""
-    outs, lses, a, c = [], [], 0, 0
-    group = q.shape[1] // k.shape[1]
-    for n, m in LENGTHS:
-        qs = q[a : a + n].double().transpose(0, 1)  # [h, n, d]
-        ks, vs = (t[c : c + m].double().repeat_interleave(group, 1).transpose(0, 1) for t in (k, v))
-        s = qs @ ks.transpose(-1, -2) * scale
-        if causal:
-            s = s.masked_fill(~torch.ones(n, m, dtype=torch.bool).tril(m - n), -math.inf)
-        outs.append((torch.softmax(s, -1).nan_to_num(0.0) @ vs).transpose(0, 1))
-        lses.append(torch.logsumexp(s, -1))
-        a, c = a + n, c + m
-    return torch.cat(outs), torch.cat(lses, dim=1)
-
-
 def kernel_error(backend, causal: bool, seed: int = 0) -> float:
     """Worst relative error of out, lse, dq, dk, dv of one call (GQA) against autograd over fp64 attention;
     inf when a log-sum-exp is NaN or +inf (the ring's merge would turn it into NaN)."""
@@ -95,12 +72,12 @@ def kernel_error(backend, causal: bool, seed: int = 0) -> float:
     n_q, n_k = sum(a for a, _ in LENGTHS), sum(b for _, b in LENGTHS)
     q = torch.randn(n_q, 4, 16, generator=gen)
     k, v = (torch.randn(n_k, 2, 16, generator=gen) for _ in range(2))
-    call = _call(LENGTHS, causal)
+    call = call_of(LENGTHS, causal)
     out, lse, aux = backend.forward(q, k, v, call, 0.3)
     if torch.isnan(lse).any() or (lse == math.inf).any():
         return math.inf
     ref_in = [t.double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = reference(*ref_in, causal, 0.3)
+    ref_out, ref_lse = reference(*ref_in, LENGTHS, causal, 0.3)
     dout = torch.randn(q.shape, generator=gen)
     ref_out.backward(dout.double())
     grads = backend.backward(dout, q, k, v, out, lse, call, 0.3, aux)

@@ -49,7 +49,7 @@ def test_fa3_head_backward_gets_is_causal_and_a_renamed_flag_is_refused():
     head = routes.Route("flash_attn3", "head")
     backend, reason = routes.load(head)
     assert backend is not None, reason
-    call = routes._call(routes.LENGTHS, causal=True)
+    call = routes.call_of(routes.LENGTHS, causal=True)
     values = backend._values(None, None, None, call, 0.3)
     values.update(dict.fromkeys(("dout", "out", "softmax_lse", "dq", "dk", "dv", "rng_state")))
     kwargs = backend._bwd.kwargs(**values)
@@ -84,7 +84,7 @@ def test_rows_without_keys_leave_the_backend_at_minus_inf_and_merge_without_nan(
     assert route.contract["empty_row_lse"]["value"] == "+inf"
     backend, _ = routes.load(route)
     q, k = torch.randn(5, 2, 8), torch.randn(3, 1, 8)
-    call = routes._call([(5, 3)], causal=True)  # bottom-right aligned: rows 0 and 1 see no key
+    call = routes.call_of([(5, 3)], causal=True)  # bottom-right aligned: rows 0 and 1 see no key
     raw = backend._forward(**backend._fwd.kwargs(**backend._values(q, k, k, call, 0.5)))
     raw_lse = raw[route.contract["forward"]["returns"].index("softmax_lse")]
     assert torch.isposinf(raw_lse[:, :2]).all()  # the stand-in reproduces the recorded kernel
