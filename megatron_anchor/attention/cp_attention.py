@@ -126,6 +126,16 @@ def validate_inputs(q, k, v, plan: AttentionPlan, comm: CPComm, a2a: CPComm) -> 
         )
 
 
+def rank_plan(doc_ids, mode: str, ring: CPComm, a2a: CPComm, cp_index, device) -> AttentionPlan:
+    """This rank's plan: the ring over ``ring`` after the all-to-all over ``a2a`` (with
+    ``MEGATRON_ANCHOR_CHECK_DOC_IDS=1`` both groups check that their ranks got the same doc_ids, layout)."""
+    for comm in (ring, a2a):
+        comm.check_same(doc_ids, cp_index)
+    return build_attention_plan(
+        doc_ids, mode, cp_size=ring.size, rank=ring.rank, cp_index=cp_index, device=device, a2a_size=a2a.size
+    )
+
+
 def _scatter_heads(q, k, v, a2a: CPComm) -> tuple[torch.Tensor, ...]:
     """Tokens for heads over the all-to-all group (the K/V heads repeated first where it needs them)."""
     repeat = kv_head_repeat(q.shape[2], k.shape[2], a2a.size)
@@ -162,12 +172,7 @@ def anchor_cp_attention(
     if plan is None:
         if doc_ids is None:
             raise ValueError("anchor_cp_attention needs doc_ids [b, S] or a prebuilt plan")
-        comm.check_same(doc_ids, cp_index)
-        a2a.check_same(doc_ids, cp_index)
-        plan = build_attention_plan(
-            doc_ids, mode, cp_size=comm.size, rank=comm.rank, cp_index=cp_index, device=q.device,
-            a2a_size=a2a.size,
-        )  # fmt: skip
+        plan = rank_plan(doc_ids, mode, comm, a2a, cp_index, q.device)
     validate_inputs(q, k, v, plan, comm, a2a)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     if a2a.size > 1:

@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megatron_anchor.attention import AttentionPlan, build_attention_plan
+from megatron_anchor.attention import AttentionPlan
 from megatron_anchor.attention.comm import CPComm
+from megatron_anchor.attention.cp_attention import rank_plan
 from megatron_anchor.devices import same_device
 from megatron_anchor.rope import rotary_angles
 
@@ -66,12 +67,7 @@ class AnchorLayout(PackedSeqParams):
         key = (mode, id(cp_group), id(a2a_group), str(device))
         if key not in self._plans:
             ring, a2a = CPComm(cp_group, device), CPComm(a2a_group, device)
-            for comm in (ring, a2a):
-                comm.check_same(self.doc_ids, self.cp_index)  # with MEGATRON_ANCHOR_CHECK_DOC_IDS=1
-            self._plans[key] = build_attention_plan(
-                self.doc_ids, mode, cp_size=ring.size, rank=ring.rank, cp_index=self.cp_index,
-                device=device, a2a_size=a2a.size,
-            )  # fmt: skip
+            self._plans[key] = rank_plan(self.doc_ids, mode, ring, a2a, self.cp_index, device)
         return self._plans[key]
 
     def __post_init__(self) -> None:

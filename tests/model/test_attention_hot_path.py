@@ -12,7 +12,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
-import megatron_anchor.model.layout as layout_module
+import megatron_anchor.attention.cp_attention as cp_attention_module
 from megatron_anchor.attention import anchor_cp_attention, build_attention_plan, dense_reference_attention
 from megatron_anchor.data import position_ids_from_doc_ids
 from megatron_anchor.model import AnchorGPTConfig, AnchorLayout, build_anchor_gpt
@@ -32,9 +32,9 @@ def _layout() -> AnchorLayout:
 @pytest.mark.parametrize("recompute", ["none", "selective", "full"])
 def test_the_plan_is_built_once_per_micro_batch(monkeypatch, recompute):
     builds = []
-    build = layout_module.build_attention_plan
+    build = cp_attention_module.build_attention_plan
     counted = lambda *a, **k: builds.append(1) or build(*a, **k)  # noqa: E731
-    monkeypatch.setattr(layout_module, "build_attention_plan", counted)
+    monkeypatch.setattr(cp_attention_module, "build_attention_plan", counted)
     torch.manual_seed(0)
     model = build_anchor_gpt(dataclasses.replace(CFG, recompute_attention=recompute == "selective"))
     if recompute == "full":
