@@ -155,8 +155,9 @@ def gpu_backend_status(
     """Whether GPU backend ``name`` runs ``dtype`` heads of ``head_dim`` on ``device``, and if not, why."""
     from megatron_anchor.attention.flash_packages import installed_package
 
-    if shared_reason(device, dtype, head_dim):
-        return False, shared_reason(device, dtype, head_dim)
+    reason = shared_reason(device, dtype, head_dim)
+    if reason:
+        return False, reason
     major, minor = torch.cuda.get_device_capability(device)
     if name == "flash_attn3" and major != 9:
         return False, "FlashAttention-3 needs a Hopper GPU (sm90)"
@@ -165,9 +166,10 @@ def gpu_backend_status(
     if name == "flash":
         return aten_flash_supported()
     backend, reason = installed_package(name)
-    if backend is not None and backend.head_dim_reason(head_dim):
-        return False, backend.head_dim_reason(head_dim)
-    return backend is not None, reason
+    if backend is None:
+        return False, reason
+    reason = backend.head_dim_reason(head_dim)
+    return not reason, reason
 
 
 def best_gpu_backend(
