@@ -42,7 +42,7 @@ from megatron_anchor.evaluation.eval_args import (  # noqa: E402
     build_eval_parser,
     exit_on_errors,
     finish_model_args,
-    out_dir_problem,
+    out_dir_errors,
     writing_results,
 )
 
@@ -113,7 +113,7 @@ def _flag_errors(args: argparse.Namespace) -> list[str]:
         errors.append(f"--paths: unknown {unknown}; expected some of {list(PATHS)}")
     if args.text_file is not None and not os.path.isfile(args.text_file):
         errors.append(f"--text-file {args.text_file} does not exist")
-    return errors + [p for p in [out_dir_problem(args.out_dir)] if p]
+    return errors + out_dir_errors(args.out_dir)
 
 
 def _choose_lengths(args: argparse.Namespace) -> None:

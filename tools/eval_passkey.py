@@ -32,7 +32,7 @@ from megatron_anchor.evaluation.eval_args import (  # noqa: E402
     build_eval_parser,
     exit_on_errors,
     finish_model_args,
-    out_dir_problem,
+    out_dir_errors,
     writing_results,
 )
 from megatron_anchor.parallel.layout_names import CP_LAYOUTS  # noqa: E402
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         errors.append(f"--depths {args.depths}: every depth must lie in [0, 1]")
     if min(args.num_trials, args.micro_batch_size, args.passkey_digits) < 1:
         errors.append("--num-trials, --micro-batch-size and --passkey-digits must be >= 1")
-    errors += [p for p in [out_dir_problem(args.out_dir)] if p]
+    errors += out_dir_errors(args.out_dir)
     new_tokens = args.max_new_tokens or args.passkey_digits + 3
     try:  # prompts are text: the tokenizer is the checkpoint's unless given
         finish_model_args(args, max(args.lengths) + new_tokens + 2 * args.context_parallel_size, True)

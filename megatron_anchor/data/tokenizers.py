@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -275,15 +276,17 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
     directory = os.path.dirname(model_prefix)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    counted = _Counted(texts)
+    texts = iter(texts)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError("no text to train on")
     model = io.BytesIO()  # sentencepiece's own file writes ignore a full disk: the files are written here
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=counted, model_writer=model, vocab_size=vocab_size, **options
+            sentence_iterator=itertools.chain([first], texts), model_writer=model, vocab_size=vocab_size,
+            **options,
         )
     except RuntimeError as error:  # sentencepiece's checks fail with "INTERNAL: file(line) [check] why"
-        if not counted.seen:
-            raise ValueError("no text to train on") from None
         needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
         if needed:
             raise ValueError(
@@ -319,21 +322,6 @@ def _write_sentencepiece_files(model_prefix: str, proto: bytes) -> None:
         raise OSError(f"writing {path} failed: {os_error_message(err, path)}") from None
     for path, tmp in temporary.items():
         os.replace(tmp, path)
-
-
-class _Counted:
-    """An iterator over texts that remembers whether it yielded any."""
-
-    def __init__(self, texts: Iterable[str]) -> None:
-        self._texts, self.seen = iter(texts), False
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self) -> str:
-        text = next(self._texts)
-        self.seen = True
-        return text
 
 
 def _optional_id(token_id: int) -> int | None:

@@ -69,11 +69,12 @@ def finish_model_args(
     return args
 
 
-def out_dir_problem(out_dir: str) -> str | None:
-    """Why ``--out-dir`` cannot take the results (probed on the rank that writes them), or None."""
+def out_dir_errors(out_dir: str) -> list[str]:
+    """Why ``--out-dir`` cannot take the results (probed on the rank that writes them): one line, or none."""
     if os.environ.get("RANK", "0") != "0":
-        return None
-    return output_problem("--out-dir", str(out_dir))
+        return []
+    problem = output_problem("--out-dir", str(out_dir))
+    return [problem] if problem else []
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from anchor_data_helpers import (
 )
 
 from megatron_anchor.data import AnchorPackedDataset, build_train_valid_test_datasets
+from tests.disk_limits import file_size_limit
 
 S = 256
 
@@ -246,8 +246,8 @@ def test_seq_length_zero_names_the_value(tmp_path, capsys):
 def test_full_disk_is_one_line(tmp_path):
     """Case 10: the disk fills while writing (the file-size limit: the kernel fails the real write)."""
     write_jsonl(tmp_path / "in.jsonl", corpus_texts(200))
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
     command = tool_command("--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "out")
+    limit = file_size_limit(20_000)
     result = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit, timeout=120)
     assert result.returncode == 1
     line = one_line_error(result.stderr)

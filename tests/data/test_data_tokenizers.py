@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
-import importlib.util
 import pickle
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from anchor_data_helpers import corpus_texts, hf_tokenizer_dir, sp_model
 from megatron_anchor.data import build_tokenizer, default_anchor_id
 from megatron_anchor.data.indexed_writer import token_dtype
 from tests.disk_limits import file_size_limit
+from tools import train_tokenizer
 
 
 def test_sentencepiece():
@@ -116,18 +115,6 @@ def test_train_tokenizer_tool(tmp_path):
     assert result.returncode != 0 and f"{bad}:2" in result.stderr
 
 
-@functools.cache
-def tokenizer_tool():
-    """``tools/train_tokenizer.py`` as a module."""
-    from anchor_data_helpers import REPO
-
-    path = REPO / "tools" / "train_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("train_tokenizer_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_tokenizer_reads_gzip_as_preprocessing_does(tmp_path, capsys):
     """A .jsonl.gz (and a gzip file without the suffix: known by its bytes) trains the same model."""
     from anchor_data_helpers import write_jsonl
@@ -137,7 +124,7 @@ def test_train_tokenizer_reads_gzip_as_preprocessing_does(tmp_path, capsys):
     pieces = []
     for name, source in (("plain", "c.jsonl"), ("gz", "c.data")):
         args = ["--input", str(tmp_path / source), "--model-prefix", str(tmp_path / name)]
-        assert tokenizer_tool().main([*args, "--vocab-size", "300"]) == 0
+        assert train_tokenizer.main([*args, "--vocab-size", "300"]) == 0
         model = build_tokenizer("SentencePieceTokenizer", str(tmp_path / f"{name}.model"))
         pieces.append([model.decode([i]) for i in range(model.vocab_size)])
     assert pieces[0] == pieces[1] and len(pieces[0]) > 100
@@ -164,7 +151,7 @@ def test_train_tokenizer_errors_are_one_line(tmp_path, capsys):
     ]
     with read_only(tmp_path / "ro"):
         for argv, expected in cases:
-            assert tokenizer_tool().main(argv) == 1, argv
+            assert train_tokenizer.main(argv) == 1, argv
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not list(tmp_path.glob("tok*")) and not list((tmp_path / "ro").iterdir())
@@ -179,7 +166,7 @@ def test_train_tokenizer_on_a_full_disk_fails_in_one_line_and_leaves_no_model(tm
 
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_texts(60))
     prefix = tmp_path / "tok"
-    tool = Path(tokenizer_tool().__file__)
+    tool = Path(train_tokenizer.__file__)
     argv = [sys.executable, str(tool), "--input", str(corpus), "--model-prefix", str(prefix)]
     limit = file_size_limit(8192)
     proc = subprocess.run([*argv, "--vocab-size", "300"], capture_output=True, text=True, timeout=120,
@@ -196,7 +183,7 @@ def test_help_keeps_the_examples_line_breaks(capsys):
 
     for module, continued in (
         (tool(), "--output-prefix data/corpus \\\n        --tokenizer-type SentencePieceTokenizer"),
-        (tokenizer_tool(), "--model-prefix runs/tok \\\n        --vocab-size 2000"),
+        (train_tokenizer, "--model-prefix runs/tok \\\n        --vocab-size 2000"),
     ):
         with pytest.raises(SystemExit):
             module.parse_args(["--help"])

@@ -3,7 +3,6 @@ and the default lengths come from the checkpoint, and every error of the command
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import pytest
 from megatron_anchor.checkpoint import checkpoint_meta, tokenizer_identity, write_meta
 from megatron_anchor.model import AnchorGPTConfig
 from megatron_anchor.model.config_record import config_record
+from tests.data.anchor_data_helpers import read_only
+from tests.disk_limits import file_size_limit
 from tests.training.packed_data import write_hf_tokenizer
 from tools import bf16_rope_deviation, eval_passkey
 
@@ -38,17 +39,6 @@ def _checkpoint(work: Path, seq_length: int, tokenizer_dir: str | None) -> Path:
     return work / "ckpt"
 
 
-@contextlib.contextmanager
-def _immutable(directory: Path):
-    """``directory`` made unwritable even for root (``chattr +i``); the test is skipped where that fails."""
-    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode:
-        pytest.skip("chattr +i is not available here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
-
-
 def _errors(parse, argv: list[str], capsys) -> list[str]:
     with pytest.raises(SystemExit) as stop:
         parse(argv)
@@ -67,7 +57,7 @@ def test_an_unwritable_out_dir_is_refused_before_any_work(tmp_path: Path, capsys
     for tool, flags in ((eval_passkey, passkey), (bf16_rope_deviation, [*TINY, "--seq-length", "64"])):
         lines = _errors(tool.parse_args, [*flags, "--out-dir", str(blocker / "out")], capsys)
         assert lines == [f"error: --out-dir {blocker / 'out'}: {blocker} is a file, not a directory"]
-        with _immutable(locked):
+        with read_only(locked):
             lines = _errors(tool.parse_args, [*flags, "--out-dir", str(locked / "out")], capsys)
         assert lines == [f"error: --out-dir {locked / 'out'}: {locked} is not writable"]
         assert os.listdir(locked) == []
@@ -76,14 +66,10 @@ def test_an_unwritable_out_dir_is_refused_before_any_work(tmp_path: Path, capsys
 def test_the_probe_writes_for_real(tmp_path: Path) -> None:
     """A directory the permissions allow but a write fails in (here the file-size limit, as a full disk or
     a quota): the probe names the errno and the free space."""
-    code = (
-        "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)); "
-        "from megatron_anchor._files import output_problem; "
-        f"print(output_problem('--out-dir', {str(tmp_path)!r}))"
-    )
+    code = f"from megatron_anchor._files import output_problem as p; print(p('--out-dir', {str(tmp_path)!r}))"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                          preexec_fn=file_size_limit(0))  # fmt: skip
     want = f"--out-dir {tmp_path}: {tmp_path} is not writable: [Errno 27 EFBIG] File too large"
     assert proc.stdout.startswith(want) and "free on" in proc.stdout and os.listdir(tmp_path) == []
 
