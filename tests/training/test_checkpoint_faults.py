@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from crafted_pickle import RunsOnUnpickle
 from train_harness import (
     TINY,
     read_log,
@@ -274,16 +275,6 @@ def test_the_trainer_names_a_hand_edited_step_in_one_line(tmp_path):
     assert "megatron_anchor/" not in proc.stderr
 
 
-class _Runs:
-    """Pickles as a call of os.system: a reader that unpickles with a plain Unpickler runs it."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
 def test_rng_files_are_read_without_running_what_they_name(tmp_path):
     """A rank's RNG file as a save writes it restores the same random streams through the weights-only
     reader; one naming a callable (a crafted checkpoint) is refused by name and runs nothing."""
@@ -294,7 +285,7 @@ def test_rng_files_are_read_without_running_what_they_name(tmp_path):
     again = (torch.rand(4), np.random.rand(4), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
     marker, crafted = tmp_path / "ran", tmp_path / "rank1.pt"
-    torch.save(dict(_rng_state(), python=_Runs(f"touch {marker}")), crafted)
+    torch.save(dict(_rng_state(), python=RunsOnUnpickle(f"touch {marker}")), crafted)
     with pytest.raises(CheckpointError, match=f"^{crafted}: not a readable RNG state .*GLOBAL posix.system"):
         read_rng_state(str(crafted))
     assert not marker.exists()
@@ -314,7 +305,7 @@ def test_optimizer_settings_are_read_without_running_what_they_name(tmp_path):
     model(torch.randn(2, 4)).sum().backward()
     trained.step()
     marker, dims = tmp_path / "ran", ParallelDims(1, 1, 1, 0, 0, 0, 0)
-    for name, lr in [("saved", 0.25), ("crafted", _Runs(f"touch {tmp_path / 'ran'}"))]:
+    for name, lr in [("saved", 0.25), ("crafted", RunsOnUnpickle(f"touch {tmp_path / 'ran'}"))]:
         state = get_optimizer_state_dict(model, trained)
         state["param_groups"][0]["lr"] = lr
         dcp.save({"tp0": {"optim": state}}, checkpoint_id=tmp_path / name)
