@@ -10,7 +10,6 @@ import random
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import torch
 from crafted_pickle import RunsOnUnpickle
 from train_harness import (
     TINY,
+    copy_reference_checkpoint,
     read_log,
     reference_run,
     run_pretrain,
@@ -35,13 +35,6 @@ from tests.disk_limits import file_size_limit
 SAME_SCHEDULE = ["--lr-decay-iters", "6"]
 
 
-def _copy_reference(tmp_path: Path) -> Path:
-    ckpt, _, _, _ = reference_run()
-    copy = tmp_path / "ckpt"
-    shutil.copytree(ckpt, copy)
-    return copy
-
-
 def _zero_middle_page(data: bytearray) -> None:
     middle = len(data) // 2 // 4096 * 4096
     data[middle : middle + 4096] = bytes(4096)
@@ -49,7 +42,7 @@ def _zero_middle_page(data: bytearray) -> None:
 
 @pytest.mark.parametrize("damage", ["zeroed page", "random bytes", "truncated"])
 def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, damage):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     if damage == "zeroed page":
@@ -69,7 +62,7 @@ def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, d
 
 
 def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     _zero_middle_page(data)  # 1,024 fp32 values inside a tensor: loaded silently without checksums
@@ -84,7 +77,7 @@ def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
 def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up(tmp_path):
     """A save that cannot write (here a file-size limit: EFBIG, as ENOSPC on a full disk) stops the run on
     both ranks with one line; 'latest' keeps the previous checkpoint; the next save removes the .tmp."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shutil.rmtree(ckpt / "iter_0000006")
     (ckpt / "latest").write_text("iter_0000003\n")
     flags = [*TINY, "--load", str(ckpt), "--save", str(ckpt)]
@@ -195,7 +188,7 @@ def test_finetune_starts_a_new_stage_at_step_0_with_a_new_length_and_rope_base(t
 def test_hand_edited_meta_json_is_refused_naming_it(tmp_path):
     """A deleted crc32 key or a deleted file entry (the file then damaged) in meta.json: one line naming
     meta.json; no file of a checkpoint loads unchecked."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     where = ckpt / "iter_0000006"
     meta_path, shard = where / "meta.json", where / "__0_0.distcp"
     meta = json.loads(meta_path.read_text())
@@ -221,7 +214,7 @@ def test_hand_edited_meta_json_is_refused_naming_it(tmp_path):
 
 
 def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["hidden_size"] = 128  # the model flags left out are taken from here
@@ -251,7 +244,7 @@ def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
 )
 def test_a_value_of_another_kind_in_meta_json_is_one_line_naming_it(tmp_path, edit, problem):
     """A hand-edited value of the wrong kind (a string step, a null section) is refused by read_meta."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     edit(meta)
@@ -262,7 +255,7 @@ def test_a_value_of_another_kind_in_meta_json_is_one_line_naming_it(tmp_path, ed
 
 
 def test_the_trainer_names_a_hand_edited_step_in_one_line(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["step"] = "six"
