@@ -11,7 +11,7 @@ from __future__ import annotations
 from megatron_anchor._lazy import lazy_exports
 
 _EXPORTS = {
-    "EXTRA_STATE": "weights",
+    "EXTRA_STATE": "names",
     "LOCK_FILE": "layout",
     "MEGATRON_TRACKER": "layout",
     "TE_RENAMES": "names",

@@ -31,6 +31,7 @@ from megatron_anchor.checkpoint.layout import (
     step_of_checkpoint,
 )
 from megatron_anchor.checkpoint.meta import FORMAT_VERSION
+from megatron_anchor.checkpoint.names import EXTRA_STATE
 from megatron_anchor.model.config_record import SHAPE_KEYS, flag_setting, rope_record
 from megatron_anchor.rope.scaling import MEGATRON_LLAMA3_SCALING, RopeScaling
 
@@ -235,7 +236,7 @@ def _check_buildable(model: dict, args: dict, path: str) -> None:
 
 def _without_extra_state(sharded: dict) -> dict:
     """The model's sharded state dict without ``_extra_state`` (TE's FP8 metadata: not weights)."""
-    return {k: v for k, v in sharded.items() if not k.endswith("._extra_state")}
+    return {k: v for k, v in sharded.items() if not k.endswith(EXTRA_STATE)}
 
 
 def _tensor_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -1,8 +1,11 @@
 """Tensor names that differ between megatron-core's layer specs, so that either spec reads the other's
-checkpoints (torch-free): Transformer Engine's layers fuse the pre-norms into the next linear layer."""
+checkpoints (torch-free): Transformer Engine's layers fuse the pre-norms into the next linear layer; and the
+suffix of the entries that are no weights (``EXTRA_STATE``)."""
 
 from __future__ import annotations
 
+# The state-dict key suffix of a module's extra state (TE's FP8 metadata): stored with the weights, not one.
+EXTRA_STATE = "._extra_state"
 # Local spec name suffix -> Transformer Engine spec name suffix (TE fuses the pre-norms into the linears).
 TE_RENAMES = {
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",

@@ -49,9 +49,7 @@ from megatron_anchor.checkpoint.layout import (
     resolve_checkpoint,
     write_meta,
 )
-from megatron_anchor.checkpoint.names import TE_RENAMES, te_name
-
-EXTRA_STATE = "._extra_state"
+from megatron_anchor.checkpoint.names import EXTRA_STATE, TE_RENAMES, te_name
 
 
 @contextlib.contextmanager

@@ -20,6 +20,12 @@ class ConfigError(ValueError):
         self.errors = list(errors)
 
 
+def require(ok: bool, message: str) -> None:
+    """ValueError with ``message`` unless ``ok`` (one check's failure, for ``Report.run`` to gather)."""
+    if not ok:
+        raise ValueError(message)
+
+
 def raise_all(errors: list[str]) -> None:
     """Raise ConfigError for ``errors`` (nothing when there are none)."""
     if errors:

@@ -17,13 +17,8 @@ from megatron_anchor.data.splits import check_blend, check_split
 from megatron_anchor.parallel.comm_types import cp_degrees, kv_head_repeat, kv_repeat_note
 from megatron_anchor.parallel.layout_names import required_multiple
 from megatron_anchor.training.megatron_flags import check_restated
-from megatron_anchor.training.report import Report, raise_all
+from megatron_anchor.training.report import Report, raise_all, require
 from megatron_anchor.training.vocab import check_padded_vocab, check_tokenizer_flags, check_vocabulary_source
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -106,7 +101,7 @@ def _validate_optimizer_state(args: argparse.Namespace) -> None:
         return
     from megatron_anchor.checkpoint import read_meta
 
-    _require(
+    require(
         read_meta(path).get("optimizer_saved") is not False,
         f"--load {path} holds no optimizer state (saved with --no-save-optim): add --no-load-optim "
         f"(or --finetune)",
@@ -120,23 +115,23 @@ def _restated(args: argparse.Namespace) -> None:
 
 def _validate_pipeline(args: argparse.Namespace) -> None:
     pp = args.pipeline_model_parallel_size
-    _require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
+    require(pp == 1, f"--pipeline-model-parallel-size {pp}: pipeline parallelism is not supported (use 1)")
 
 
 def _validate_parallel(args: argparse.Namespace, world_size: int) -> None:
     tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
-    _require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
-    _require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
+    require(tp >= 1 and cp >= 1, "--tensor-model-parallel-size and --context-parallel-size must be >= 1")
+    require(world_size % (tp * cp) == 0, f"world size {world_size} is not divisible by TP {tp} x CP {cp}")
     args.data_parallel_size = world_size // (tp * cp)
     args.world_size = world_size
 
 
 def _validate_sequence(args: argparse.Namespace) -> None:
     s, cp = args.seq_length, args.context_parallel_size
-    _require(s is not None, "--seq-length is required")
-    _require(s > 0, "--seq-length must be positive")
+    require(s is not None, "--seq-length is required")
+    require(s > 0, "--seq-length must be positive")
     multiple = required_multiple(args.cp_layout, cp)
-    _require(
+    require(
         s % multiple == 0,
         f"--seq-length {s} must be divisible by {multiple} for --context-parallel-size {cp} "
         f"with --cp-layout {args.cp_layout}",
@@ -145,11 +140,11 @@ def _validate_sequence(args: argparse.Namespace) -> None:
 
 def _validate_batch(args: argparse.Namespace) -> None:
     mbs, dp = args.micro_batch_size, args.data_parallel_size
-    _require(mbs >= 1, "--micro-batch-size must be >= 1")
+    require(mbs >= 1, "--micro-batch-size must be >= 1")
     if args.global_batch_size is None:
         args.global_batch_size = mbs * dp
     gbs = args.global_batch_size
-    _require(
+    require(
         gbs % (mbs * dp) == 0,
         f"--global-batch-size {gbs} must be a multiple of --micro-batch-size {mbs} x data-parallel size {dp}",
     )
@@ -159,13 +154,13 @@ def _validate_batch(args: argparse.Namespace) -> None:
 def _samples_to_iters(args: argparse.Namespace) -> None:
     """Megatron's sample-based schedule, in whole optimizer steps of ``--global-batch-size`` samples."""
     gbs = args.global_batch_size
-    _require(args.train_iters is None, "give either --train-iters or --train-samples, not both")
-    _require(
+    require(args.train_iters is None, "give either --train-iters or --train-samples, not both")
+    require(
         args.lr_decay_iters is None and args.lr_warmup_iters == 0,
         "with --train-samples give the schedule in samples (--lr-decay-samples, --lr-warmup-samples)",
     )
     args.train_iters = args.train_samples // gbs
-    _require(
+    require(
         args.train_iters > 0, f"--train-samples {args.train_samples} is less than one global batch {gbs}"
     )
     if args.lr_decay_samples is not None:
@@ -177,22 +172,22 @@ def _validate_schedule(args: argparse.Namespace) -> None:
     if args.train_samples is not None:
         _samples_to_iters(args)
     else:
-        _require(args.train_iters is not None, "give --train-iters or --train-samples")
-        _require(
+        require(args.train_iters is not None, "give --train-iters or --train-samples")
+        require(
             args.lr_decay_samples is None and args.lr_warmup_samples == 0,
             "--lr-decay-samples and --lr-warmup-samples go with --train-samples (use the *-iters flags)",
         )
-    _require(args.train_iters > 0, "--train-iters must be positive")
+    require(args.train_iters > 0, "--train-iters must be positive")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
     if args.lr_warmup_fraction is not None:
         fraction = args.lr_warmup_fraction
-        _require(
+        require(
             args.lr_warmup_iters == 0,
             "give one of --lr-warmup-fraction, --lr-warmup-iters and --lr-warmup-samples",
         )
-        _require(0 <= fraction <= 1, f"--lr-warmup-fraction {fraction} must lie in [0, 1]")
+        require(0 <= fraction <= 1, f"--lr-warmup-fraction {fraction} must lie in [0, 1]")
         args.lr_warmup_iters = round(fraction * args.lr_decay_iters)
-    _require(
+    require(
         0 <= args.lr_warmup_iters <= args.lr_decay_iters,
         f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, lr-decay-iters {args.lr_decay_iters}]",
     )
@@ -208,19 +203,19 @@ def _validate_schedule(args: argparse.Namespace) -> None:
 
 def _validate_learning_rates(args: argparse.Namespace) -> None:
     """--lr and --min-lr, and Megatron's separate LR for the input embedding and output layer."""
-    _require(math.isfinite(args.lr), "--lr must be finite")
-    _require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
+    require(math.isfinite(args.lr), "--lr must be finite")
+    require(0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
     lr, min_lr = args.decoupled_lr, args.decoupled_min_lr
     if lr is None:
-        _require(min_lr is None, "--decoupled-min-lr needs --decoupled-lr (Megatron-LM would ignore it)")
+        require(min_lr is None, "--decoupled-min-lr needs --decoupled-lr (Megatron-LM would ignore it)")
         return
     low = args.min_lr if min_lr is None else min_lr
-    _require(0 <= low <= lr, f"--decoupled-min-lr {low} must lie in [0, --decoupled-lr {lr}]")
+    require(0 <= low <= lr, f"--decoupled-min-lr {low} must lie in [0, --decoupled-lr {lr}]")
 
 
 def _validate_data(args: argparse.Namespace) -> None:
-    _require(args.mock_data or args.data_path, "give --data-path PREFIX (packed dataset) or --mock-data")
-    _require(
+    require(args.mock_data or args.data_path, "give --data-path PREFIX (packed dataset) or --mock-data")
+    require(
         not (args.mock_data and args.mask_cross_doc_labels),
         "--mask-cross-doc-labels (--eod-mask-loss) applies to --data-path datasets; "
         "--mock-data has no such labels to mask",
@@ -249,19 +244,19 @@ def _validate_recompute(args: argparse.Namespace) -> None:
     """Megatron's --recompute-method/--recompute-num-layers, as the layers to recompute from the first."""
     method, n = args.recompute_method, args.recompute_num_layers
     if args.recompute_granularity != "full":
-        _require(
+        require(
             method is None and n is None,
             "--recompute-method and --recompute-num-layers go with --recompute-granularity full",
         )
         return
     if method == "block":
-        _require(n is not None, "--recompute-method block needs --recompute-num-layers N")
-        _require(
+        require(n is not None, "--recompute-method block needs --recompute-num-layers N")
+        require(
             0 <= n <= args.num_layers,
             f"--recompute-num-layers {n} must lie in [0, --num-layers {args.num_layers}]",
         )
         return
-    _require(
+    require(
         n in (None, 1),
         f"--recompute-num-layers {n}: uniform recompute checkpoints every layer here (use 1, or block)",
     )
@@ -269,11 +264,11 @@ def _validate_recompute(args: argparse.Namespace) -> None:
 
 
 def _validate_precision(args: argparse.Namespace) -> None:
-    _require(
+    require(
         args.bf16 or not args.grad_reduce_in_bf16,
         "--grad-reduce-in-bf16 applies to --bf16 training; without --bf16 gradients are fp32 and reduced so",
     )
-    _require(
+    require(
         args.cross_entropy_chunk_size >= 0,
         f"--cross-entropy-chunk-size must be 0 (off) or positive, got {args.cross_entropy_chunk_size}",
     )
@@ -286,7 +281,7 @@ def _validate_sequence_parallel(args: argparse.Namespace) -> None:
         if os.environ.get("RANK", "0") == "0":
             print("notice: --sequence-parallel disabled: --tensor-model-parallel-size is 1", file=sys.stderr)
         args.sequence_parallel = False
-    _require(
+    require(
         not args.sequence_parallel or (args.seq_length // cp) % tp == 0,
         f"--sequence-parallel: each CP rank's {args.seq_length // cp} tokens (--seq-length / "
         f"--context-parallel-size) must divide by --tensor-model-parallel-size {tp}",
@@ -302,7 +297,7 @@ def _validate_cp_comm_type(args: argparse.Namespace) -> None:
     """Megatron's --cp-comm-type (one type for every layer) and --hierarchical-context-parallel-sizes;
     sets ``cp_a2a_size``, the all-to-all degree, and says what a K/V head repetition costs."""
     types, sizes, cp = args.cp_comm_type, args.hierarchical_context_parallel_sizes, args.context_parallel_size
-    _require(
+    require(
         len(set(types)) == 1,
         f"--cp-comm-type {' '.join(types)}: give one type; every layer uses the same one here",
     )

@@ -14,6 +14,7 @@ import functools
 
 from megatron_anchor.data.tokenizers import TOKENIZER_TYPES, Tokenizer, tokenizer_identity
 from megatron_anchor.model.config_record import pad_vocab_size
+from megatron_anchor.training.report import require
 
 NULL_TOKENIZER, GPT2_BPE = "NullTokenizer", "GPT2BPETokenizer"
 # Megatron tokenizer types that are a SentencePiece model read as it is.
@@ -24,11 +25,6 @@ _TOKENIZER_HINTS = {
     "TikTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
     "MistralTokenizer": "HuggingFaceTokenizer with the model's Hugging Face directory",
 }
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,7 +76,7 @@ def resolve_vocab_size(args: argparse.Namespace) -> int:
 
 def _check_gpt2_files(args: argparse.Namespace) -> None:
     """GPT2BPETokenizer reads --vocab-file and --merge-file (its --tokenizer-model is the vocab file)."""
-    _require(
+    require(
         args.vocab_file is not None and args.merge_file is not None and args.tokenizer_model is None,
         "--tokenizer-type GPT2BPETokenizer takes --vocab-file and --merge-file (GPT-2's vocab.json and "
         "merges.txt), not --tokenizer-model",
@@ -95,7 +91,7 @@ def check_tokenizer_flags(args: argparse.Namespace) -> None:
     if kind in SENTENCEPIECE_ALIASES:
         args.tokenizer_type = kind = "SentencePieceTokenizer"  # Megatron reads the same .model file
     if kind != GPT2_BPE:
-        _require(
+        require(
             args.vocab_file is None and args.merge_file is None,
             "--vocab-file and --merge-file go with --tokenizer-type GPT2BPETokenizer",
         )
@@ -105,8 +101,8 @@ def check_tokenizer_flags(args: argparse.Namespace) -> None:
             _load_tokenizer(args)
         return
     if kind == NULL_TOKENIZER:
-        _require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
-        _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
+        require(model is None, "--tokenizer-type NullTokenizer takes no --tokenizer-model")
+        require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
         return
     if kind is not None and kind not in TOKENIZER_TYPES:
         hint = _TOKENIZER_HINTS.get(kind)
@@ -115,14 +111,14 @@ def check_tokenizer_flags(args: argparse.Namespace) -> None:
             f"--tokenizer-type {kind} is not supported"
             + (f": use {hint}" if hint else f"; expected one of {supported}")
         )
-    _require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
+    require((kind is None) == (model is None), "give --tokenizer-type and --tokenizer-model together")
     if model is not None and args.vocab_size is None:  # the vocabulary (and its checks) need its size
         _load_tokenizer(args)
 
 
 def check_vocabulary_source(args: argparse.Namespace) -> None:
     """A tokenizer, --vocab-size or --padded-vocab-size (a --load checkpoint gives --vocab-size)."""
-    _require(
+    require(
         args.tokenizer_model is not None or args.vocab_size is not None or args.padded_vocab_size is not None,
         "give --tokenizer-type/--tokenizer-model or --vocab-size",
     )
@@ -145,9 +141,9 @@ def check_padded_vocab(args: argparse.Namespace) -> None:
     if padded is None:
         return
     tp = args.tensor_model_parallel_size
-    _require(
+    require(
         padded % tp == 0, f"--padded-vocab-size {padded} must divide by --tensor-model-parallel-size {tp}"
     )
     if args.tokenizer_model is not None or args.vocab_size is not None:
         size = tokenizer_vocab_size(args)
-        _require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")
+        require(padded >= size, f"--padded-vocab-size {padded} is smaller than the vocabulary's {size} ids")

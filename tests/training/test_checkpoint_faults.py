@@ -10,13 +10,14 @@ import random
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from crafted_pickle import RunsOnUnpickle
 from train_harness import (
     TINY,
+    copy_reference_checkpoint,
     read_log,
     reference_run,
     run_pretrain,
@@ -34,13 +35,6 @@ from tests.disk_limits import file_size_limit
 SAME_SCHEDULE = ["--lr-decay-iters", "6"]
 
 
-def _copy_reference(tmp_path: Path) -> Path:
-    ckpt, _, _, _ = reference_run()
-    copy = tmp_path / "ckpt"
-    shutil.copytree(ckpt, copy)
-    return copy
-
-
 def _zero_middle_page(data: bytearray) -> None:
     middle = len(data) // 2 // 4096 * 4096
     data[middle : middle + 4096] = bytes(4096)
@@ -48,7 +42,7 @@ def _zero_middle_page(data: bytearray) -> None:
 
 @pytest.mark.parametrize("damage", ["zeroed page", "random bytes", "truncated"])
 def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, damage):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     if damage == "zeroed page":
@@ -68,7 +62,7 @@ def test_damaged_file_is_named_and_the_previous_checkpoint_suggested(tmp_path, d
 
 
 def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shard = ckpt / "iter_0000006" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     _zero_middle_page(data)  # 1,024 fp32 values inside a tensor: loaded silently without checksums
@@ -83,7 +77,7 @@ def test_trainer_refuses_a_damaged_checkpoint(tmp_path):
 def test_failed_save_names_path_errno_and_free_space_and_the_next_save_cleans_up(tmp_path):
     """A save that cannot write (here a file-size limit: EFBIG, as ENOSPC on a full disk) stops the run on
     both ranks with one line; 'latest' keeps the previous checkpoint; the next save removes the .tmp."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     shutil.rmtree(ckpt / "iter_0000006")
     (ckpt / "latest").write_text("iter_0000003\n")
     flags = [*TINY, "--load", str(ckpt), "--save", str(ckpt)]
@@ -194,7 +188,7 @@ def test_finetune_starts_a_new_stage_at_step_0_with_a_new_length_and_rope_base(t
 def test_hand_edited_meta_json_is_refused_naming_it(tmp_path):
     """A deleted crc32 key or a deleted file entry (the file then damaged) in meta.json: one line naming
     meta.json; no file of a checkpoint loads unchecked."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     where = ckpt / "iter_0000006"
     meta_path, shard = where / "meta.json", where / "__0_0.distcp"
     meta = json.loads(meta_path.read_text())
@@ -220,7 +214,7 @@ def test_hand_edited_meta_json_is_refused_naming_it(tmp_path):
 
 
 def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["hidden_size"] = 128  # the model flags left out are taken from here
@@ -250,7 +244,7 @@ def test_a_shape_changed_in_meta_json_is_an_error_naming_it(tmp_path):
 )
 def test_a_value_of_another_kind_in_meta_json_is_one_line_naming_it(tmp_path, edit, problem):
     """A hand-edited value of the wrong kind (a string step, a null section) is refused by read_meta."""
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     edit(meta)
@@ -261,7 +255,7 @@ def test_a_value_of_another_kind_in_meta_json_is_one_line_naming_it(tmp_path, ed
 
 
 def test_the_trainer_names_a_hand_edited_step_in_one_line(tmp_path):
-    ckpt = _copy_reference(tmp_path)
+    ckpt = copy_reference_checkpoint(tmp_path)
     meta_path = ckpt / "iter_0000006" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["step"] = "six"
@@ -274,16 +268,6 @@ def test_the_trainer_names_a_hand_edited_step_in_one_line(tmp_path):
     assert "megatron_anchor/" not in proc.stderr
 
 
-class _Runs:
-    """Pickles as a call of os.system: a reader that unpickles with a plain Unpickler runs it."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
 def test_rng_files_are_read_without_running_what_they_name(tmp_path):
     """A rank's RNG file as a save writes it restores the same random streams through the weights-only
     reader; one naming a callable (a crafted checkpoint) is refused by name and runs nothing."""
@@ -294,7 +278,7 @@ def test_rng_files_are_read_without_running_what_they_name(tmp_path):
     again = (torch.rand(4), np.random.rand(4), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
     marker, crafted = tmp_path / "ran", tmp_path / "rank1.pt"
-    torch.save(dict(_rng_state(), python=_Runs(f"touch {marker}")), crafted)
+    torch.save(dict(_rng_state(), python=RunsOnUnpickle(f"touch {marker}")), crafted)
     with pytest.raises(CheckpointError, match=f"^{crafted}: not a readable RNG state .*GLOBAL posix.system"):
         read_rng_state(str(crafted))
     assert not marker.exists()
@@ -314,7 +298,7 @@ def test_optimizer_settings_are_read_without_running_what_they_name(tmp_path):
     model(torch.randn(2, 4)).sum().backward()
     trained.step()
     marker, dims = tmp_path / "ran", ParallelDims(1, 1, 1, 0, 0, 0, 0)
-    for name, lr in [("saved", 0.25), ("crafted", _Runs(f"touch {tmp_path / 'ran'}"))]:
+    for name, lr in [("saved", 0.25), ("crafted", RunsOnUnpickle(f"touch {tmp_path / 'ran'}"))]:
         state = get_optimizer_state_dict(model, trained)
         state["param_groups"][0]["lr"] = lr
         dcp.save({"tp0": {"optim": state}}, checkpoint_id=tmp_path / name)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
-from train_harness import TINY, reference_run
+from train_harness import TINY, copy_reference_checkpoint, reference_run
 
 from megatron_anchor.checkpoint.layout import (
     CheckpointError,
@@ -126,9 +125,7 @@ def test_save_is_checked_at_start_up_and_nothing_is_created(tmp_path, monkeypatc
 
 
 def test_a_checkpoint_whose_latest_names_a_missing_directory_is_refused(tmp_path):
-    ckpt, _, _, _ = reference_run()
-    copy = tmp_path / "ckpt"
-    shutil.copytree(ckpt, copy)
+    copy = copy_reference_checkpoint(tmp_path)
     shutil.rmtree(copy / "iter_0000006")
     with pytest.raises(ValueError, match="latest names .*iter_0000006, which is not a complete checkpoint"):
         _validate([*TINY, "--train-iters", "10", "--lr-decay-iters", "6", "--load", str(copy)])
@@ -163,9 +160,7 @@ def test_switches_are_reported_as_the_command_line_says_them():
 
 
 def test_resume_checks_read_meta_json_once_and_again_only_when_it_changes(tmp_path, monkeypatch):
-    ckpt, _, _, _ = reference_run()
-    copy = tmp_path / "ckpt"
-    shutil.copytree(ckpt, copy)
+    copy = copy_reference_checkpoint(tmp_path)
     meta_file = copy / "iter_0000006" / "meta.json"
     opened = []
     real_open = open
@@ -203,14 +198,8 @@ def test_a_directory_without_latest_suggests_its_newest_checkpoint_by_step(tmp_p
     assert why_not_a_checkpoint(str(tmp_path)).endswith(f"e.g. {tmp_path / 'iter_10000000'}")
 
 
-def _copy_reference(tmp_path) -> Path:
-    ckpt, _, _, _ = reference_run()
-    shutil.copytree(ckpt, tmp_path / "ckpt")
-    return tmp_path / "ckpt"
-
-
 def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_iter_is_overwritten(tmp_path):
-    copy = _copy_reference(tmp_path)
+    copy = copy_reference_checkpoint(tmp_path)
     for pointer in ("latest", "latest_checkpointed_iteration.txt"):
         (copy / pointer).unlink(missing_ok=True)
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6"]
@@ -239,7 +228,7 @@ def test_a_directory_of_checkpoints_without_latest_resumes_its_newest_and_no_ite
 def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_command_line(
     tmp_path, monkeypatch
 ):
-    copy = _copy_reference(tmp_path)
+    copy = copy_reference_checkpoint(tmp_path)
     for pointer, text in (("latest", "iter_0000003\n"), ("latest_checkpointed_iteration.txt", "3")):
         (copy / pointer).write_text(text)  # as before step 6's save
     newest = copy / "iter_0000006"
@@ -261,7 +250,7 @@ def test_a_save_stopped_before_its_pointers_were_written_is_resumed_by_the_same_
 
 
 def test_pointers_rolled_back_by_hand_are_followed_and_newer_checkpoints_never_overwritten(tmp_path):
-    copy = _copy_reference(tmp_path)  # saved whole: its pointers name iter_0000006
+    copy = copy_reference_checkpoint(tmp_path)  # saved whole: its pointers name iter_0000006
     assert not (copy / "commit.pending").exists()
     for pointer, text in (("latest", "iter_0000003\n"), ("latest_checkpointed_iteration.txt", "3")):
         (copy / pointer).write_text(text)
@@ -273,7 +262,7 @@ def test_pointers_rolled_back_by_hand_are_followed_and_newer_checkpoints_never_o
 
 
 def test_pointer_files_latest_and_megatrons_tracker_are_read_and_damage_is_named(tmp_path):
-    copy = _copy_reference(tmp_path)
+    copy = copy_reference_checkpoint(tmp_path)
     resume = [*TINY, "--train-iters", "8", "--lr-decay-iters", "6", "--load", str(copy)]
     (copy / "latest").unlink()
     shutil.rmtree(copy / "iter_0000006")  # the tracker names the newest complete checkpoint

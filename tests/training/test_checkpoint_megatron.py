@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crafted_pickle import RunsOnUnpickle
 from train_harness import REPO, TINY, run_pretrain, step_losses
 
 from megatron_anchor.checkpoint import CheckpointError
@@ -89,16 +90,6 @@ def _hand_made_megatron(path: Path, **args) -> Path:
     return path
 
 
-class _Runs:
-    """Pickles as a call of os.system: a reader that unpickles with a plain Unpickler runs it."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
 def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     """GPT-3 style args (Megatron's defaults: LayerNorm, GeLU, biases, learned positions): the architecture
     this model builds is taken from them, the learned positions it cannot build are named in one line;
@@ -106,7 +97,7 @@ def test_a_megatron_checkpoint_of_another_architecture_is_refused_by_name(tmp_pa
     marker = tmp_path / "ran"
     gpt3 = dict(num_layers=2, hidden_size=64, num_attention_heads=4, normalization="LayerNorm",
                 swiglu=False, add_bias_linear=True, hidden_dropout=0.1,
-                init_method_std=_Runs(f"touch {marker}"))  # fmt: skip
+                init_method_std=RunsOnUnpickle(f"touch {marker}"))  # fmt: skip
     ckpt = _hand_made_megatron(tmp_path / "gpt3" / "iter_0000007", **gpt3,
                                position_embedding_type="learned_absolute")  # fmt: skip
     (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
@@ -161,9 +152,9 @@ def test_a_common_pt_in_the_legacy_format_is_refused_unread(tmp_path, writer):
     run's --load, and whatever it holds runs nothing."""
     marker = tmp_path / "ran"
     ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
-    payload = {"args": _Runs(f"touch {marker}"), "iteration": 7}
+    payload = {"args": RunsOnUnpickle(f"touch {marker}"), "iteration": 7}
     if writer == "pickle":
-        (ckpt / "common.pt").write_bytes(pickle.dumps(_Runs(f"touch {marker}")))
+        (ckpt / "common.pt").write_bytes(pickle.dumps(RunsOnUnpickle(f"touch {marker}")))
     else:
         torch.save(payload, ckpt / "common.pt", _use_new_zipfile_serialization=False)
     (ckpt.parent / "latest_checkpointed_iteration.txt").write_text("7")
@@ -188,7 +179,7 @@ def test_a_pickle_with_a_zip_directory_appended_is_refused_as_torch_would_read_i
     ckpt = _hand_made_megatron(tmp_path / "meg" / "iter_0000007", num_layers=2)
     archive = io.BytesIO()
     zipfile.ZipFile(archive, "w").close()
-    (ckpt / "common.pt").write_bytes(pickle.dumps(_Runs(f"touch {marker}")) + archive.getvalue())
+    (ckpt / "common.pt").write_bytes(pickle.dumps(RunsOnUnpickle(f"touch {marker}")) + archive.getvalue())
     assert zipfile.is_zipfile(ckpt / "common.pt")
     monkeypatch.setattr(megatron._PICKLE, "load", pickle.load)
     with pytest.raises(CheckpointError) as err:

@@ -8,9 +8,15 @@ import subprocess
 import sys
 
 import pytest
-from train_harness import REPO, TINY, assert_losses_close, reference_run, run_pretrain, step_losses
-
-from megatron_anchor.training import build_parser, validate_args
+from train_harness import (
+    REPO,
+    TINY,
+    assert_losses_close,
+    reference_run,
+    run_pretrain,
+    step_losses,
+    validate_tiny,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,10 +31,6 @@ def test_all_to_all_types_equal_single_process(tmp_path, cp, comm):
     _, losses, _, grad_norms = reference_run()
     assert_losses_close(step_losses(records), losses, rel=1e-4)
     assert_losses_close(step_losses(records, "grad_norm"), grad_norms, rel=1e-4)
-
-
-def _validate(extra: list[str], world_size: int):
-    return validate_args(build_parser().parse_args([*TINY, *extra]), world_size)
 
 
 @pytest.mark.parametrize(
@@ -57,18 +59,18 @@ def _validate(extra: list[str], world_size: int):
 )
 def test_comm_type_errors_name_the_flags_and_numbers(extra, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
-        _validate(["--context-parallel-size", "4", *extra], world_size=4)
+        validate_tiny(["--context-parallel-size", "4", *extra], world_size=4)
 
 
 def test_the_degrees_and_the_kv_repetition_are_resolved_and_said(capsys):
-    assert _validate(["--context-parallel-size", "4", "--cp-comm-type", "a2a"], 4).cp_a2a_size == 4
+    assert validate_tiny(["--context-parallel-size", "4", "--cp-comm-type", "a2a"], 4).cp_a2a_size == 4
     # TINY: 4 query heads, 2 K/V heads; degree 4 repeats each K/V head twice: 16 tokens x 2 x 16 x 4 bytes
     # x 3/4 = 3 KiB more per rank and layer for K and V.
     assert "each K/V head is repeated 2x before it, sending 0.00 MiB" in capsys.readouterr().err
     hierarchical = ["--cp-comm-type", "a2a+p2p", "--hierarchical-context-parallel-sizes", "2", "2"]
-    assert _validate(["--context-parallel-size", "4", *hierarchical], 4).cp_a2a_size == 2
+    assert validate_tiny(["--context-parallel-size", "4", *hierarchical], 4).cp_a2a_size == 2
     assert "repeated" not in capsys.readouterr().err
-    assert _validate(["--context-parallel-size", "4"], 4).cp_a2a_size == 1  # p2p: the ring, no all-to-all
+    assert validate_tiny(["--context-parallel-size", "4"], 4).cp_a2a_size == 1  # p2p: the ring, no all-to-all
 
 
 def test_megatron_a2a_p2p_recipe_passes_the_dry_run():

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_harness import TINY, assert_losses_close, reference_run, run_pretrain, step_losses
+from train_harness import TINY, assert_losses_close, reference_run, run_pretrain, step_losses, validate_tiny
 
-from megatron_anchor.training import build_parser, validate_args
 from megatron_anchor.training.startup import CONFIG_FILE
 
 SP = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
@@ -39,15 +38,11 @@ def test_tp2_cp2_sequence_parallel_fsdp2_selective_recompute_chunked_loss_equals
     _assert_matches_reference(records, tmp_path)
 
 
-def _validate(extra: list[str], world_size: int):
-    return validate_args(build_parser().parse_args([*TINY, *extra]), world_size)
-
-
 def test_sequence_parallel_without_tp_is_switched_off_with_a_notice(capsys):
-    args = _validate(["--sequence-parallel"], world_size=2)
+    args = validate_tiny(["--sequence-parallel"], world_size=2)
     assert args.sequence_parallel is False
     assert "--sequence-parallel disabled" in capsys.readouterr().err
-    assert _validate(SP, world_size=2).sequence_parallel is True
+    assert validate_tiny(SP, world_size=2).sequence_parallel is True
 
 
 @pytest.mark.parametrize(
@@ -63,4 +58,4 @@ def test_sequence_parallel_without_tp_is_switched_off_with_a_notice(capsys):
 )
 def test_precision_and_sequence_parallel_errors_name_the_flag(extra, world, message):
     with pytest.raises(ValueError, match=message):
-        _validate(extra, world)
+        validate_tiny(extra, world)

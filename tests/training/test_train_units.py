@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-from train_harness import REPO, TINY, run_pretrain
+from train_harness import REPO, TINY, run_pretrain, validate_tiny
 
 from megatron_anchor.attention import visibility_mask
 from megatron_anchor.parallel.work import visible_pairs
-from megatron_anchor.training import build_parser, get_lr, validate_args
+from megatron_anchor.training import get_lr
 from megatron_anchor.training.batches import MockPackedDataset, check_sample_length, rank_sample_indices
 
 
@@ -28,10 +28,6 @@ def test_get_lr_warmup_then_cosine_to_min():
 def test_get_lr_linear_and_constant():
     assert get_lr(5, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=10, decay_style="linear") == 0.5
     assert get_lr(7, lr=0.3, min_lr=0.0, warmup_iters=0, decay_iters=10, decay_style="constant") == 0.3
-
-
-def _validate(extra: list[str], world_size: int = 1):
-    return validate_args(build_parser().parse_args([*TINY, *extra]), world_size)
 
 
 @pytest.mark.parametrize(
@@ -63,11 +59,11 @@ def _validate(extra: list[str], world_size: int = 1):
 )
 def test_validation_errors_name_the_flag(extra, world, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        _validate(extra, world)
+        validate_tiny(extra, world)
 
 
 def test_validation_fills_derived_values():
-    args = _validate(["--context-parallel-size", "2", "--global-batch-size", "8"], world_size=4)
+    args = validate_tiny(["--context-parallel-size", "2", "--global-batch-size", "8"], world_size=4)
     assert (args.data_parallel_size, args.num_micro_batches, args.ffn_hidden_size) == (2, 4, 128)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,21 @@ def reference_run() -> tuple[Path, dict[int, float], str, dict[int, float]]:
     flags = [*TINY, "--save", ckpt, "--save-interval", "3", "--load", ckpt]
     records, proc = run_pretrain(1, flags, work)
     return work / "ckpt", step_losses(records), proc.stdout, step_losses(records, "grad_norm")
+
+
+def validate_tiny(extra: list[str], world_size: int = 1):
+    """``validate_args`` of the ``TINY`` model's flags plus ``extra`` at ``world_size``: the checked args."""
+    from megatron_anchor.training import build_parser, validate_args
+
+    return validate_args(build_parser().parse_args([*TINY, *extra]), world_size)
+
+
+def copy_reference_checkpoint(tmp_path: Path) -> Path:
+    """A copy of ``reference_run``'s checkpoint at ``tmp_path/ckpt``, for a test to damage or edit."""
+    ckpt, _, _, _ = reference_run()
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    return copy
 
 
 def dry_run_in_process(argv: list[str], world_size: int, monkeypatch, capsys) -> tuple[int, str, str]:
